@@ -1,0 +1,46 @@
+"""The interface between the worker server (server.py) and the roles it hosts.
+
+The server owns sockets, framing, the tensor store and error replies; a role owns networks, optimizers and
+the math. See docs/protocol.md §3-§4.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..config import Recipe
+
+
+@dataclass
+class WorkerContext:
+    """What every role of one worker process shares."""
+
+    worker: str                      # the worker's name, e.g. "fake_score" or "all"
+    recipe: Recipe                   # the parsed resolved recipe (config.py)
+    run_dir: Path
+    device: torch.device
+    roles: dict[str, "Role"] = field(default_factory=dict)  # all roles of this process, by name
+
+
+class TensorStore(dict):
+    """name -> tensor; the per-step blackboard of docs/protocol.md §4."""
+
+
+class Role(Protocol):
+    name: str
+
+    def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+        """Handle a `setup` request for this role; return the reply body."""
+
+    def run_op(self, op: str, args: dict[str, Any], store: TensorStore, ctx: WorkerContext) -> dict[str, float]:
+        """Run one op: read inputs from `store`, write outputs into it, return metrics.
+        Raise KeyError-free, descriptive exceptions (they become error replies)."""
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write this role's state (docs/protocol.md `save`); return the files written."""
+
+    def restore(self, directory: Path) -> None:
+        """Load what `save` wrote."""

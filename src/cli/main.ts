@@ -1,0 +1,151 @@
+// The entry point: the only top-level catch and the only process.exit. Commands throw DmdError subclasses
+// carrying their exit code (docs/cli.md: 0 ok, 2 bad input, 1 failure, 130 interrupted).
+
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import chalk from "chalk";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import { DmdError, RecipeError, UsageError, WorkerDiedError, WorkerError } from "../errors.js";
+import { Reporter, type OutputMode } from "../run/reporter.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const projectRoot = path.resolve(here, "..", "..", "..");
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(path.join(projectRoot, "package.json"), "utf8")) as { version: string }).version;
+  } catch {
+    return "unknown";
+  }
+}
+
+interface OutputFlags {
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+}
+
+function reporterFor(flags: OutputFlags): Reporter {
+  const mode: OutputMode | undefined = flags.json ? "json" : undefined;
+  return new Reporter({ mode, quiet: flags.quiet, verbose: flags.verbose });
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+function intArg(name: string) {
+  return (v: string) => {
+    if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be a whole number, got "${v}"`);
+    return Number(v);
+  };
+}
+function classList(v: string): number[] {
+  const parts = v.split(",").map((s) => s.trim());
+  if (parts.some((p) => !/^\d+$/.test(p))) throw new InvalidArgumentError(`expected comma-separated class numbers like 0,1,2 — got "${v}"`);
+  return parts.map(Number);
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name("dmd2")
+    .description("Distill a many-step diffusion model into a 1-4 step generator with DMD2.")
+    .version(version(), "-V, --version")
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+
+  const outputOptions = (c: Command) =>
+    c
+      .addOption(new Option("--json", "print one JSON object per event on stdout (for scripts)"))
+      .addOption(new Option("-q, --quiet", "print only errors"))
+      .addOption(new Option("-v, --verbose", "print debug lines and Python tracebacks"));
+
+  outputOptions(
+    program
+      .command("distill")
+      .description("run a distillation recipe (resumes from the run folder's newest checkpoint if there is one)")
+      .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+      .option("--set <key=value>", "override a recipe key, e.g. --set train.steps=50 (repeatable)", collect, [])
+      .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50"),
+  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[] }) => {
+    const { loadRecipe } = await import("../recipe/load.js");
+    const { distill } = await import("../run/distill.js");
+    const recipe = loadRecipe(recipeFile, { overrides: opts.set });
+    const reporter = reporterFor(opts);
+    const ac = new AbortController();
+    let signals = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      signals += 1;
+      if (signals === 1) {
+        reporter.info(chalk.yellow(`${sig}: finishing the current step and writing a checkpoint (press Ctrl-C again to stop at once)`));
+        ac.abort();
+      } else {
+        process.stderr.write(`${sig} again: stopping at once\n`);
+        process.exit(130);
+      }
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+    const res = await distill(recipe, reporter, { signal: ac.signal });
+    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+    if (res.interrupted) process.exitCode = 130;
+  });
+
+  outputOptions(
+    program
+      .command("sample")
+      .description("write images from a run's distilled generator: PNG files and a grid")
+      .argument("<run_dir>", "the run folder of a dmd2 distill run, e.g. runs/tiny")
+      .option("--checkpoint <name>", "checkpoint folder name (step-00000200) or step number; default: the newest")
+      .option("--steps <n>", "sampling steps, 1-4 (default: the steps it was trained with)", intArg("--steps"))
+      .option("--num <n>", "number of images", intArg("--num"), 16)
+      .option("--seed <n>", "random seed", intArg("--seed"), 0)
+      .option("--classes <list>", "class labels, e.g. 0,1,2 (default: cycles through the classes)", classList)
+      .option("--out <dir>", "output folder (default: <run_dir>/samples/<checkpoint>-<steps>step-seed<seed>)")
+      .addHelpText("after", "\nExamples:\n  dmd2 sample runs/tiny\n  dmd2 sample runs/tiny --steps 1 --num 64 --seed 7 --classes 0,1,2,3"),
+  ).action(async (runDir: string, opts: OutputFlags & { checkpoint?: string; steps?: number; num: number; seed: number; classes?: number[]; out?: string }) => {
+    if (opts.num < 1 || opts.num > 4096) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
+    const { sample } = await import("../run/sample.js");
+    const res = await sample(runDir, opts, reporterFor(opts));
+    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+  });
+
+  return program;
+}
+
+function printError(e: DmdError, verbose: boolean) {
+  const out = (line: string) => process.stderr.write(line + "\n");
+  const err = chalk.red("error: ");
+  if (e instanceof RecipeError) {
+    for (const line of e.lines()) out(err + line);
+    return;
+  }
+  out(err + e.message);
+  if (e instanceof WorkerError && verbose && e.traceback.trim()) out(chalk.dim(e.traceback.trimEnd()));
+  else if (e instanceof WorkerDiedError && e.stderrTail.length > 0) {
+    const tail = e.stderrTail.filter((l) => l.trim() !== "").slice(verbose ? -40 : -8);
+    out(chalk.dim(`last lines of worker "${e.worker}" stderr:`));
+    for (const l of tail) out(chalk.dim("  " + l));
+    if (e.hint) out(chalk.dim(e.hint));
+  } else if (e.hint) out(chalk.dim(e.hint));
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const verbose = argv.includes("--verbose") || argv.includes("-v");
+  try {
+    await buildProgram().parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help") return 0;
+      return 2; // commander already printed the message
+    }
+    if (e instanceof DmdError) {
+      printError(e, verbose);
+      return e.exitCode;
+    }
+    process.stderr.write(chalk.red("internal error: ") + String((e as Error)?.message ?? e) + "\n");
+    if (verbose) process.stderr.write(String((e as Error)?.stack ?? "") + "\n");
+    else process.stderr.write(chalk.dim("(run with --verbose for the stack trace; please report this)") + "\n");
+    return 1;
+  }
+}

@@ -1,0 +1,123 @@
+// Reads a recipe file: YAML with line numbers, `--set` overrides, schema and rule checks (validate.ts), then
+// resolves what depends on other keys or on the machine (resolve.ts). Every problem is reported at once as a
+// RecipeError (exit code 2).
+
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
+import { RecipeError, type RecipeIssue } from "../errors.js";
+import { recipeSchema, type Group } from "./schema.js";
+import { checkRules, checkSchema, suggestKey, type Problem } from "./validate.js";
+import { resolveRecipe, type ResolveOptions } from "./resolve.js";
+import type { Recipe } from "./types.js";
+
+export interface LoadOptions extends Partial<ResolveOptions> {
+  /** `key.path=value` strings, applied after the file; values are parsed as YAML scalars/flow nodes. */
+  overrides?: string[];
+}
+
+function lineOf(doc: Document, lc: LineCounter, p: string[], atKey: boolean): number | null {
+  // Walk down as far as the path exists; report the deepest node's line (a missing key: its parent's line).
+  let node: unknown = doc.contents;
+  let line: number | null = null;
+  const setLine = (range: readonly number[] | null | undefined) => {
+    if (range) line = lc.linePos(range[0]!).line;
+  };
+  setLine((node as { range?: number[] } | null)?.range);
+  for (const key of p) {
+    if (!isMap(node)) break;
+    const pair = (node as YAMLMap).items.find((it) => isScalar(it.key) && String(it.key.value) === key);
+    if (!pair) break;
+    if (atKey && key === p[p.length - 1]) {
+      setLine((pair.key as { range?: number[] }).range);
+      return line;
+    }
+    node = pair.value;
+    setLine((node as { range?: number[] } | null)?.range ?? (pair.key as { range?: number[] }).range);
+  }
+  return line;
+}
+
+function schemaHasPath(p: string[]): { ok: true } | { ok: false; at: string[]; hint: string } {
+  let g: Group = recipeSchema;
+  for (const [i, key] of p.entries()) {
+    const node = g.fields[key];
+    if (!node) return { ok: false, at: p.slice(0, i + 1), hint: suggestKey(key, Object.keys(g.fields)) };
+    if (node.kind !== "group") return i === p.length - 1 ? { ok: true } : { ok: false, at: p.slice(0, i + 2), hint: `${p.slice(0, i + 1).join(".")} is not a group` };
+    g = node;
+  }
+  return { ok: false, at: p, hint: "that is a group of keys; set one of its keys" };
+}
+
+export function parseOverride(spec: string): { path: string[]; value: unknown } | { error: string } {
+  const eq = spec.indexOf("=");
+  if (eq <= 0) return { error: `--set "${spec}": expected key.path=value (e.g. --set train.steps=50)` };
+  const key = spec.slice(0, eq).trim();
+  const p = key.split(".");
+  if (p.some((s) => s.length === 0)) return { error: `--set "${spec}": "${key}" is not a key path (e.g. train.steps)` };
+  const known = schemaHasPath(p);
+  if (!known.ok) return { error: `--set ${known.at.join(".")}: unknown key (${known.hint})` };
+  const text = spec.slice(eq + 1);
+  const vdoc = parseDocument(text);
+  if (vdoc.errors.length > 0) return { error: `--set ${key}: cannot parse value "${text}" (${vdoc.errors[0]!.message.split("\n")[0]})` };
+  return { path: p, value: text.trim() === "" ? null : vdoc.toJS() };
+}
+
+export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
+  const shown = path.relative(process.cwd(), file) || file;
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file (check the path; recipes/ has examples)" : code === "EISDIR" ? "is a folder, not a recipe file" : `cannot read it (${code ?? String(e)})`;
+    throw new RecipeError([{ file: shown, line: null, path: "", message: why }]);
+  }
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const issues: RecipeIssue[] = [];
+  for (const err of doc.errors) {
+    const line = err.pos ? lc.linePos(err.pos[0]).line : null;
+    issues.push({ file: shown, line, path: "", message: `invalid YAML: ${err.message.split("\n")[0]}` });
+  }
+  if (issues.length > 0) throw new RecipeError(issues);
+
+  const fromSet = new Set<string>();
+  for (const spec of opts.overrides ?? []) {
+    const o = parseOverride(spec);
+    if ("error" in o) {
+      issues.push({ file: "--set", line: null, path: "", message: o.error });
+      continue;
+    }
+    if (!isMap(doc.contents) && doc.contents !== null) {
+      issues.push({ file: shown, line: null, path: "", message: "the recipe is not a mapping, so --set cannot apply" });
+      continue;
+    }
+    if (doc.contents === null) doc.contents = doc.createNode({}) as never;
+    doc.setIn(o.path, o.value);
+    fromSet.add(o.path.join("."));
+  }
+  if (issues.length > 0) throw new RecipeError(issues);
+
+  const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  const schema = checkSchema(raw);
+  const problems: Problem[] = [...schema.problems];
+  if (schema.problems.length === 0) problems.push(...checkRules(schema.value));
+  const toIssue = (p: Problem): RecipeIssue => {
+    const key = p.path.join(".");
+    const overridden = [...fromSet].some((s) => key === s || key.startsWith(s + "."));
+    return overridden
+      ? { file: "--set", line: null, path: key, message: p.message }
+      : { file: shown, line: lineOf(doc, lc, p.path, p.atKey ?? false), path: key, message: p.message };
+  };
+  if (problems.length > 0) throw new RecipeError(problems.map(toIssue));
+
+  const resolved = resolveRecipe(schema.value, {
+    recipeFile: file,
+    cwd: opts.cwd ?? process.cwd(),
+    cpuCount: opts.cpuCount,
+    env: opts.env ?? process.env,
+  });
+  if (resolved.problems.length > 0) throw new RecipeError(resolved.problems.map(toIssue));
+  return resolved.recipe;
+}

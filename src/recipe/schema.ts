@@ -1,0 +1,103 @@
+// The recipe schema as data (docs/recipe.md is its prose twin). Each leaf says its type, its range and its
+// default; validate.ts walks it once, collecting every problem, and fills in defaults.
+
+export type Leaf =
+  | { kind: "int"; min?: number; max?: number; default: number | null; nullable?: boolean }
+  | { kind: "number"; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; default: number | null; nullable?: boolean }
+  | { kind: "string"; pattern?: RegExp; patternHelp?: string; default: string | null; nullable?: boolean }
+  | { kind: "enum"; values: readonly string[]; default: string }
+  | { kind: "bool"; default: boolean }
+  | { kind: "path"; default: string | null; nullable?: boolean; mustExist?: boolean }
+  | { kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: number[] | null; nullable?: boolean }
+  | { kind: "numberPair"; min?: number; max?: number; default: [number, number] };
+
+export interface Group {
+  kind: "group";
+  fields: Record<string, Node>;
+}
+export type Node = Leaf | Group;
+
+const group = (fields: Record<string, Node>): Group => ({ kind: "group", fields });
+
+export const RECIPE_SCHEMA_VERSION = 1;
+
+export const recipeSchema: Group = group({
+  name: { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: "letters, digits, '_', '.', '-'", default: null, nullable: true },
+  seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 },
+  run_dir: { kind: "path", default: null, nullable: true },
+  placement: { kind: "enum", values: ["per_role", "colocated"], default: "per_role" },
+  python: { kind: "path", default: null, nullable: true, mustExist: true },
+  torch_threads: { kind: "int", min: 1, max: 256, default: null, nullable: true },
+  transport: { kind: "enum", values: ["ipc", "tcp"], default: "ipc" },
+  heartbeat: group({
+    interval_s: { kind: "number", min: 0, exclusiveMin: true, max: 60, default: 0.5 },
+    timeout_s: { kind: "number", min: 0, exclusiveMin: true, max: 3600, default: 30 },
+  }),
+  data: group({
+    source: { kind: "enum", values: ["gmm"], default: "gmm" },
+    gmm: group({
+      num_classes: { kind: "int", min: 2, max: 10, default: 4 },
+      image_size: { kind: "int", min: 4, max: 32, default: 8 },
+      std: { kind: "number", min: 0, exclusiveMin: true, max: 10, default: 0.1 },
+    }),
+  }),
+  teacher: group({
+    source: { kind: "enum", values: ["builtin"], default: "builtin" },
+    builtin: group({
+      channels: { kind: "int", min: 8, max: 512, default: 32 },
+      train_steps: { kind: "int", min: 1, default: 1500 },
+      batch_size: { kind: "int", min: 1, max: 65536, default: 128 },
+      lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 0.002 },
+      label_dropout: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.1 },
+    }),
+  }),
+  diffusion: group({
+    num_train_timesteps: { kind: "int", min: 2, max: 100000, default: 1000 },
+    beta_schedule: { kind: "enum", values: ["linear", "scaled_linear"], default: "scaled_linear" },
+    beta_start: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.00085 },
+    beta_end: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.012 },
+    prediction_type: { kind: "enum", values: ["epsilon", "v_prediction", "sample"], default: "epsilon" },
+  }),
+  generator: group({
+    steps: { kind: "int", min: 1, max: 4, default: 1 },
+    conditioning_timestep: { kind: "int", min: 0, default: null, nullable: true },
+    timesteps: { kind: "intList", minLength: 1, maxLength: 4, min: 0, default: null, nullable: true },
+    lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },
+  }),
+  fake_score: group({
+    lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },
+  }),
+  dmd: group({
+    weight: { kind: "number", min: 0, default: 1 },
+    real_guidance_scale: { kind: "number", min: 1, max: 100, default: 1 },
+    min_t: { kind: "number", min: 0, max: 1, default: 0.02 },
+    max_t: { kind: "number", min: 0, max: 1, default: 0.98 },
+  }),
+  ttur: group({
+    ratio: { kind: "int", min: 1, max: 1000, default: 5 },
+  }),
+  gan: group({
+    enabled: { kind: "bool", default: true },
+    generator_weight: { kind: "number", min: 0, default: 0.003 },
+    discriminator_weight: { kind: "number", min: 0, default: 0.01 },
+    warmup_steps: { kind: "int", min: 0, default: 0 },
+    diffusion_gan: { kind: "bool", default: true },
+  }),
+  optim: group({
+    betas: { kind: "numberPair", min: 0, max: 0.999999, default: [0.9, 0.999] },
+    weight_decay: { kind: "number", min: 0, max: 10, default: 0.01 },
+    warmup_steps: { kind: "int", min: 0, default: 20 },
+    grad_clip: { kind: "number", min: 0, exclusiveMin: true, default: 10 },
+  }),
+  train: group({
+    steps: { kind: "int", min: 1, default: 200 },
+    batch_size: { kind: "int", min: 1, max: 65536, default: 32 },
+    log_every: { kind: "int", min: 1, default: 10 },
+    checkpoint_every: { kind: "int", min: 1, default: 100 },
+    keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
+  }),
+  sample: group({
+    num: { kind: "int", min: 1, max: 256, default: 16 },
+    seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 1234 },
+  }),
+});

@@ -1,0 +1,174 @@
+// Checks a parsed recipe object against the schema, collecting every problem at once (never stopping at the
+// first), and fills in defaults. Pure: no file system, no YAML. load.ts adds file names and line numbers.
+
+import { type Group, type Leaf, type Node, recipeSchema } from "./schema.js";
+
+export interface Problem {
+  path: string[];
+  message: string;
+  /** true when the problem is about the key itself (unknown key), so the key's line is the right one */
+  atKey?: boolean;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null && !Array.isArray(v);
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "string") return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "..." : v)}`;
+  if (isObj(v)) return "a mapping";
+  return `${typeof v} ${String(v)}`;
+}
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++)
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+  return d[a.length]![b.length]!;
+}
+
+export function suggestKey(key: string, known: string[]): string {
+  const best = known
+    .map((k) => ({ k, d: editDistance(key.toLowerCase(), k.toLowerCase()) }))
+    .sort((x, y) => x.d - y.d)[0];
+  if (best && best.d <= Math.max(2, Math.floor(key.length / 3))) return `did you mean "${best.k}"?`;
+  return `known keys: ${known.join(", ")}`;
+}
+
+function rangeText(leaf: { min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean }): string {
+  const lo = leaf.min === undefined ? "" : `${leaf.exclusiveMin ? ">" : ">="} ${leaf.min}`;
+  const hi = leaf.max === undefined ? "" : `${leaf.exclusiveMax ? "<" : "<="} ${leaf.max}`;
+  return [lo, hi].filter(Boolean).join(" and ");
+}
+
+function checkRange(v: number, leaf: { min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean }): boolean {
+  if (leaf.min !== undefined && (leaf.exclusiveMin ? v <= leaf.min : v < leaf.min)) return false;
+  if (leaf.max !== undefined && (leaf.exclusiveMax ? v >= leaf.max : v > leaf.max)) return false;
+  return true;
+}
+
+function checkLeaf(leaf: Leaf, v: unknown, path: string[], problems: Problem[]): unknown {
+  const bad = (message: string) => {
+    problems.push({ path, message });
+    return undefined;
+  };
+  if (v === null && "nullable" in leaf && leaf.nullable) return null;
+  switch (leaf.kind) {
+    case "int":
+    case "number": {
+      if (typeof v !== "number" || !Number.isFinite(v)) return bad(`expected a ${leaf.kind === "int" ? "whole number" : "number"}, got ${describe(v)}`);
+      if (leaf.kind === "int" && !Number.isInteger(v)) return bad(`expected a whole number, got ${v}`);
+      if (!checkRange(v, leaf)) return bad(`${v} is out of range (must be ${rangeText(leaf)})`);
+      return v;
+    }
+    case "string": {
+      if (typeof v !== "string") return bad(`expected a string, got ${describe(v)}`);
+      if (leaf.pattern && !leaf.pattern.test(v)) return bad(`"${v}" is not allowed (use ${leaf.patternHelp ?? leaf.pattern.source})`);
+      return v;
+    }
+    case "path": {
+      if (typeof v !== "string" || v.length === 0) return bad(`expected a path, got ${describe(v)}`);
+      return v;
+    }
+    case "enum": {
+      if (typeof v !== "string" || !leaf.values.includes(v)) return bad(`expected one of ${leaf.values.join(" | ")}, got ${describe(v)}`);
+      return v;
+    }
+    case "bool": {
+      if (typeof v !== "boolean") return bad(`expected true or false, got ${describe(v)}`);
+      return v;
+    }
+    case "intList": {
+      if (!Array.isArray(v)) return bad(`expected a list of whole numbers, got ${describe(v)}`);
+      if (leaf.minLength !== undefined && v.length < leaf.minLength) return bad(`expected at least ${leaf.minLength} entries, got ${v.length}`);
+      if (leaf.maxLength !== undefined && v.length > leaf.maxLength) return bad(`expected at most ${leaf.maxLength} entries, got ${v.length}`);
+      for (const [i, x] of v.entries()) {
+        if (typeof x !== "number" || !Number.isInteger(x)) return bad(`entry ${i}: expected a whole number, got ${describe(x)}`);
+        if (leaf.min !== undefined && x < leaf.min) return bad(`entry ${i}: ${x} is out of range (must be >= ${leaf.min})`);
+      }
+      return v;
+    }
+    case "numberPair": {
+      if (!Array.isArray(v) || v.length !== 2) return bad(`expected a list of two numbers, got ${describe(v)}`);
+      for (const [i, x] of v.entries()) {
+        if (typeof x !== "number" || !Number.isFinite(x)) return bad(`entry ${i}: expected a number, got ${describe(x)}`);
+        if (!checkRange(x, leaf)) return bad(`entry ${i}: ${x} is out of range (must be ${rangeText(leaf)})`);
+      }
+      return v;
+    }
+  }
+}
+
+function defaultOf(node: Node): unknown {
+  if (node.kind === "group") return Object.fromEntries(Object.entries(node.fields).map(([k, n]) => [k, defaultOf(n)]));
+  const d = node.default;
+  return Array.isArray(d) ? [...d] : d;
+}
+
+function walk(g: Group, value: unknown, path: string[], problems: Problem[]): Obj {
+  const out: Obj = {};
+  if (value === undefined || value === null) return defaultOf(g) as Obj;
+  if (!isObj(value)) {
+    problems.push({ path, message: `expected a mapping of keys, got ${describe(value)}` });
+    return defaultOf(g) as Obj;
+  }
+  const known = Object.keys(g.fields);
+  for (const key of Object.keys(value)) {
+    if (!(key in g.fields)) problems.push({ path: [...path, key], message: `unknown key (${suggestKey(key, known)})`, atKey: true });
+  }
+  for (const [key, node] of Object.entries(g.fields)) {
+    const v = value[key];
+    if (node.kind === "group") out[key] = walk(node, v, [...path, key], problems);
+    else if (v === undefined) out[key] = defaultOf(node);
+    else {
+      const checked = checkLeaf(node, v, [...path, key], problems);
+      out[key] = checked === undefined ? defaultOf(node) : checked;
+    }
+  }
+  return out;
+}
+
+/** Schema pass: types, ranges, unknown keys. Returns the object with defaults filled in (nulls where the
+ * default depends on other keys; resolve.ts fills those). */
+export function checkSchema(raw: unknown): { value: Obj; problems: Problem[] } {
+  const problems: Problem[] = [];
+  if (raw !== undefined && raw !== null && !isObj(raw)) {
+    return { value: defaultOf(recipeSchema) as Obj, problems: [{ path: [], message: `a recipe must be a mapping of keys, got ${describe(raw)}` }] };
+  }
+  const value = walk(recipeSchema, raw ?? {}, [], problems);
+  return { value, problems };
+}
+
+/** Rules across keys, run on the schema-checked object (after defaults). */
+export function checkRules(r: Obj): Problem[] {
+  const problems: Problem[] = [];
+  const g = (p: string) => p.split(".").reduce<unknown>((o, k) => (isObj(o) ? o[k] : undefined), r);
+  const T = g("diffusion.num_train_timesteps") as number;
+  const bs = g("diffusion.beta_start") as number;
+  const be = g("diffusion.beta_end") as number;
+  if (be <= bs) problems.push({ path: ["diffusion", "beta_end"], message: `must be greater than diffusion.beta_start (${bs}), got ${be}` });
+  const minT = g("dmd.min_t") as number;
+  const maxT = g("dmd.max_t") as number;
+  if (maxT <= minT) problems.push({ path: ["dmd", "max_t"], message: `must be greater than dmd.min_t (${minT}), got ${maxT}` });
+  const hbI = g("heartbeat.interval_s") as number;
+  const hbT = g("heartbeat.timeout_s") as number;
+  if (hbT <= 2 * hbI) problems.push({ path: ["heartbeat", "timeout_s"], message: `must be more than twice heartbeat.interval_s (${hbI}), got ${hbT}` });
+  const steps = g("generator.steps") as number;
+  const ct = g("generator.conditioning_timestep") as number | null;
+  if (ct !== null && ct >= T) problems.push({ path: ["generator", "conditioning_timestep"], message: `must be below diffusion.num_train_timesteps (${T}), got ${ct}` });
+  const ts = g("generator.timesteps") as number[] | null;
+  if (ts !== null) {
+    if (ts.length !== steps) problems.push({ path: ["generator", "timesteps"], message: `has ${ts.length} entries but generator.steps is ${steps} (give one timestep per step)` });
+    if (ts.some((t, i) => i > 0 && t >= ts[i - 1]!)) problems.push({ path: ["generator", "timesteps"], message: `must be strictly decreasing, got [${ts.join(", ")}]` });
+    if (ts.some((t) => t >= T)) problems.push({ path: ["generator", "timesteps"], message: `entries must be below diffusion.num_train_timesteps (${T})` });
+    if (ct !== null && ts[0] !== ct) problems.push({ path: ["generator", "timesteps"], message: `first entry (${ts[0]}) must equal generator.conditioning_timestep (${ct}); drop one of the two keys` });
+  }
+  const gan = g("gan") as Obj;
+  if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
+    problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });
+  }
+  return problems;
+}

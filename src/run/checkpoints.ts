@@ -1,0 +1,84 @@
+// Checkpoint folders in a run: <run_dir>/checkpoints/step-XXXXXXXX/ with each role's files and a manifest.
+// A checkpoint is written into step-XXXXXXXX.tmp, the manifest (with every file's sha256, as the workers
+// reported) is written last, and only then is the folder renamed into place; so a folder without ".tmp" and
+// with a manifest is complete. Retention removes the oldest complete ones beyond keep_last.
+
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+
+export interface ManifestFile {
+  name: string;
+  bytes: number;
+  sha256: string;
+  worker: string;
+}
+
+export interface Manifest {
+  format: "dmd2-checkpoint";
+  version: 1;
+  /** steps completed: a run resumed from here starts at this step */
+  step: number;
+  created: string;
+  recipe_sha256: string;
+  files: ManifestFile[];
+}
+
+export const checkpointsDir = (runDir: string) => path.join(runDir, "checkpoints");
+export const checkpointName = (step: number) => `step-${String(step).padStart(8, "0")}`;
+
+export function beginCheckpoint(runDir: string, step: number): string {
+  const tmp = path.join(checkpointsDir(runDir), checkpointName(step) + ".tmp");
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  return tmp;
+}
+
+export function commitCheckpoint(tmpDir: string, manifest: Manifest): string {
+  const finalDir = tmpDir.replace(/\.tmp$/, "");
+  const mtmp = path.join(tmpDir, "manifest.json.tmp");
+  writeFileSync(mtmp, JSON.stringify(manifest, null, 2) + "\n");
+  renameSync(mtmp, path.join(tmpDir, "manifest.json"));
+  if (existsSync(finalDir)) rmSync(finalDir, { recursive: true, force: true });
+  renameSync(tmpDir, finalDir);
+  return finalDir;
+}
+
+export function listCheckpoints(runDir: string): { dir: string; step: number }[] {
+  const root = checkpointsDir(runDir);
+  if (!existsSync(root)) return [];
+  return readdirSync(root)
+    .filter((n) => /^step-\d{8}$/.test(n) && existsSync(path.join(root, n, "manifest.json")))
+    .map((n) => ({ dir: path.join(root, n), step: Number(n.slice(5)) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+export function readManifest(dir: string): Manifest {
+  return JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8")) as Manifest;
+}
+
+/** Files whose size or sha256 differ from the manifest (empty: intact). */
+export function verifyCheckpoint(dir: string): string[] {
+  const m = readManifest(dir);
+  const bad: string[] = [];
+  for (const f of m.files) {
+    const p = path.join(dir, f.name);
+    if (!existsSync(p)) {
+      bad.push(`${f.name} (missing)`);
+      continue;
+    }
+    const buf = readFileSync(p);
+    if (buf.length !== f.bytes || createHash("sha256").update(buf).digest("hex") !== f.sha256) bad.push(`${f.name} (checksum mismatch)`);
+  }
+  return bad;
+}
+
+export function applyRetention(runDir: string, keepLast: number): string[] {
+  const all = listCheckpoints(runDir);
+  const drop = all.slice(0, Math.max(0, all.length - keepLast));
+  for (const c of drop) rmSync(c.dir, { recursive: true, force: true });
+  // leftovers of interrupted checkpoints
+  const root = checkpointsDir(runDir);
+  if (existsSync(root)) for (const n of readdirSync(root)) if (n.endsWith(".tmp")) rmSync(path.join(root, n), { recursive: true, force: true });
+  return drop.map((c) => c.dir);
+}

@@ -1,0 +1,155 @@
+// `dmd2 distill`: the coordinator's run loop. It owns the recipe, the placement, the step schedule, the
+// checkpoints, metrics and progress; it holds no model and does no tensor math (tensors it routes between
+// processes are passed on untouched).
+
+import { createHash } from "node:crypto";
+import { appendFileSync, mkdirSync, writeFileSync, accessSync, constants as fsc } from "node:fs";
+import path from "node:path";
+import { DmdError, UsageError } from "../errors.js";
+import type { Recipe } from "../recipe/types.js";
+import { workerLayout, roleHome } from "../schedule/placement.js";
+import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
+import { planStep, routeTensors } from "../schedule/stepPlan.js";
+import { applyRetention, beginCheckpoint, checkpointName, commitCheckpoint, listCheckpoints, type Manifest } from "./checkpoints.js";
+import { Cluster } from "./cluster.js";
+import type { Reporter } from "./reporter.js";
+import type { TensorFrame } from "../protocol/messages.js";
+
+export interface DistillResult {
+  runDir: string;
+  steps: number;
+  resumedFrom: number | null;
+  checkpoint: string;
+  grid: string;
+  pids: Record<string, number>;
+  interrupted: boolean;
+}
+
+function ensureWritable(dir: string) {
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, fsc.W_OK);
+  } catch (e) {
+    throw new UsageError(`run_dir ${dir} is not writable (${(e as NodeJS.ErrnoException).code ?? e}): choose another run_dir or fix its permissions`);
+  }
+}
+
+export function recipeHash(r: Recipe): string {
+  return createHash("sha256").update(JSON.stringify(r)).digest("hex");
+}
+
+export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal?: AbortSignal } = {}): Promise<DistillResult> {
+  const runDir = recipe.run_dir;
+  ensureWritable(runDir);
+  writeFileSync(path.join(runDir, "recipe.resolved.json"), JSON.stringify(recipe, null, 2) + "\n");
+  const existing = listCheckpoints(runDir);
+  const resume = existing.length > 0 ? existing[existing.length - 1]! : null;
+  if (resume && resume.step >= recipe.train.steps) {
+    reporter.info(`run ${runDir} already finished (${resume.step} steps); sampling from its last checkpoint`);
+  }
+  const layout = workerLayout(recipe.placement);
+  const home = roleHome(layout);
+  reporter.phase("starting workers", layout.map((w) => `${w.name}[${w.roles.join(",")}]`).join(" "));
+  const cluster = await Cluster.start(recipe, layout, reporter);
+  try {
+    return await cluster.guard(async () => {
+      reporter.phase("setting up teacher", recipe.teacher.source === "builtin" ? "(built-in; trained on first use, then cached)" : "");
+      const t = await cluster.setup("teacher", { teacher_dir: null });
+      const teacherDir = String(t.teacher_dir);
+      reporter.phase("setting up generator and fake score", "(initialised from the teacher)");
+      await Promise.all([cluster.setup("generator", { teacher_dir: teacherDir }), cluster.setup("fake_score", { teacher_dir: teacherDir })]);
+      await cluster.setup("discriminator", { teacher_dir: teacherDir });
+
+      let start = 0;
+      if (resume) {
+        reporter.phase("resuming", `from ${path.relative(process.cwd(), resume.dir) || resume.dir} (step ${resume.step})`);
+        await cluster.restoreAll(resume.dir);
+        start = resume.step;
+      }
+      const metricsFile = path.join(runDir, "metrics.jsonl");
+      let lastCheckpoint = resume?.dir ?? "";
+      const total = recipe.train.steps;
+      let interrupted = false;
+      const onAbort = () => {
+        interrupted = true;
+      };
+      opts.signal?.addEventListener("abort", onAbort);
+      reporter.startSteps(total, start);
+      let step = start;
+      for (; step < total; step++) {
+        const t0 = performance.now();
+        const metrics = await runStep(cluster, recipe, home, step);
+        const stepTime = (performance.now() - t0) / 1000;
+        const genUpdates = generatorUpdatesBefore(step + 1, recipe.ttur.ratio);
+        const logLine = (step + 1) % recipe.train.log_every === 0 || step + 1 === total;
+        const row = { step: step + 1, time: Date.now() / 1000, step_time_s: stepTime, generator_update: isGeneratorStep(step, recipe.ttur.ratio), gen_updates: genUpdates, ...metrics };
+        appendFileSync(metricsFile, JSON.stringify(row) + "\n");
+        reporter.step(step, total, genUpdates, metrics, logLine);
+        if (isCheckpointStep(step, recipe) || interrupted) {
+          lastCheckpoint = await writeCheckpoint(cluster, recipe, step + 1);
+          reporter.debug(`checkpoint ${lastCheckpoint}`);
+        }
+        if (interrupted) break;
+      }
+      reporter.endSteps();
+      opts.signal?.removeEventListener("abort", onAbort);
+      if (interrupted) {
+        reporter.info(`interrupted: checkpoint ${path.relative(process.cwd(), lastCheckpoint)} written; run the same command again to resume`);
+      }
+      const done = Math.min(step + (interrupted ? 1 : 0), total);
+      const outDir = path.join(runDir, "samples", "final");
+      const grid = path.join(outDir, "grid.png");
+      if (interrupted) {
+        return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid: "", pids: cluster.pids(), interrupted: true };
+      }
+      reporter.phase("sampling", `${recipe.sample.num} images, ${recipe.generator.steps} step(s)`);
+      await cluster.op("generator", "sample", done, { seed: recipe.sample.seed, n: recipe.sample.num, steps: recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
+      reporter.event("done", { run_dir: runDir, steps: done, checkpoint: lastCheckpoint, grid }, `done: ${done} steps, checkpoint ${path.relative(process.cwd(), lastCheckpoint)}, samples ${path.relative(process.cwd(), grid)}`);
+      return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid, pids: cluster.pids(), interrupted: false };
+    });
+  } finally {
+    reporter.endSteps();
+    await cluster.close();
+  }
+}
+
+async function runStep(cluster: Cluster, recipe: Recipe, home: Map<string, string>, step: number): Promise<Record<string, number>> {
+  const phases = routeTensors(planStep(step, recipe), home as never);
+  const held = new Map<string, TensorFrame>();
+  const metrics: Record<string, number> = {};
+  for (const phase of phases) {
+    const replies = await Promise.all(
+      phase.map((call) => {
+        const inputs = call.attach.map((name) => {
+          const t = held.get(name);
+          if (!t) throw new DmdError(`internal: tensor "${name}" was not returned before ${call.role}.${call.op}`, { code: "INTERNAL" });
+          return t;
+        });
+        return cluster.op(call.role, call.op, step, call.args, inputs, call.returns);
+      }),
+    );
+    for (const rep of replies) {
+      Object.assign(metrics, rep.metrics);
+      for (const t of rep.tensors) held.set(t.name, t);
+    }
+  }
+  return metrics;
+}
+
+async function writeCheckpoint(cluster: Cluster, recipe: Recipe, stepsDone: number): Promise<string> {
+  const tmp = beginCheckpoint(recipe.run_dir, stepsDone);
+  const files = await cluster.saveAll(tmp, stepsDone);
+  const manifest: Manifest = {
+    format: "dmd2-checkpoint",
+    version: 1,
+    step: stepsDone,
+    created: new Date().toISOString(),
+    recipe_sha256: recipeHash(recipe),
+    files,
+  };
+  const dir = commitCheckpoint(tmp, manifest);
+  applyRetention(recipe.run_dir, recipe.train.keep_last);
+  return dir;
+}
+
+export { checkpointName };

@@ -1,0 +1,103 @@
+// What the user sees while a command runs. Three renderings of the same events: a cli-progress bar on a
+// terminal, plain timestamped lines when output is not a terminal, one JSON object per event with --json.
+// chalk colours only on a terminal (chalk itself honours NO_COLOR / FORCE_COLOR).
+
+import chalk from "chalk";
+import cliProgress from "cli-progress";
+
+export type OutputMode = "tty" | "plain" | "json";
+
+export interface ReporterOptions {
+  mode?: OutputMode;
+  quiet?: boolean;
+  verbose?: boolean;
+  stream?: NodeJS.WriteStream;
+}
+
+const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
+
+export class Reporter {
+  readonly mode: OutputMode;
+  readonly quiet: boolean;
+  readonly verbose: boolean;
+  private stream: NodeJS.WriteStream;
+  private bar: cliProgress.SingleBar | null = null;
+  private t0 = Date.now();
+
+  constructor(opts: ReporterOptions = {}) {
+    this.stream = opts.stream ?? process.stderr;
+    this.mode = opts.mode ?? (this.stream.isTTY ? "tty" : "plain");
+    this.quiet = opts.quiet ?? false;
+    this.verbose = opts.verbose ?? false;
+  }
+
+  private line(text: string) {
+    const stamp = new Date().toISOString().replace("T", " ").slice(0, 19);
+    if (this.bar) this.bar.stop();
+    this.stream.write(this.mode === "tty" ? `${text}\n` : `${stamp} ${text}\n`);
+    if (this.bar) this.bar = null;
+  }
+
+  event(type: string, fields: Record<string, unknown>, text?: string) {
+    if (this.mode === "json") {
+      process.stdout.write(JSON.stringify({ event: type, time: Date.now() / 1000, ...fields }) + "\n");
+      return;
+    }
+    if (this.quiet || text === undefined) return;
+    this.line(text);
+  }
+
+  phase(name: string, detail = "") {
+    this.event("phase", { name, detail }, `${chalk.cyan("›")} ${name}${detail ? chalk.dim(" " + detail) : ""}`);
+  }
+
+  info(message: string) {
+    this.event("info", { message }, message);
+  }
+
+  debug(message: string) {
+    if (this.verbose) this.event("debug", { message }, chalk.dim(message));
+  }
+
+  startSteps(total: number, start: number) {
+    this.t0 = Date.now();
+    if (this.mode !== "tty" || this.quiet) return;
+    this.bar = new cliProgress.SingleBar(
+      {
+        format: `${chalk.green("{bar}")} {value}/{total} steps | G updates {gen} | {rate} it/s | ETA {eta_formatted} | {losses}`,
+        barsize: 24,
+        hideCursor: true,
+        stream: this.stream,
+        etaBuffer: 20,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    this.bar.start(total, start, { gen: 0, rate: "-", losses: "" });
+  }
+
+  step(step: number, total: number, genUpdates: number, metrics: Record<string, number>, logLine: boolean) {
+    const done = step + 1;
+    const elapsed = (Date.now() - this.t0) / 1000;
+    if (this.mode === "json") {
+      if (logLine) this.event("step", { step: done, total, gen_updates: genUpdates, ...metrics });
+      return;
+    }
+    if (this.quiet) return;
+    const losses = Object.entries(metrics)
+      .filter(([k]) => k.startsWith("loss_"))
+      .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
+      .join(" ");
+    if (this.bar) {
+      this.bar.update(done, { gen: genUpdates, rate: elapsed > 0 ? (done / elapsed).toFixed(1) : "-", losses });
+      return;
+    }
+    if (logLine && this.mode === "plain") this.line(`step ${done}/${total} G updates ${genUpdates} ${losses}`);
+  }
+
+  endSteps() {
+    if (this.bar) {
+      this.bar.stop();
+      this.bar = null;
+    }
+  }
+}

@@ -1,0 +1,129 @@
+/**
+ * Endpoints of one run (docs/protocol.md §1): `ipc://<dir>/<worker>.req` and `ipc://<dir>/hb` in a private
+ * directory (mode 0700), or `tcp://127.0.0.1:<port>`. Nothing binds to other interfaces.
+ */
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { UsageError } from "../errors.js";
+
+export type Transport = "ipc" | "tcp";
+
+/** Unix socket paths are limited to ~104-108 bytes; ZeroMQ's own limit is a little lower. */
+export const MAX_IPC_PATH = 100;
+const WORKER_NAME = /^[A-Za-z0-9_.-]{1,32}$/;
+
+export interface RunEndpoints {
+  readonly transport: Transport;
+  /** The private directory of the ipc sockets; null for tcp. */
+  readonly dir: string | null;
+  /**
+   * The address to bind a worker's request channel to. For tcp it is `tcp://127.0.0.1:<free port>`; the
+   * address actually bound (the socket's lastEndpoint) is what the worker is told to connect to.
+   */
+  endpointFor(worker: string): string;
+  /** The address to bind the heartbeat channel to. */
+  readonly heartbeat: string;
+  /** Removes the ipc directory (idempotent; nothing to do for tcp). */
+  cleanup(): Promise<void>;
+}
+
+function checkWorkerName(worker: string): void {
+  if (!WORKER_NAME.test(worker)) {
+    throw new UsageError(`worker name "${worker}" is not usable in an endpoint: use 1-32 of A-Z a-z 0-9 _ . -`);
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released at once; a race with other programs is possible). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", reject);
+    server.listen({ host: "127.0.0.1", port: 0, exclusive: true }, () => {
+      const address = server.address();
+      server.close(() => {
+        if (address !== null && typeof address === "object") resolve(address.port);
+        else reject(new Error("could not read the port of a probe socket"));
+      });
+    });
+  });
+}
+
+async function makePrivateDir(): Promise<string> {
+  // Prefer $TMPDIR; fall back to /tmp when that would make socket paths too long (macOS's $TMPDIR is ~50 chars).
+  const bases = [os.tmpdir(), "/tmp"];
+  for (const base of bases) {
+    // "<base>/dmd2-XXXXXX/" + "<32 chars>.req"
+    if (base.length + "/dmd2-XXXXXX/".length + 36 > MAX_IPC_PATH) continue;
+    const dir = await mkdtemp(path.join(base, "dmd2-"));
+    await chmod(dir, 0o700);
+    return dir;
+  }
+  throw new UsageError(`temporary directory ${os.tmpdir()} gives socket paths longer than ${MAX_IPC_PATH} characters`, {
+    hint: "set TMPDIR to a short path such as /tmp, or use transport: tcp",
+  });
+}
+
+/**
+ * Makes the endpoints of a run. For ipc, creates the private socket directory. For tcp, picks a free port per
+ * worker name as it is first asked for (and one for the heartbeat channel).
+ */
+export async function createEndpoints(transport: Transport = "ipc"): Promise<RunEndpoints> {
+  if (transport === "tcp") {
+    const ports = new Map<string, number>();
+    const heartbeatPort = await freePort();
+    // Ports are picked ahead so endpointFor can stay synchronous; see reserveTcpPorts.
+    const reserved: number[] = [];
+    const endpoints: RunEndpoints & { reserve(workers: string[]): Promise<void> } = {
+      transport,
+      dir: null,
+      heartbeat: `tcp://127.0.0.1:${heartbeatPort}`,
+      endpointFor(worker: string): string {
+        checkWorkerName(worker);
+        let port = ports.get(worker);
+        if (port === undefined) {
+          port = reserved.shift();
+          if (port === undefined) {
+            // No reserved port: let ZeroMQ pick one when binding (the bound address is read back).
+            return "tcp://127.0.0.1:*";
+          }
+          ports.set(worker, port);
+        }
+        return `tcp://127.0.0.1:${port}`;
+      },
+      async reserve(workers: string[]): Promise<void> {
+        for (const worker of workers) {
+          checkWorkerName(worker);
+          if (!ports.has(worker)) ports.set(worker, await freePort());
+        }
+      },
+      async cleanup(): Promise<void> {},
+    };
+    return endpoints;
+  }
+
+  const dir = await makePrivateDir();
+  let removed = false;
+  return {
+    transport,
+    dir,
+    heartbeat: `ipc://${path.join(dir, "hb")}`,
+    endpointFor(worker: string): string {
+      checkWorkerName(worker);
+      return `ipc://${path.join(dir, `${worker}.req`)}`;
+    },
+    async cleanup(): Promise<void> {
+      if (removed) return;
+      removed = true;
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** For tcp endpoints: picks a free port for each worker now. No-op for ipc. */
+export async function reserveTcpPorts(endpoints: RunEndpoints, workers: string[]): Promise<void> {
+  const withReserve = endpoints as RunEndpoints & { reserve?: (workers: string[]) => Promise<void> };
+  if (withReserve.reserve) await withReserve.reserve(workers);
+}

@@ -1,0 +1,116 @@
+// Recipe validation: the shipped recipes load, defaults resolve as docs/recipe.md says, every malformed recipe
+// in test/fixtures/bad-recipes gives its expected one-line message, and all problems are reported at once.
+import assert from "node:assert/strict";
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { test } from "node:test";
+import { RecipeError } from "../src/errors.js";
+import { loadRecipe, parseOverride } from "../src/recipe/load.js";
+import { defaultTimesteps } from "../src/recipe/resolve.js";
+import { projectRoot } from "./helpers.js";
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-recipe-"));
+function writeRecipe(name: string, text: string): string {
+  const f = path.join(tmp, name);
+  writeFileSync(f, text);
+  return f;
+}
+function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof RecipeError, `expected RecipeError, got ${e}`);
+    assert.equal(e.exitCode, 2);
+    return e.lines();
+  }
+  assert.fail("expected the recipe to be rejected");
+}
+
+test("every recipe in recipes/ loads and resolves", () => {
+  const dir = path.join(projectRoot, "recipes");
+  const files = readdirSync(dir).filter((f) => f.endsWith(".yaml"));
+  assert.ok(files.length >= 1);
+  for (const f of files) {
+    const r = loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2 });
+    assert.equal(r.version, 1);
+    assert.equal(r.generator.timesteps.length, r.generator.steps, f);
+  }
+});
+
+test("tiny.yaml resolves to the documented resolved form", () => {
+  const r = loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: tmp, cpuCount: 2 });
+  assert.equal(r.name, "tiny");
+  assert.equal(r.run_dir, path.join(tmp, "runs", "tiny"));
+  assert.equal(r.placement, "per_role");
+  assert.equal(r.torch_threads, 1); // 2 cores / 3 workers, at least 1
+  assert.deepEqual(r.generator.timesteps, [999, 499]);
+  assert.equal(r.generator.conditioning_timestep, 999);
+  assert.deepEqual(r.optim.betas, [0.9, 0.999]);
+  assert.equal(r.heartbeat.timeout_s, 30);
+  assert.equal(r.gan.diffusion_gan, true);
+});
+
+test("an empty recipe gets every default, named after its file", () => {
+  const r = loadRecipe(writeRecipe("empty.yaml", ""), { cwd: tmp, cpuCount: 4 });
+  assert.equal(r.name, "empty");
+  assert.equal(r.generator.steps, 1);
+  assert.deepEqual(r.generator.timesteps, [999]);
+  assert.equal(r.torch_threads, Math.floor(4 / 3));
+  const c = loadRecipe(writeRecipe("c.yaml", "placement: colocated\n"), { cwd: tmp, cpuCount: 4 });
+  assert.equal(c.torch_threads, 4);
+});
+
+test("default timesteps follow c - i*round((c+1)/N)", () => {
+  assert.deepEqual(defaultTimesteps(999, 4), [999, 749, 499, 249]);
+  assert.deepEqual(defaultTimesteps(999, 2), [999, 499]);
+  assert.deepEqual(defaultTimesteps(399, 1), [399]);
+  assert.deepEqual(defaultTimesteps(999, 3), [999, 666, 333]);
+});
+
+test("malformed recipe corpus: each file gives its expected message, exit code 2", () => {
+  const dir = path.join(projectRoot, "test", "fixtures", "bad-recipes");
+  const files = readdirSync(dir).filter((f) => f.endsWith(".yaml")).sort();
+  assert.ok(files.length >= 25, `corpus has ${files.length} recipes`);
+  for (const f of files) {
+    const text = readFileSync(path.join(dir, f), "utf8");
+    const expect = /^# expect: (.*)$/m.exec(text)?.[1];
+    assert.ok(expect, `${f} lacks an "# expect:" line`);
+    const lines = issuesOf(() => loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2 }));
+    assert.ok(lines.some((l) => l.includes(expect)), `${f}: expected a line containing\n  ${expect}\ngot\n  ${lines.join("\n  ")}`);
+    for (const l of lines) {
+      assert.ok(!l.includes("\n"), `${f}: message is not one line`);
+      assert.ok(l.includes(f), `${f}: message does not name the file: ${l}`);
+    }
+  }
+});
+
+test("all problems are reported at once, each with its line", () => {
+  const f = writeRecipe("many.yaml", ["seed: x", "train:", "  steps: 0", "  bogus: 1", "gan:", "  enabled: 3"].join("\n"));
+  const lines = issuesOf(() => loadRecipe(f, { cwd: tmp }));
+  assert.equal(lines.length, 4, lines.join("\n"));
+  assert.ok(lines.some((l) => l.startsWith(`${path.relative(process.cwd(), f)}:1: seed:`)), lines.join("\n"));
+  assert.ok(lines.some((l) => l.includes(":3: train.steps:")));
+  assert.ok(lines.some((l) => l.includes(":4: train.bogus: unknown key")));
+  assert.ok(lines.some((l) => l.includes(":6: gan.enabled:")));
+});
+
+test("a missing recipe file is one clear line", () => {
+  const lines = issuesOf(() => loadRecipe(path.join(tmp, "nope.yaml"), { cwd: tmp }));
+  assert.equal(lines.length, 1);
+  assert.match(lines[0]!, /nope\.yaml: no such file/);
+});
+
+test("--set overrides are validated like the file", () => {
+  const f = writeRecipe("base.yaml", "train:\n  steps: 10\n");
+  const r = loadRecipe(f, { cwd: tmp, overrides: ["train.steps=3", "placement=colocated", "gan.enabled=false", "optim.betas=[0.5, 0.9]"] });
+  assert.equal(r.train.steps, 3);
+  assert.equal(r.placement, "colocated");
+  assert.equal(r.gan.enabled, false);
+  assert.deepEqual(r.optim.betas, [0.5, 0.9]);
+  assert.deepEqual(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train.stepz=3"] })), ['--set: --set train.stepz: unknown key (did you mean "steps"?)']);
+  assert.deepEqual(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train.steps=-1"] })), ["--set: train.steps: -1 is out of range (must be >= 1)"]);
+  assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train"] }))[0]!, /expected key\.path=value/);
+  assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train=3"] }))[0]!, /group of keys/);
+  assert.deepEqual(parseOverride("seed=7"), { path: ["seed"], value: 7 });
+});

@@ -1,0 +1,100 @@
+// The coordinator's schedule: TTUR, warm-ups, seeds, checkpoints, and which tensors cross processes.
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import { loadRecipe } from "../src/recipe/load.js";
+import type { Recipe } from "../src/recipe/types.js";
+import { roleHome, workerLayout } from "../src/schedule/placement.js";
+import { ganGeneratorWeight, generatorUpdatesBefore, isCheckpointStep, isGeneratorStep, opSeed, warmupLr } from "../src/schedule/schedule.js";
+import { planStep, routeTensors } from "../src/schedule/stepPlan.js";
+import { projectRoot } from "./helpers.js";
+
+function tiny(overrides: string[] = []): Recipe {
+  return loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: "/tmp", cpuCount: 2, overrides });
+}
+const opsOf = (step: number, r: Recipe) => planStep(step, r).flat().map((c) => `${c.role}.${c.op}`);
+
+test("TTUR: the generator updates exactly every `ratio` steps, the fake score every step", () => {
+  for (const ratio of [1, 3, 5, 10]) {
+    const r = tiny([`ttur.ratio=${ratio}`]);
+    let genUpdates = 0;
+    for (let s = 0; s < 50; s++) {
+      const ops = opsOf(s, r);
+      assert.ok(ops.includes("fake_score.update"), `step ${s}: fake score must update`);
+      const g = ops.includes("generator.update");
+      assert.equal(g, s % ratio === 0, `ratio ${ratio} step ${s}`);
+      assert.equal(g, isGeneratorStep(s, ratio));
+      assert.equal(generatorUpdatesBefore(s, ratio), genUpdates, `updates before step ${s}`);
+      if (g) genUpdates++;
+    }
+    assert.equal(genUpdates, Math.ceil(50 / ratio));
+  }
+});
+
+test("a generator step runs generate, teacher and fake score x0, GAN grad, G update, then fake score update", () => {
+  const r = tiny();
+  assert.deepEqual(
+    planStep(0, r).map((ph) => ph.map((c) => `${c.role}.${c.op}`)),
+    [["generator.generate"], ["teacher.predict_x0", "fake_score.predict_x0"], ["discriminator.generator_gan_grad"], ["generator.update"], ["fake_score.update"]],
+  );
+  assert.deepEqual(opsOf(1, r), ["generator.generate", "fake_score.update"]);
+  const noGan = tiny(["gan.enabled=false"]);
+  assert.deepEqual(opsOf(0, noGan), ["generator.generate", "teacher.predict_x0", "fake_score.predict_x0", "generator.update", "fake_score.update"]);
+  assert.equal(planStep(0, noGan).flat().at(-1)!.args.gan_weight, 0);
+  const gen = planStep(0, r)[0]![0]!;
+  assert.deepEqual(gen.args, { seed: opSeed(0, 0, 1), batch_size: 32, grad: true, dmd: true });
+  assert.deepEqual(planStep(1, r)[0]![0]!.args, { seed: opSeed(0, 1, 1), batch_size: 32, grad: false, dmd: false });
+});
+
+test("GAN weight warm-up and learning-rate warm-up ramp linearly", () => {
+  const r = tiny(["gan.warmup_steps=10", "gan.generator_weight=0.01"]);
+  assert.equal(ganGeneratorWeight(0, r), 0);
+  assert.ok(Math.abs(ganGeneratorWeight(5, r) - 0.005) < 1e-15);
+  assert.equal(ganGeneratorWeight(10, r), 0.01);
+  assert.equal(ganGeneratorWeight(100, r), 0.01);
+  // at step 0 the G GAN weight is 0, so no discriminator op is planned
+  assert.ok(!opsOf(0, r).includes("discriminator.generator_gan_grad"));
+  assert.ok(opsOf(5, tiny(["gan.warmup_steps=10", "ttur.ratio=5"])).includes("discriminator.generator_gan_grad"));
+  assert.equal(warmupLr(1e-4, 0, 20), 1e-4 / 20);
+  assert.equal(warmupLr(1e-4, 19, 20), 1e-4);
+  assert.equal(warmupLr(1e-4, 500, 20), 1e-4);
+  assert.equal(warmupLr(1e-4, 0, 0), 1e-4);
+  // the generator's warm-up counts its own updates, not steps
+  const g = planStep(10, tiny(["ttur.ratio=5", "optim.warmup_steps=20"])).flat().find((c) => c.op === "update" && c.role === "generator")!;
+  assert.equal(g.args.lr, warmupLr(1e-4, 2, 20));
+});
+
+test("op seeds are the documented formula, distinct per op and step", () => {
+  assert.equal(opSeed(0, 0, 1), 1);
+  assert.equal(opSeed(3, 5, 2), (3 * 1000003 + 5 * 7919 + 2) % 2 ** 31);
+  assert.equal(opSeed(2 ** 31 - 1, 10 ** 6, 3), Number((BigInt(2 ** 31 - 1) * 1000003n + 7919000000n + 3n) % 2147483648n));
+  const seen = new Set<number>();
+  for (let s = 0; s < 100; s++) for (const salt of [1, 2, 3]) seen.add(opSeed(42, s, salt));
+  assert.equal(seen.size, 300);
+});
+
+test("checkpoints every checkpoint_every steps and at the end", () => {
+  const r = tiny(["train.steps=250", "train.checkpoint_every=100"]);
+  const at = Array.from({ length: 250 }, (_, s) => s).filter((s) => isCheckpointStep(s, r));
+  assert.deepEqual(at, [99, 199, 249]);
+});
+
+test("per-role placement routes tensors between processes; colocated routes none", () => {
+  const r = tiny();
+  const per = routeTensors(planStep(0, r), roleHome(workerLayout("per_role")) as never).flat();
+  const by = (role: string, op: string) => per.find((c) => c.role === role && c.op === op)!;
+  assert.deepEqual(by("generator", "generate").returns.sort(), ["cond", "t_dmd", "x_gen", "x_t_dmd"]);
+  assert.deepEqual(by("teacher", "predict_x0").attach, ["x_t_dmd", "t_dmd", "cond"]);
+  assert.deepEqual(by("teacher", "predict_x0").returns, ["x0_real"]);
+  assert.deepEqual(by("fake_score", "predict_x0").returns, ["x0_fake"]);
+  // the discriminator shares fake_score's process, but x_gen comes from the generator's
+  assert.deepEqual(by("discriminator", "generator_gan_grad").attach, ["x_gen", "cond"]);
+  assert.deepEqual(by("generator", "update").attach, ["x0_real", "x0_fake", "gan_grad"]);
+  assert.deepEqual(by("fake_score", "update").attach, ["x_gen", "cond"]);
+  const col = routeTensors(planStep(0, r), roleHome(workerLayout("colocated")) as never).flat();
+  for (const c of col) {
+    assert.deepEqual(c.returns, [], `${c.role}.${c.op}`);
+    assert.deepEqual(c.attach, [], `${c.role}.${c.op}`);
+  }
+  assert.deepEqual(workerLayout("per_role").map((w) => w.name), ["teacher", "generator", "fake_score"]);
+});
