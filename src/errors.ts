@@ -46,6 +46,7 @@ export function isDmdError(error: unknown): error is DmdError {
  * malformed message (docs/protocol.md §2) or a reply that does not fit its request.
  */
 export type ProtocolErrorCode =
+  | "PROTOCOL_ERROR"
   | "PROTOCOL_VERSION"
   | "PROTOCOL_BAD_JSON"
   | "PROTOCOL_MISSING_FIELD"
@@ -65,7 +66,7 @@ export class ProtocolError extends DmdError {
     options: { code?: ProtocolErrorCode; worker?: string; hint?: string; cause?: unknown } = {},
   ) {
     super(options.worker === undefined ? message : `worker "${options.worker}": ${message}`, {
-      code: options.code ?? "PROTOCOL_BAD_FIELD",
+      code: options.code ?? "PROTOCOL_ERROR",
       exitCode: 1,
       hint: options.hint,
       cause: options.cause,
@@ -126,8 +127,15 @@ export class WorkerError extends DmdError {
 
   constructor(init: WorkerErrorInit) {
     const evalue = oneLine(init.evalue);
+    const req = init.request;
+    const who =
+      req?.type === "op" && req.role !== undefined && req.op !== undefined
+        ? `role ${req.role} (${req.role}.${req.op}${req.step === undefined ? "" : ` at step ${req.step}`}, ${describeWorker(init.worker, init.roles)})`
+        : req?.role !== undefined
+          ? `role ${req.role} (${req.type}, ${describeWorker(init.worker, init.roles)})`
+          : describeWorker(init.worker, init.roles);
     super(
-      `${describeWorker(init.worker, init.roles)} raised ${init.ename}${evalue === "" ? "" : `: ${evalue}`}`,
+      `${who} raised ${init.ename}${evalue === "" ? "" : `: ${evalue}`}`,
       {
         code: "WORKER_ERROR",
         exitCode: 1,

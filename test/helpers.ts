@@ -6,3 +6,42 @@ import { fileURLToPath } from "node:url";
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const projectPython = process.env.DMD2_PYTHON ?? path.join(projectRoot, ".venv", "bin", "python");
 export const cliEntry = path.join(projectRoot, "bin", "dmd2.js");
+
+import { readFileSync } from "node:fs";
+
+/** Reads a float32 safetensors file into name -> Float32Array (test-only; the coordinator never reads tensors). */
+export function readSafetensors(file: string): Map<string, Float32Array> {
+  const buf = readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    if (info.dtype !== "F32") throw new Error(`${file}: ${name} is ${info.dtype}, expected F32`);
+    const [a, b] = info.data_offsets;
+    const bytes = buf.subarray(8 + n + a, 8 + n + b);
+    out.set(name, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)));
+  }
+  return out;
+}
+
+/** Largest absolute difference between two state dicts with the same keys and shapes. */
+export function maxAbsDiff(a: Map<string, Float32Array>, b: Map<string, Float32Array>): number {
+  if ([...a.keys()].sort().join() !== [...b.keys()].sort().join()) throw new Error("state dicts have different keys");
+  let m = 0;
+  for (const [k, x] of a) {
+    const y = b.get(k)!;
+    if (x.length !== y.length) throw new Error(`${k}: sizes differ`);
+    for (let i = 0; i < x.length; i++) m = Math.max(m, Math.abs(x[i]! - y[i]!));
+  }
+  return m;
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

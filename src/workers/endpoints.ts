@@ -67,51 +67,41 @@ async function makePrivateDir(): Promise<string> {
 }
 
 /**
- * Makes the endpoints of a run. For ipc, creates the private socket directory. For tcp, picks a free port per
- * worker name as it is first asked for (and one for the heartbeat channel).
+ * Makes the endpoints of a run for the named workers. For ipc, creates the private socket directory. For tcp,
+ * picks a free port on 127.0.0.1 for each worker and for the heartbeat channel (a port can be taken by another
+ * program between the pick and the bind: binders fall back to `tcp://127.0.0.1:*` and report the bound
+ * address, see bindWithFallback).
  */
-export async function createEndpoints(transport: Transport = "ipc"): Promise<RunEndpoints> {
+export async function createEndpoints(workers: readonly string[], transport: Transport = "ipc"): Promise<RunEndpoints> {
+  for (const worker of workers) checkWorkerName(worker);
+  if (new Set(workers).size !== workers.length) throw new UsageError(`worker names must be unique: ${workers.join(", ")}`);
+
   if (transport === "tcp") {
     const ports = new Map<string, number>();
+    for (const worker of workers) ports.set(worker, await freePort());
     const heartbeatPort = await freePort();
-    // Ports are picked ahead so endpointFor can stay synchronous; see reserveTcpPorts.
-    const reserved: number[] = [];
-    const endpoints: RunEndpoints & { reserve(workers: string[]): Promise<void> } = {
+    return {
       transport,
       dir: null,
       heartbeat: `tcp://127.0.0.1:${heartbeatPort}`,
       endpointFor(worker: string): string {
-        checkWorkerName(worker);
-        let port = ports.get(worker);
-        if (port === undefined) {
-          port = reserved.shift();
-          if (port === undefined) {
-            // No reserved port: let ZeroMQ pick one when binding (the bound address is read back).
-            return "tcp://127.0.0.1:*";
-          }
-          ports.set(worker, port);
-        }
+        const port = ports.get(worker);
+        if (port === undefined) throw new UsageError(`no endpoint for unknown worker "${worker}"`);
         return `tcp://127.0.0.1:${port}`;
-      },
-      async reserve(workers: string[]): Promise<void> {
-        for (const worker of workers) {
-          checkWorkerName(worker);
-          if (!ports.has(worker)) ports.set(worker, await freePort());
-        }
       },
       async cleanup(): Promise<void> {},
     };
-    return endpoints;
   }
 
   const dir = await makePrivateDir();
   let removed = false;
+  const known = new Set(workers);
   return {
     transport,
     dir,
     heartbeat: `ipc://${path.join(dir, "hb")}`,
     endpointFor(worker: string): string {
-      checkWorkerName(worker);
+      if (!known.has(worker)) throw new UsageError(`no endpoint for unknown worker "${worker}"`);
       return `ipc://${path.join(dir, `${worker}.req`)}`;
     },
     async cleanup(): Promise<void> {
@@ -122,8 +112,20 @@ export async function createEndpoints(transport: Transport = "ipc"): Promise<Run
   };
 }
 
-/** For tcp endpoints: picks a free port for each worker now. No-op for ipc. */
-export async function reserveTcpPorts(endpoints: RunEndpoints, workers: string[]): Promise<void> {
-  const withReserve = endpoints as RunEndpoints & { reserve?: (workers: string[]) => Promise<void> };
-  if (withReserve.reserve) await withReserve.reserve(workers);
+/**
+ * Binds a ZeroMQ socket to `address` and returns the address actually bound (its lastEndpoint). A tcp
+ * address whose port was taken meanwhile is retried as `tcp://127.0.0.1:*` (ZeroMQ picks a free port).
+ */
+export async function bindWithFallback(
+  socket: { bind(address: string): Promise<void>; readonly lastEndpoint: string | null },
+  address: string,
+): Promise<string> {
+  try {
+    await socket.bind(address);
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    if (!address.startsWith("tcp://127.0.0.1:") || code !== "EADDRINUSE") throw error;
+    await socket.bind("tcp://127.0.0.1:*");
+  }
+  return socket.lastEndpoint ?? address;
 }

@@ -1,0 +1,317 @@
+"""Typed form of the *resolved* recipe (docs/recipe.md, "Resolved form") and its strict parser.
+
+The CLI validates the YAML and fills in defaults; the worker receives the resolved object in `hello.recipe` and
+parses it here, once, at the edge: unknown keys, missing keys and wrong JSON types are all errors, reported
+together, each line starting with the key's path (`gan.generator_weight: expected number, got str`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+SCHEMA_VERSION = 1
+
+
+class RecipeError(ValueError):
+    """The resolved recipe does not match the schema. `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass
+class HeartbeatConfig:
+    interval_s: float
+    timeout_s: float
+
+
+@dataclass
+class GmmConfig:
+    num_classes: int
+    image_size: int
+    std: float
+
+
+@dataclass
+class DataConfig:
+    source: Literal["gmm"]
+    gmm: GmmConfig
+
+
+@dataclass
+class BuiltinTeacherConfig:
+    channels: int
+    train_steps: int
+    batch_size: int
+    lr: float
+    label_dropout: float
+
+
+@dataclass
+class TeacherConfig:
+    source: Literal["builtin"]
+    builtin: BuiltinTeacherConfig
+
+
+@dataclass
+class DiffusionConfig:
+    num_train_timesteps: int
+    beta_schedule: Literal["linear", "scaled_linear"]
+    beta_start: float
+    beta_end: float
+    prediction_type: Literal["epsilon", "v_prediction", "sample"]
+
+
+@dataclass
+class GeneratorConfig:
+    steps: int
+    conditioning_timestep: int
+    timesteps: list[int]
+    lr: float
+
+
+@dataclass
+class FakeScoreConfig:
+    lr: float
+
+
+@dataclass
+class DmdConfig:
+    weight: float
+    real_guidance_scale: float
+    min_t: float
+    max_t: float
+
+
+@dataclass
+class TturConfig:
+    ratio: int
+
+
+@dataclass
+class GanConfig:
+    enabled: bool
+    generator_weight: float
+    discriminator_weight: float
+    warmup_steps: int
+    diffusion_gan: bool
+
+
+@dataclass
+class OptimConfig:
+    betas: list[float]
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    batch_size: int
+    log_every: int
+    checkpoint_every: int
+    keep_last: int
+
+
+@dataclass
+class SampleConfig:
+    num: int
+    seed: int
+
+
+@dataclass
+class Recipe:
+    version: int
+    name: str
+    seed: int
+    run_dir: str
+    placement: Literal["per_role", "colocated"]
+    python: str | None
+    torch_threads: int
+    transport: Literal["ipc", "tcp"]
+    heartbeat: HeartbeatConfig
+    data: DataConfig
+    teacher: TeacherConfig
+    diffusion: DiffusionConfig
+    generator: GeneratorConfig
+    fake_score: FakeScoreConfig
+    dmd: DmdConfig
+    ttur: TturConfig
+    gan: GanConfig
+    optim: OptimConfig
+    train: TrainConfig
+    sample: SampleConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "boolean"
+    if tp is int:
+        return "integer"
+    if tp is float:
+        return "number"
+    if tp is str:
+        return "string"
+    if dataclasses.is_dataclass(tp):
+        return "object"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}s"
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return str(tp)
+
+
+def _parse(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    """Check `value` against the annotation `tp`; return the typed value (or None after recording a problem)."""
+    got = type(value).__name__
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected object, got {got}")
+            return None
+        return _parse_dataclass(value, tp, path, problems)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            if value is None:
+                problems.append(f"{path}: expected {_type_name(tp)}, got null")
+                return None
+            return _parse(value, inner[0], path, problems)
+        raise TypeError(f"unsupported annotation {tp}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if not isinstance(value, str) or value not in allowed:
+            shown = repr(value) if isinstance(value, str) else got
+            problems.append(f"{path}: expected one of {', '.join(map(repr, allowed))}, got {shown}")
+            return None
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected {_type_name(tp)}, got {got}")
+            return None
+        return [_parse(v, item_tp, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected boolean, got {got}")
+            return None
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected integer, got {got}")
+            return None
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected number, got {got}")
+            return None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected string, got {got}")
+            return None
+        return value
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _parse_dataclass(obj: dict, cls: type, path: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{path}." if path else ""
+    for key in obj:
+        if key not in hints:
+            problems.append(f"{prefix}{key}: unknown key")
+    values = {}
+    for name in names:
+        if name not in obj:
+            problems.append(f"{prefix}{name}: missing key (expected {_type_name(hints[name])})")
+            values[name] = None
+            continue
+        values[name] = _parse(obj[name], hints[name], f"{prefix}{name}", problems)
+    return cls(**values)
+
+
+def _check_values(r: Recipe, problems: list[str]) -> None:
+    """The few value rules the worker's math relies on (the CLI checks all of them; this is a backstop)."""
+    if r.version != SCHEMA_VERSION:
+        problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
+    d = r.diffusion
+    T = d.num_train_timesteps
+    if T < 2:
+        problems.append(f"diffusion.num_train_timesteps: must be >= 2, got {T}")
+    if not (0 < d.beta_start < d.beta_end < 1):
+        problems.append(f"diffusion.beta_start, beta_end: need 0 < beta_start < beta_end < 1, got {d.beta_start}, {d.beta_end}")
+    g = r.generator
+    if len(g.timesteps) != g.steps:
+        problems.append(f"generator.timesteps: expected {g.steps} entries (generator.steps), got {len(g.timesteps)}")
+    if any(not 0 <= t < T for t in g.timesteps):
+        problems.append(f"generator.timesteps: every entry must be in [0, {T}), got {g.timesteps}")
+    if any(a <= b for a, b in zip(g.timesteps, g.timesteps[1:])):
+        problems.append(f"generator.timesteps: must be strictly decreasing, got {g.timesteps}")
+    if g.timesteps and g.timesteps[0] != g.conditioning_timestep:
+        problems.append(
+            f"generator.timesteps: first entry {g.timesteps[0]} differs from generator.conditioning_timestep "
+            f"{g.conditioning_timestep}"
+        )
+    if not (0 <= r.dmd.min_t < r.dmd.max_t <= 1):
+        problems.append(f"dmd.min_t, dmd.max_t: need 0 <= min_t < max_t <= 1, got {r.dmd.min_t}, {r.dmd.max_t}")
+    if len(r.optim.betas) != 2:
+        problems.append(f"optim.betas: expected 2 numbers, got {len(r.optim.betas)}")
+    s = r.data.gmm.image_size
+    if s < 4 or s % 4:
+        problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
+    if r.data.gmm.num_classes < 1:
+        problems.append(f"data.gmm.num_classes: must be >= 1, got {r.data.gmm.num_classes}")
+    if r.ttur.ratio < 1:
+        problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
+
+
+def parse_recipe(obj: Any) -> Recipe:
+    """Parse the resolved recipe (a JSON object) strictly. Raises RecipeError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(obj, dict):
+        raise RecipeError([f"recipe: expected object, got {type(obj).__name__}"])
+    recipe = _parse_dataclass(obj, Recipe, "", problems)
+    if problems:
+        raise RecipeError(problems)
+    _check_values(recipe, problems)
+    if problems:
+        raise RecipeError(problems)
+    return recipe
+
+
+def recipe_to_dict(r: Recipe) -> dict[str, Any]:
+    """The JSON-able resolved form of `r` (parse_recipe(recipe_to_dict(r)) == r)."""
+    return dataclasses.asdict(r)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeds (docs/recipe.md, "Seeds")
+
+SALT_GENERATE = 1  # generator.generate
+SALT_GAN_GRAD = 2  # discriminator.generator_gan_grad
+SALT_FAKE_UPDATE = 3  # fake_score.update
+# Worker-internal randomness, derived the same way with step 0 (not sent by the coordinator):
+SALT_TEACHER_INIT = 101  # built-in teacher: initial weights
+SALT_TEACHER_DATA = 102  # built-in teacher: data, label dropout, t and noise
+SALT_HEAD_INIT = 103  # discriminator head: initial weights
+
+
+def op_seed(seed: int, step: int, salt: int) -> int:
+    """`(seed * 1000003 + step * 7919 + salt) mod 2^31`, the coordinator's per-op seed."""
+    return (seed * 1000003 + step * 7919 + salt) % 2**31

@@ -1,0 +1,1 @@
+"""Networks: the tiny UNet (teacher, generator, fake score) and the DMD2 discriminator head."""

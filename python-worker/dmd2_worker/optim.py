@@ -1,0 +1,45 @@
+"""Optimisation (docs/method.md, "Optimisation"): AdamW per trained network, linear lr warm-up, global clipping."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .config import OptimConfig
+
+
+def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW(betas, weight_decay) from the recipe; the fused kernel where the device supports it."""
+    params = list(params)
+    kwargs = dict(lr=lr, betas=(float(cfg.betas[0]), float(cfg.betas[1])), weight_decay=cfg.weight_decay)
+    devices = {p.device.type for p in params}
+    if devices <= {"cpu", "cuda"}:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError):  # older torch without fused kernels for this device
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr)
+
+
+def warmup_lr(base_lr: float, update_index: int, warmup_steps: int) -> float:
+    """`lr * min(1, (u + 1) / warmup_steps)` for the optimizer's u-th update (0-based); `lr` when warmup_steps = 0."""
+    if warmup_steps <= 0:
+        return float(base_lr)
+    return float(base_lr) * min(1.0, (update_index + 1) / warmup_steps)
+
+
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm at `max_norm`; return the norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"]]

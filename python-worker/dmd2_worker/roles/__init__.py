@@ -1,0 +1,54 @@
+"""The roles a worker can host, by name (docs/protocol.md §1), and the fault-injection hook the tests use.
+
+`check_fault` is defined before the role modules are imported because they import it from here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+FAULT_ENV = "DMD2_FAULT"
+
+
+def check_fault(role: str, op: str, step: int | None) -> None:
+    """Fault injection for tests: with `DMD2_FAULT="<role>.<op>:<step>"` (several separated by commas) running that
+    op at that step raises RuntimeError("injected fault ..."); with a trailing `:exit` the process exits with
+    status 3 at once instead (no reply, no clean-up)."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return
+    for item in spec.split(","):
+        parts = [p.strip() for p in item.strip().split(":")]
+        if len(parts) not in (2, 3) or "." not in parts[0] or not parts[1].isdigit() or parts[2:] not in ([], ["exit"]):
+            raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<role>.<op>:<step>' or '<role>.<op>:<step>:exit'")
+        if parts[0] != f"{role}.{op}" or step is None or int(parts[1]) != step:
+            continue
+        if parts[2:] == ["exit"]:
+            sys.stderr.write(f"injected fault {FAULT_ENV}={item.strip()!r}: {role}.{op} at step {step}, exiting with 3\n")
+            sys.stderr.flush()
+            os._exit(3)
+        raise RuntimeError(f"injected fault {FAULT_ENV}={item.strip()!r}: {role}.{op} at step {step}")
+
+
+from .base import Role  # noqa: E402
+from .fake_score import DiscriminatorRole, FakeScoreRole  # noqa: E402
+from .generator import GeneratorRole  # noqa: E402
+from .teacher import TeacherRole  # noqa: E402
+
+ROLE_CLASSES: dict[str, type] = {
+    "teacher": TeacherRole,
+    "generator": GeneratorRole,
+    "fake_score": FakeScoreRole,
+    "discriminator": DiscriminatorRole,
+}
+
+
+def make_role(name: str) -> Role:
+    """A new, not yet set up role object for `name`."""
+    cls = ROLE_CLASSES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown role {name!r} (known roles: {', '.join(ROLE_CLASSES)})")
+    return cls()
+
+
+__all__ = ["ROLE_CLASSES", "make_role", "check_fault", "FAULT_ENV"]

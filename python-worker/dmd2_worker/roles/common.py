@@ -1,0 +1,204 @@
+"""What the roles share: op dispatch (with the fault hook), argument and store checking, network loading."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import check_fault
+from .base import TensorStore, WorkerContext
+from ..config import Recipe
+from ..diffusion import NoiseSchedule
+from ..models.tiny_unet import TinyUNet
+from ..teacher_training import load_network
+
+OpHandler = Callable[["Args", TensorStore, WorkerContext, "int | None"], dict[str, float]]
+
+
+def op_step(args: dict[str, Any], store: Any) -> int | None:
+    """The training step an op belongs to: `store.step` when the server sets it (TensorStore attribute), else
+    `args["step"]`, else None (unknown)."""
+    step = getattr(store, "step", None)
+    if step is None:
+        step = args.get("step")
+    return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Args:
+    """Typed access to an op's `args`; every problem is a ValueError naming the op and the argument."""
+
+    def __init__(self, args: dict[str, Any], where: str, allowed: set[str]) -> None:
+        if not isinstance(args, dict):
+            raise ValueError(f"{where}: args must be an object, got {type(args).__name__}")
+        unknown = set(args) - allowed - {"step"}
+        if unknown:
+            raise ValueError(f"{where}: unknown args {sorted(unknown)} (expected {sorted(allowed)})")
+        self._args = args
+        self.where = where
+
+    def _get(self, name: str) -> Any:
+        if name not in self._args:
+            raise ValueError(f"{self.where}: missing arg {name!r}")
+        return self._args[name]
+
+    def int(self, name: str, minimum: int | None = None) -> int:
+        v = self._get(name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{self.where}: arg {name!r} must be an integer, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise ValueError(f"{self.where}: arg {name!r} must be >= {minimum}, got {v}")
+        return v
+
+    def number(self, name: str, minimum: float | None = None) -> float:
+        v = self._get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{self.where}: arg {name!r} must be a finite number, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise ValueError(f"{self.where}: arg {name!r} must be >= {minimum}, got {v}")
+        return float(v)
+
+    def bool(self, name: str) -> bool:
+        v = self._get(name)
+        if not isinstance(v, bool):
+            raise ValueError(f"{self.where}: arg {name!r} must be true or false, got {v!r}")
+        return v
+
+    def str(self, name: str) -> str:
+        v = self._get(name)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{self.where}: arg {name!r} must be a non-empty string, got {v!r}")
+        return v
+
+    def int_list_or_none(self, name: str) -> list[int] | None:
+        v = self._get(name)
+        if v is None:
+            return None
+        if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v):
+            raise ValueError(f"{self.where}: arg {name!r} must be a list of integers or null, got {v!r}")
+        return list(v)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """The op's random source: a CPU generator (docs/protocol.md §4); tensors are moved to the device after."""
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative 64-bit integer, got {seed}")
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+
+
+def randint(low: int, high: int, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n int64 values uniform in [low, high)."""
+    return torch.randint(low, high, (n,), generator=g, dtype=torch.long).to(device)
+
+
+def need(store: TensorStore, name: str, where: str) -> torch.Tensor:
+    if name not in store:
+        have = ", ".join(map(repr, sorted(store))) or "nothing"
+        raise ValueError(
+            f"{where}: input tensor {name!r} is not in the tensor store (it has: {have}); attach it to the request "
+            f"or run the op that produces it earlier in the same step"
+        )
+    value = store[name]
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{where}: store entry {name!r} is a {type(value).__name__}, not a tensor")
+    return value
+
+
+def image_input(store: TensorStore, name: str, where: str, image_shape: tuple[int, ...], device: torch.device,
+                batch: int | None = None) -> torch.Tensor:
+    x = need(store, name, where)
+    if x.dtype != torch.float32:
+        raise ValueError(f"{where}: {name!r} must be float32, got {str(x.dtype).removeprefix('torch.')}")
+    if x.dim() != 1 + len(image_shape) or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"{where}: {name!r} must have shape (B, {', '.join(map(str, image_shape))}), got {list(x.shape)}")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{where}: {name!r} has batch size {x.shape[0]}, expected {batch}")
+    return x.to(device)
+
+
+def index_input(store: TensorStore, name: str, where: str, batch: int, low: int, high: int,
+                device: torch.device) -> torch.Tensor:
+    """An int64 (B,) tensor with values in [low, high)."""
+    v = need(store, name, where)
+    if v.dtype != torch.int64:
+        raise ValueError(f"{where}: {name!r} must be int64, got {str(v.dtype).removeprefix('torch.')}")
+    if tuple(v.shape) != (batch,):
+        raise ValueError(f"{where}: {name!r} must have shape [{batch}], got {list(v.shape)}")
+    if v.numel() and (int(v.min()) < low or int(v.max()) >= high):
+        raise ValueError(f"{where}: {name!r} values must lie in [{low}, {high}), got {int(v.min())}..{int(v.max())}")
+    return v.to(device)
+
+
+def cond_input(store: TensorStore, where: str, batch: int, num_classes: int | None,
+               device: torch.device) -> torch.Tensor | None:
+    """`cond` (class labels, the null class allowed) when the network is conditional; None otherwise."""
+    if num_classes is None:
+        return None
+    return index_input(store, "cond", where, batch, 0, num_classes + 1, device)
+
+
+def param_count(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tuple[TinyUNet, NoiseSchedule]:
+    """Build a trainable copy of the teacher from `teacher_dir` (generator, fake score) and its schedule."""
+    if not isinstance(teacher_dir, str) or not teacher_dir:
+        raise ValueError(f"{where}: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
+    net, config = load_network(Path(teacher_dir), ctx.device)
+    check_teacher_fits(config, ctx.recipe, teacher_dir)
+    net.requires_grad_(True)
+    net.train()
+    return net, NoiseSchedule.from_config(ctx.recipe.diffusion)
+
+
+def check_teacher_fits(config: dict[str, Any], recipe: Recipe, where: Any) -> None:
+    want = dataclasses.asdict(recipe.diffusion)
+    if config["diffusion"] != want:
+        raise ValueError(f"{where}: the teacher's diffusion config {config['diffusion']} differs from the recipe's {want}")
+    k = recipe.data.gmm.num_classes
+    if config["num_classes"] != k:
+        raise ValueError(f"{where}: the teacher has num_classes {config['num_classes']}, the recipe's data has {k}")
+
+
+def x0_function(net: torch.nn.Module, schedule: NoiseSchedule) -> Callable:
+    """`G(x, t, c)`: the network converted to an x0 estimate (float32)."""
+    def G(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        return schedule.to_x0(net(x, t, cond), x, t)
+    return G
+
+
+class RoleBase:
+    """Dispatches `run_op` to `op_<name>` methods, after the fault hook and the set-up check."""
+
+    name = ""
+    OP_ARGS: dict[str, set[str]] = {}  # op -> allowed args
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    def run_op(self, op: str, args: dict[str, Any], store: TensorStore, ctx: WorkerContext) -> dict[str, float]:
+        step = op_step(args, store)
+        check_fault(self.name, op, step)
+        if op not in self.OP_ARGS:
+            raise ValueError(f"role {self.name!r} has no op {op!r} (its ops: {', '.join(self.OP_ARGS)})")
+        where = f"{self.name}.{op}"
+        if not self.ready:
+            raise RuntimeError(f"{where}: role {self.name!r} is not set up (send 'setup' first)")
+        handler: OpHandler = getattr(self, f"op_{op}")
+        return handler(Args(args, where, self.OP_ARGS[op]), store, ctx, step)
+
+    def require_ready(self, what: str) -> None:
+        if not self.ready:
+            raise RuntimeError(f"{self.name}.{what}: role {self.name!r} is not set up")

@@ -1,0 +1,174 @@
+"""The fake score network and the discriminator head on its bottleneck (docs/protocol.md §4, docs/method.md).
+
+The two roles share one backbone and one AdamW optimizer: `discriminator.setup` adds the head's parameters to
+the fake score's optimizer as a second param group, and `fake_score.update` takes one step over both.
+
+Random draws, in order:
+- fake_score.update: t (uniform in [0, T)), noise; then if gan_weight > 0: the real batch (labels, noise), and
+  with `gan.diffusion_gan` D's t and noise for the fake batch, then for the real batch.
+- discriminator.generator_gan_grad: with `gan.diffusion_gan`: t (uniform in [0, T)), noise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import TensorStore, WorkerContext
+from .common import (Args, RoleBase, cond_input, image_input, load_student_network, param_count, randint, randn,
+                     seeded_generator)
+from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
+from ..config import SALT_HEAD_INIT, op_seed
+from ..data.gmm import GaussianMixture
+from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
+from ..models.discriminator_head import DiscriminatorHead
+from ..optim import build_adamw, clip_grad_norm, optimizer_params, set_lr
+
+
+class FakeScoreRole(RoleBase):
+    name = "fake_score"
+    OP_ARGS = {"predict_x0": set(), "update": {"seed", "lr", "gan_weight"}}
+
+    def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "fake_score.setup")
+        self.net = net
+        self.schedule = schedule
+        self.recipe = ctx.recipe
+        self.image_shape = (net.in_channels, net.image_size, net.image_size)
+        self.data = GaussianMixture.from_config(ctx.recipe.data.gmm)
+        self.optimizer = build_adamw(net.parameters(), ctx.recipe.fake_score.lr, ctx.recipe.optim)
+        self.updates = 0
+        self.ready = True
+        return {"params": param_count(net)}
+
+    @torch.no_grad()
+    def op_predict_x0(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """x0_fake: the fake score's output (no guidance) converted to x0."""
+        where = args.where
+        x_t = image_input(store, "x_t_dmd", where, self.image_shape, ctx.device)
+        B = x_t.shape[0]
+        t = _timesteps(store, "t_dmd", where, B, self.schedule.num_train_timesteps, ctx.device)
+        cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
+        store["x0_fake"] = self.schedule.to_x0(self.net(x_t, t, cond), x_t, t)
+        return {}
+
+    def op_update(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """Denoising loss on detached x_gen (+ gan_weight * D loss), one AdamW step over fake score + head."""
+        seed = args.int("seed", 0)
+        lr = args.number("lr", 0.0)
+        gan_weight = args.number("gan_weight", 0.0)
+        where = args.where
+        x = image_input(store, "x_gen", where, self.image_shape, ctx.device).detach()
+        B = x.shape[0]
+        cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
+        disc = None
+        if gan_weight > 0:
+            disc = ctx.roles.get("discriminator")
+            if disc is None or not getattr(disc, "ready", False):
+                raise ValueError(f"{where}: gan_weight is {gan_weight} but no discriminator is set up in this worker")
+
+        g = seeded_generator(seed)
+        dev = ctx.device
+        t = randint(0, self.schedule.num_train_timesteps, B, g, dev)
+        noise = randn(x.shape, g, dev)
+        loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
+        total = loss_fake
+        metrics = {"loss_fake": float(loss_fake.detach()), "loss_gan_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
+        if disc is not None:
+            x_real, labels_real = self.data.sample(B, g)
+            x_real = x_real.to(dev)
+            cond_real = labels_real.to(dev) if cond is not None else None
+            logits_fake = disc.logits(x, cond, g, dev)
+            logits_real = disc.logits(x_real, cond_real, g, dev)
+            loss_d = gan_discriminator_loss(logits_real, logits_fake)
+            total = total + gan_weight * loss_d
+            metrics.update(loss_gan_d=float(loss_d.detach()), d_real=float(logits_real.detach().mean()),
+                           d_fake=float(logits_fake.detach().mean()))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        clip_grad_norm(optimizer_params(self.optimizer), self.recipe.optim.grad_clip)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.updates += 1
+        return metrics
+
+    def save(self, directory: Path) -> list[Path]:
+        """fake_score.safetensors (backbone) and the shared optimizer (backbone + head param groups)."""
+        self.require_ready("save")
+        directory = Path(directory)
+        return [save_module(directory / "fake_score.safetensors", self.net),
+                *save_optimizer(directory, "fake_score", self.optimizer)]
+
+    def restore(self, directory: Path) -> None:
+        """Needs the discriminator (if any) set up already, since the optimizer state covers its head."""
+        self.require_ready("restore")
+        directory = Path(directory)
+        load_module(directory / "fake_score.safetensors", self.net)
+        load_optimizer(directory, "fake_score", self.optimizer)
+
+
+class DiscriminatorRole(RoleBase):
+    name = "discriminator"
+    OP_ARGS = {"generator_gan_grad": {"seed", "weight"}}
+
+    def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+        """Build the head on the fake score backbone of this process; its parameters join the fake score's optimizer."""
+        if self.ready:
+            raise ValueError("discriminator.setup: already set up (its head is in the fake score's optimizer)")
+        fake = ctx.roles.get("fake_score")
+        if fake is None or not getattr(fake, "ready", False):
+            raise ValueError("discriminator.setup: needs the fake_score role set up first in the same worker")
+        self.fake = fake
+        self.recipe = ctx.recipe
+        net = fake.net
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(op_seed(ctx.recipe.seed, 0, SALT_HEAD_INIT))
+            head = DiscriminatorHead(net.feature_channels, net.feature_size)
+        self.head = head.to(device=ctx.device, dtype=torch.float32)
+        fake.optimizer.add_param_group({"params": list(self.head.parameters()), "lr": ctx.recipe.fake_score.lr})
+        self.ready = True
+        return {"params": param_count(self.head)}
+
+    def logits(self, x: torch.Tensor, cond: torch.Tensor | None, g: torch.Generator, device: torch.device) -> torch.Tensor:
+        """D(x) = head(fake_score.features(x_t', t', c)); with diffusion_gan t' ~ U[0, T) and x_t' the noised x
+        (draws t', then noise), else t' = 0 and x_t' = x."""
+        B = x.shape[0]
+        schedule = self.fake.schedule
+        if self.recipe.gan.diffusion_gan:
+            t = randint(0, schedule.num_train_timesteps, B, g, device)
+            x = schedule.add_noise(x, t, randn(tuple(x.shape), g, device))
+        else:
+            t = torch.zeros(B, dtype=torch.long, device=device)
+        return self.head(self.fake.net.features(x, t, cond))
+
+    def op_generator_gan_grad(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """gan_grad = d(weight * mean softplus(-D(x_gen))) / d x_gen, by torch.autograd.grad w.r.t. the input only:
+        no parameter gradient is accumulated."""
+        seed = args.int("seed", 0)
+        weight = args.number("weight", 0.0)
+        where = args.where
+        x_gen = image_input(store, "x_gen", where, self.fake.image_shape, ctx.device)
+        B = x_gen.shape[0]
+        cond = cond_input(store, where, B, self.fake.net.num_classes, ctx.device)
+        g = seeded_generator(seed)
+        x = x_gen.detach().clone().requires_grad_(True)
+        logits = self.logits(x, cond, g, ctx.device)
+        loss_g = gan_generator_loss(logits)
+        (gan_grad,) = torch.autograd.grad(weight * loss_g, [x])
+        store["gan_grad"] = gan_grad.detach()
+        return {"loss_gan_g": float(loss_g.detach()), "d_fake_g": float(logits.detach().mean())}
+
+    def save(self, directory: Path) -> list[Path]:
+        """discriminator.safetensors (the head only; its optimizer state is in the fake score's files)."""
+        self.require_ready("save")
+        return [save_module(Path(directory) / "discriminator.safetensors", self.head)]
+
+    def restore(self, directory: Path) -> None:
+        self.require_ready("restore")
+        load_module(Path(directory) / "discriminator.safetensors", self.head)
+
+
+def _timesteps(store: TensorStore, name: str, where: str, batch: int, T: int, device: torch.device) -> torch.Tensor:
+    from .common import index_input
+    return index_input(store, name, where, batch, 0, T, device)

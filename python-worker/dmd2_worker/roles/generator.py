@@ -1,0 +1,169 @@
+"""The few-step generator G (docs/protocol.md §4, docs/method.md "Generator").
+
+`generator.generate` keeps the autograd graph of `x_gen` (when `grad`) until `generator.update` of the same step
+back-propagates the DMD loss (and the discriminator's `gan_grad`) through it.
+
+Random draws, in order:
+- generate: cond (uniform classes; only when conditional), k (uniform in [0, N)), z, one re-noise noise per step
+  before k, then if `dmd`: t_dmd, noise.
+- sample: z, then one re-noise noise per step after the first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import TensorStore, WorkerContext
+from .common import Args, RoleBase, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
+from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer, save_tensors
+from ..diffusion import dmd_timestep_range, generator_timesteps
+from ..images import save_grid, save_images
+from ..losses import dmd_gradient, dmd_loss
+from ..optim import build_adamw, clip_grad_norm, optimizer_params, set_lr
+from ..sampling import backward_simulation, sample_generator
+
+
+class GeneratorRole(RoleBase):
+    name = "generator"
+    OP_ARGS = {
+        "generate": {"seed", "batch_size", "grad", "dmd"},
+        "update": {"lr", "dmd_weight"},
+        "sample": {"seed", "n", "steps", "classes", "out_dir"},
+    }
+
+    def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup")
+        self.net = net
+        self.schedule = schedule
+        self.G = x0_function(net, schedule)
+        self.recipe = ctx.recipe
+        self.timesteps = list(ctx.recipe.generator.timesteps)
+        self.image_shape = (net.in_channels, net.image_size, net.image_size)
+        self.optimizer = build_adamw(net.parameters(), ctx.recipe.generator.lr, ctx.recipe.optim)
+        self.graph: tuple[torch.Tensor, int | None] | None = None  # (x_gen with grad, its step)
+        self.updates = 0
+        self.ready = True
+        return {"params": param_count(net)}
+
+    # --- ops -------------------------------------------------------------------------------------------------
+
+    def op_generate(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        seed = args.int("seed", 0)
+        B = args.int("batch_size", 1)
+        grad = args.bool("grad")
+        dmd = args.bool("dmd")
+        self.graph = None
+        g = seeded_generator(seed)
+        dev = ctx.device
+        K = self.net.num_classes
+        cond = randint(0, K, B, g, dev) if K is not None else None
+        N = len(self.timesteps)
+        k = int(torch.randint(0, N, (1,), generator=g))
+        z = randn((B, *self.image_shape), g, dev)
+        x = backward_simulation(self.G, z, cond, self.timesteps, k, self.schedule, g)
+        t_k = torch.full((B,), self.timesteps[k], dtype=torch.long, device=dev)
+        with torch.set_grad_enabled(grad):
+            x_gen = self.G(x, t_k, cond)
+        if grad:
+            self.graph = (x_gen, step)
+        if cond is not None:
+            store["cond"] = cond
+        store["x_gen"] = x_gen.detach()
+        if dmd:
+            T = self.schedule.num_train_timesteps
+            lo, hi = dmd_timestep_range(self.recipe.dmd.min_t, self.recipe.dmd.max_t, T)
+            t_dmd = randint(lo, hi + 1, B, g, dev)
+            noise = randn((B, *self.image_shape), g, dev)
+            store["t_dmd"] = t_dmd
+            store["x_t_dmd"] = self.schedule.add_noise(x_gen.detach(), t_dmd, noise)
+        return {"gen_k": float(k)}
+
+    def op_update(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        lr = args.number("lr", 0.0)
+        dmd_weight = args.number("dmd_weight", 0.0)
+        where = args.where
+        if self.graph is None:
+            raise ValueError(f"{where}: no generator graph to back-propagate through: run generator.generate with "
+                             f"grad=true earlier in the same step")
+        x_gen, graph_step = self.graph
+        if step is not None and graph_step is not None and graph_step != step:
+            raise ValueError(f"{where}: the kept generator graph is from step {graph_step}, this is step {step}")
+        B = x_gen.shape[0]
+        x0_real = image_input(store, "x0_real", where, self.image_shape, ctx.device, B)
+        x0_fake = image_input(store, "x0_fake", where, self.image_shape, ctx.device, B)
+        gan_grad = image_input(store, "gan_grad", where, self.image_shape, ctx.device, B) if "gan_grad" in store else None
+
+        grad = dmd_gradient(x_gen, x0_real, x0_fake)
+        loss_dmd = dmd_loss(x_gen, grad)
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = [dmd_weight * loss_dmd]
+        grads = [torch.ones_like(loss_dmd)]
+        if gan_grad is not None:
+            outputs.append(x_gen)
+            grads.append(gan_grad)
+        torch.autograd.backward(outputs, grads)
+        self.graph = None
+        params = optimizer_params(self.optimizer)
+        gen_grad_norm = clip_grad_norm(params, self.recipe.optim.grad_clip)
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.updates += 1
+        return {
+            "loss_dmd": float(loss_dmd.detach()),
+            "dmd_grad_norm": float(grad.norm()),
+            "gen_grad_norm": gen_grad_norm,
+        }
+
+    @torch.no_grad()
+    def op_sample(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        seed = args.int("seed", 0)
+        n = args.int("n", 1)
+        steps = args.int("steps", 1)
+        classes = args.int_list_or_none("classes")
+        out_dir = Path(args.str("out_dir"))
+        where = args.where
+        K = self.net.num_classes
+        if K is None:
+            labels = torch.full((n,), -1, dtype=torch.long)
+        elif classes is None:
+            labels = torch.arange(n, dtype=torch.long) % K
+        else:
+            if not classes:
+                raise ValueError(f"{where}: arg 'classes' must not be empty")
+            bad = [c for c in classes if not 0 <= c < K]
+            if bad:
+                raise ValueError(f"{where}: classes {bad} outside [0, {K})")
+            labels = torch.tensor([classes[i % len(classes)] for i in range(n)], dtype=torch.long)
+        if steps == len(self.timesteps):
+            ts = self.timesteps
+        else:
+            ts = generator_timesteps(steps, self.recipe.generator.conditioning_timestep)
+        g = seeded_generator(seed)
+        dev = ctx.device
+        z = randn((n, *self.image_shape), g, dev)
+        cond = labels.to(dev) if K is not None else None
+        samples = sample_generator(self.G, z, cond, ts, self.schedule, g).float()
+        store["samples"] = samples
+        store["labels"] = labels.to(dev)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_images(samples, out_dir / "images")
+        save_grid(samples, out_dir / "grid.png")
+        save_tensors(out_dir / "samples.safetensors", {"samples": samples, "labels": labels})
+        return {}
+
+    # --- state -----------------------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> list[Path]:
+        self.require_ready("save")
+        directory = Path(directory)
+        return [save_module(directory / "generator.safetensors", self.net),
+                *save_optimizer(directory, "generator", self.optimizer)]
+
+    def restore(self, directory: Path) -> None:
+        self.require_ready("restore")
+        directory = Path(directory)
+        load_module(directory / "generator.safetensors", self.net)
+        load_optimizer(directory, "generator", self.optimizer)
+        self.graph = None

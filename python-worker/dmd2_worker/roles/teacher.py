@@ -1,0 +1,52 @@
+"""The frozen teacher: `teacher.predict_x0` gives x0_real for the DMD gradient (docs/protocol.md §4)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import TensorStore, WorkerContext
+from .common import Args, RoleBase, check_teacher_fits, cond_input, image_input, index_input, log, param_count
+from ..diffusion import NoiseSchedule
+from ..sampling import guided_output
+from ..teacher_training import install_teacher, load_network
+
+
+class TeacherRole(RoleBase):
+    name = "teacher"
+    OP_ARGS = {"predict_x0": {"guidance_scale"}}
+
+    def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
+        """Train the built-in teacher (or take it from the cache), copy it to <run_dir>/teacher/, load it frozen."""
+        teacher_dir = install_teacher(ctx.recipe, Path(ctx.run_dir), log=log)
+        net, config = load_network(teacher_dir, ctx.device)
+        check_teacher_fits(config, ctx.recipe, teacher_dir)
+        net.requires_grad_(False)
+        net.eval()
+        self.net = net
+        self.config = config
+        self.schedule = NoiseSchedule.from_config(ctx.recipe.diffusion)
+        self.image_shape = tuple(config["image_shape"])
+        self.ready = True
+        return {"teacher_dir": str(teacher_dir), "params": param_count(net)}
+
+    @torch.no_grad()
+    def op_predict_x0(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """x0_real = teacher output with CFG `uncond + s (cond - uncond)` (when conditional and s != 1), as x0."""
+        scale = args.number("guidance_scale")
+        where = args.where
+        x_t = image_input(store, "x_t_dmd", where, self.image_shape, ctx.device)
+        B = x_t.shape[0]
+        t = index_input(store, "t_dmd", where, B, 0, self.schedule.num_train_timesteps, ctx.device)
+        cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
+        out = guided_output(self.net, x_t, t, cond, scale, self.net.null_class)
+        store["x0_real"] = self.schedule.to_x0(out, x_t, t)
+        return {}
+
+    def save(self, directory: Path) -> list[Path]:
+        """The teacher is frozen; its weights are in <run_dir>/teacher/. Nothing to write."""
+        return []
+
+    def restore(self, directory: Path) -> None:
+        return None

@@ -1,0 +1,126 @@
+"""Samplers: the few-step generator loop, its backward simulation (docs/method.md, Sec. 4.5) and DDIM for the
+teacher. All are pure `@torch.no_grad()` functions that take their random source as an argument.
+
+`G(x, t, cond) -> x0` is a callable returning an x0 estimate (float32) for timestep tensor `t` (int64, (B,)).
+Noise is drawn on the CPU from `generator` (a `torch.Generator`) and moved to `z`'s device.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .diffusion import NoiseSchedule
+
+X0Fn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def _t(value: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((like.shape[0],), int(value), dtype=torch.long, device=like.device)
+
+
+def _renoise(x0: torch.Tensor, t_next: int, schedule: NoiseSchedule, generator: torch.Generator | None) -> torch.Tensor:
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    return schedule.add_noise(x0, _t(t_next, x0), noise)
+
+
+@torch.no_grad()
+def backward_simulation(
+    G: X0Fn,
+    z: torch.Tensor,
+    cond: torch.Tensor | None,
+    timesteps: Sequence[int],
+    k: int,
+    schedule: NoiseSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """G's own input at step k: from pure noise `z`, for i < k predict x0 = G(x, tau_i) and re-noise it to
+    tau_{i+1} with fresh noise. k = 0 returns `z`. Draws exactly k noise tensors."""
+    if not 0 <= k < len(timesteps):
+        raise ValueError(f"backward simulation step k={k} outside [0, {len(timesteps)})")
+    x = z
+    for i in range(k):
+        x0 = G(x, _t(timesteps[i], x), cond)
+        if callback is not None:
+            callback(i, x, x0)
+        x = _renoise(x0, timesteps[i + 1], schedule, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_generator(
+    G: X0Fn,
+    z: torch.Tensor,
+    cond: torch.Tensor | None,
+    timesteps: Sequence[int],
+    schedule: NoiseSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The N-step generator sampler: x <- z; x0 = G(x, tau_i); re-noise to tau_{i+1} with fresh noise; output the
+    last x0."""
+    n = len(timesteps)
+    x = backward_simulation(G, z, cond, timesteps, n - 1, schedule, generator, callback)
+    x0 = G(x, _t(timesteps[-1], x), cond)
+    if callback is not None:
+        callback(n - 1, x, x0)
+    return x0
+
+
+def ddim_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
+    """`steps` evenly spaced timesteps from T-1 down ("trailing" spacing): 50 of 1000 -> 999, 979, ..., 19."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"DDIM steps must be in 1..{num_train_timesteps}, got {steps}")
+    T = num_train_timesteps
+    return [int(round(T - 1 - i * T / steps)) for i in range(steps)]
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: torch.nn.Module,
+    z: torch.Tensor,
+    cond: torch.Tensor | None,
+    schedule: NoiseSchedule,
+    steps: int,
+    guidance_scale: float = 1.0,
+    null_class: int | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) with the raw network `model(x, t, cond)` in `schedule.prediction_type`, with
+    classifier-free guidance `uncond + s (cond - uncond)` when `cond` is given and s != 1 (`uncond` = `null_class`)."""
+    ts = ddim_timesteps(steps, schedule.num_train_timesteps)
+    x = z.float()
+    x0 = x
+    for i, t_i in enumerate(ts):
+        t = _t(t_i, x)
+        out = guided_output(model, x, t, cond, guidance_scale, null_class)
+        x0 = schedule.to_x0(out, x, t)
+        if callback is not None:
+            callback(i, x, x0)
+        if i + 1 < len(ts):
+            eps = schedule.to_eps(x0, x, t)
+            t_prev = _t(ts[i + 1], x)
+            x = schedule.add_noise(x0, t_prev, eps)
+    return x0
+
+
+def guided_output(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor | None,
+    guidance_scale: float,
+    null_class: int | None,
+) -> torch.Tensor:
+    """The network output with classifier-free guidance `uncond + s (cond - uncond)`; plain `model(x, t, cond)`
+    when unconditional or s == 1. One batched forward for both halves."""
+    if cond is None or guidance_scale == 1.0:
+        return model(x, t, cond)
+    if null_class is None:
+        raise ValueError("classifier-free guidance needs the null class index")
+    uncond = torch.full_like(cond, null_class)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+    out_c, out_u = out.chunk(2)
+    return out_u + guidance_scale * (out_c - out_u)

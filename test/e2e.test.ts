@@ -1,0 +1,160 @@
+// End to end: the CLI as a user runs it, with real Python worker processes, on the tiny recipe.
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { test } from "node:test";
+import { execa } from "execa";
+import { cliEntry, isAlive, maxAbsDiff, projectRoot, readSafetensors } from "./helpers.js";
+
+const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-e2e-"));
+const cache = path.join(os.tmpdir(), "dmd2-test-cache"); // the built-in teacher, trained once for all tests
+const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
+
+interface Run {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  events: Array<Record<string, unknown>>;
+}
+
+async function dmd2(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const r = await execa("node", [cliEntry, ...args], {
+    cwd: work,
+    reject: false,
+    env: { DMD2_CACHE: cache, NO_COLOR: "1", ...env },
+    timeout: 240_000,
+  });
+  const events = r.stdout
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr, events };
+}
+
+const small = (name: string, extra: string[] = []) => [
+  "--set", `run_dir=${path.join(work, name)}`,
+  "--set", "train.steps=12",
+  "--set", "train.checkpoint_every=6",
+  "--set", "train.log_every=3",
+  "--set", "sample.num=8",
+  ...extra.flatMap((e) => ["--set", e]),
+];
+const finalWeights = (runDir: string, step: number, role: string) =>
+  readSafetensors(path.join(runDir, "checkpoints", `step-${String(step).padStart(8, "0")}`, `${role}.safetensors`));
+
+test("distill per_role: separate processes, run folder complete, no process left", async () => {
+  const r = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const workers = r.events.find((e) => e.event === "workers") as { workers: Array<{ name: string; pid: number; roles: string[] }> };
+  assert.ok(workers, "a workers event");
+  const pids = workers.workers.map((w) => w.pid);
+  assert.equal(new Set(pids).size, 3, `three distinct worker processes: ${JSON.stringify(workers.workers)}`);
+  const home = Object.fromEntries(workers.workers.flatMap((w) => w.roles.map((role) => [role, w.pid])));
+  assert.notEqual(home.teacher, home.generator);
+  assert.notEqual(home.generator, home.fake_score);
+  assert.notEqual(home.teacher, home.fake_score);
+  assert.equal(home.discriminator, home.fake_score, "the discriminator head lives with the fake score");
+  for (const pid of pids) assert.ok(!isAlive(pid), `worker ${pid} still running after exit`);
+
+  const dir = path.join(work, "per-role");
+  for (const f of ["recipe.resolved.json", "metrics.jsonl", "samples/final/grid.png", "teacher/config.json", "teacher/model.safetensors"]) {
+    assert.ok(existsSync(path.join(dir, f)), `${f} missing`);
+  }
+  const ckpts = readdirSync(path.join(dir, "checkpoints")).sort();
+  assert.deepEqual(ckpts, ["step-00000006", "step-00000012"]);
+  const manifest = JSON.parse(readFileSync(path.join(dir, "checkpoints", "step-00000012", "manifest.json"), "utf8"));
+  const names = manifest.files.map((f: { name: string }) => f.name).sort();
+  for (const n of ["generator.safetensors", "generator.optim.safetensors", "fake_score.safetensors", "discriminator.safetensors"]) assert.ok(names.includes(n), `${n} in manifest`);
+  const metrics = readFileSync(path.join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(metrics.length, 12);
+  assert.equal(metrics.filter((m) => m.generator_update).length, 3); // steps 0, 5, 10 with ratio 5
+  for (const m of metrics.filter((x) => x.generator_update)) assert.ok(Number.isFinite(m.loss_dmd), "loss_dmd logged");
+  for (const m of metrics) assert.ok(Number.isFinite(m.loss_fake), "loss_fake logged");
+  assert.equal(readdirSync(path.join(dir, "logs")).filter((f) => f.endsWith(".log")).length, 3);
+  const done = r.events.find((e) => e.event === "done");
+  assert.ok(done, "done event");
+});
+
+test("colocated and per_role runs of the same recipe and seed end with the same weights", async () => {
+  const r = await dmd2(["distill", tiny, "--json", ...small("colocated", ["placement=colocated"])]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const workers = r.events.find((e) => e.event === "workers") as { workers: Array<{ pid: number; roles: string[] }> };
+  assert.equal(workers.workers.length, 1);
+  assert.equal(workers.workers[0]!.roles.length, 4);
+  if (!existsSync(path.join(work, "per-role", "checkpoints"))) {
+    const p = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
+    assert.equal(p.exitCode, 0, p.stderr);
+  }
+  for (const role of ["generator", "fake_score", "discriminator"]) {
+    const a = finalWeights(path.join(work, "colocated"), 12, role);
+    const b = finalWeights(path.join(work, "per-role"), 12, role);
+    const d = maxAbsDiff(a, b);
+    assert.ok(d < 1e-4, `${role}: max |colocated - per_role| = ${d}`);
+  }
+});
+
+test("a worker raising mid-step: exit 1, role and Python error in one message, no process left", async () => {
+  const r = await dmd2(["distill", tiny, "--json", ...small("fault")], { DMD2_FAULT: "fake_score.update:3" });
+  assert.equal(r.exitCode, 1, r.stderr);
+  const errLine = r.stderr.split("\n").find((l) => l.startsWith("error: "));
+  assert.ok(errLine, r.stderr);
+  assert.match(errLine, /fake_score/);
+  assert.match(errLine, /RuntimeError: injected fault/);
+  assert.ok(!/^\s+at /m.test(r.stderr), "no JavaScript stack trace");
+  const workers = r.events.find((e) => e.event === "workers") as { workers: Array<{ pid: number }> };
+  for (const w of workers.workers) assert.ok(!isAlive(w.pid), `worker ${w.pid} left behind`);
+});
+
+test("a worker process dying: exit 1 naming the worker and its exit code", async () => {
+  const r = await dmd2(["distill", tiny, "--json", ...small("died")], { DMD2_FAULT: "generator.generate:2:exit" });
+  assert.equal(r.exitCode, 1, r.stderr);
+  assert.match(r.stderr, /worker "generator" exited with code 3/);
+  const workers = r.events.find((e) => e.event === "workers") as { workers: Array<{ pid: number }> };
+  for (const w of workers.workers) assert.ok(!isAlive(w.pid), `worker ${w.pid} left behind`);
+});
+
+test("resume: 6 steps then on to 12 ends with the weights of an uninterrupted 12-step run", async () => {
+  const dir = path.join(work, "resumed");
+  const a = await dmd2(["distill", tiny, "--json", ...small("resumed", ["train.steps=6"])]);
+  assert.equal(a.exitCode, 0, a.stderr);
+  const b = await dmd2(["distill", tiny, "--json", ...small("resumed")]);
+  assert.equal(b.exitCode, 0, b.stderr);
+  const result = b.events.find((e) => e.event === "result") as { resumedFrom: number };
+  assert.equal(result.resumedFrom, 6);
+  if (!existsSync(path.join(work, "per-role", "checkpoints"))) {
+    const p = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
+    assert.equal(p.exitCode, 0, p.stderr);
+  }
+  for (const role of ["generator", "fake_score", "discriminator"]) {
+    const d = maxAbsDiff(finalWeights(dir, 12, role), finalWeights(path.join(work, "per-role"), 12, role));
+    assert.ok(d < 1e-5, `${role}: resumed vs uninterrupted differ by ${d}`);
+  }
+});
+
+test("sample: N images and a grid from the latest checkpoint, 1 and 2 steps", async () => {
+  const runDir = path.join(work, "per-role");
+  if (!existsSync(path.join(runDir, "checkpoints"))) {
+    const p = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
+    assert.equal(p.exitCode, 0, p.stderr);
+  }
+  for (const steps of [1, 2]) {
+    const out = path.join(work, `samples-${steps}`);
+    const r = await dmd2(["sample", runDir, "--steps", String(steps), "--num", "6", "--seed", "3", "--classes", "0,1,2", "--out", out]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.ok(existsSync(path.join(out, "grid.png")));
+    assert.equal(readdirSync(path.join(out, "images")).filter((f) => f.endsWith(".png")).length, 6);
+  }
+  const bad = await dmd2(["sample", path.join(work, "nope")]);
+  assert.equal(bad.exitCode, 2);
+  assert.match(bad.stderr, /does not exist/);
+});
+
+test("bad recipe: exit 2, every problem on its own line, no stack trace", async () => {
+  const r = await dmd2(["distill", tiny, "--set", "train.steps=0", "--set", "ttur.ratio=abc"]);
+  assert.equal(r.exitCode, 2);
+  const lines = r.stderr.trim().split("\n");
+  assert.equal(lines.length, 2, r.stderr);
+  assert.ok(lines.every((l) => l.startsWith("error: --set: ")), r.stderr);
+  assert.ok(!/at .*\.js:\d+/.test(r.stderr));
+});
