@@ -1,8 +1,8 @@
 """`python -m dmd2_worker --name NAME --connect ENDPOINT --heartbeat ENDPOINT [--heartbeat-interval S]`
 
 Exits 0 after a `shutdown` request; 1 when the parent process (the coordinator) went away without one; 2 on
-bad arguments; with a traceback and a non-zero status when it cannot run at all. SIGTERM keeps its default
-action (the process ends at once).
+bad arguments; 130 on SIGINT; with a traceback and status 1 when it cannot run at all (e.g. an endpoint cannot
+be connected). SIGTERM keeps its default action (the process ends at once).
 """
 from __future__ import annotations
 
@@ -58,7 +58,11 @@ def main(argv: Sequence[str] | None = None, **server_options: Any) -> int:
     options: dict[str, Any] = {"parent_pid": _START_PPID if _START_PPID > 1 else None}
     options.update(server_options)
     server = WorkerServer(args.name, args.connect, args.heartbeat, args.heartbeat_interval, **options)
-    reason = server.serve()
+    try:
+        reason = server.serve()
+    except KeyboardInterrupt:  # Ctrl-C in the coordinator's terminal reaches its workers too: no traceback
+        print(f"dmd2-worker[{args.name}]: interrupted", file=sys.stderr)
+        return 130
     return 0 if reason == "shutdown" else 1
 
 

@@ -162,11 +162,14 @@ class WorkerServer:
 
     def _heartbeat_loop(self, zctx: zmq.Context, ready: threading.Event, failure: list[BaseException]) -> None:
         # The PUSH socket is created, used and closed in this thread only.
+        push = None
         try:
             push = zctx.socket(zmq.PUSH)
             push.setsockopt(zmq.SNDHWM, HEARTBEAT_HWM)
             push.connect(self.heartbeat_endpoint)
         except BaseException as exc:
+            if push is not None:
+                push.close(linger=0)  # an open socket would make the context's term() wait forever
             failure.append(exc)
             ready.set()
             return

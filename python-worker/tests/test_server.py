@@ -251,7 +251,8 @@ def test_requests_before_a_good_hello_are_errors(coordinator, worker):
     assert "lacks 'torch_threads'" in c.request("hello", {"worker": "w", "roles": ["generator"], "run_dir": "/r",
                                                          "recipe": {}}).body["evalue"]
     assert "'torch_threads' must be an integer >= 1" in c.hello(torch_threads=0).body["evalue"]
-    assert c.error("op", {"role": "generator", "op": "count", "step": 0, "args": {}, "return": []})
+    assert c.error("op", {"role": "generator", "op": "count", "step": 0, "args": {}, "return": []})["ename"] == \
+        "ProtocolError"
 
     assert c.hello(roles=["generator"]).status == "ok"
     assert "second 'hello'" in c.hello().body["evalue"]
@@ -389,6 +390,26 @@ def test_main_exits_0_after_shutdown(coordinator):
     coordinator.ok("shutdown")
     t.join(10)
     assert result == [0]
+
+
+@pytest.mark.parametrize("which", ["connect", "heartbeat"])
+def test_an_endpoint_that_cannot_be_connected_is_raised(which, ipc_dir):
+    endpoints = {"connect": f"ipc://{ipc_dir}/w.req", "heartbeat": f"ipc://{ipc_dir}/hb"}
+    endpoints[which] = "nope://x"
+    server = WorkerServer("w", endpoints["connect"], endpoints["heartbeat"], **FAKES)
+    raised: list[BaseException] = []
+
+    def run():
+        try:
+            server.serve()
+        except BaseException as exc:  # noqa: BLE001
+            raised.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "serve() hung instead of raising"
+    assert len(raised) == 1 and isinstance(raised[0], zmq.ZMQError)
 
 
 # ------------------------------------------------------------------------------------------- subprocesses

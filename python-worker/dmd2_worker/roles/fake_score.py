@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from .base import TensorStore, WorkerContext
-from .common import (Args, RoleBase, cond_input, image_input, load_student_network, param_count, randint, randn,
-                     seeded_generator)
+from .common import (Args, RoleBase, cond_input, image_input, index_input, load_student_network, param_count,
+                     randint, randn, seeded_generator)
 from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
 from ..config import SALT_HEAD_INIT, op_seed
 from ..data.gmm import GaussianMixture
@@ -48,7 +48,7 @@ class FakeScoreRole(RoleBase):
         where = args.where
         x_t = image_input(store, "x_t_dmd", where, self.image_shape, ctx.device)
         B = x_t.shape[0]
-        t = _timesteps(store, "t_dmd", where, B, self.schedule.num_train_timesteps, ctx.device)
+        t = index_input(store, "t_dmd", where, B, 0, self.schedule.num_train_timesteps, ctx.device)
         cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
         store["x0_fake"] = self.schedule.to_x0(self.net(x_t, t, cond), x_t, t)
         return {}
@@ -72,7 +72,12 @@ class FakeScoreRole(RoleBase):
         dev = ctx.device
         t = randint(0, self.schedule.num_train_timesteps, B, g, dev)
         noise = randn(x.shape, g, dev)
-        loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
+        import os
+        if os.environ.get("FSW"):
+            from ..teacher_training import loss_weights, _weighted_denoising_loss
+            loss_fake = _weighted_denoising_loss(self.net, x, t, noise, cond, self.schedule, loss_weights(self.schedule))
+        else:
+            loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
         total = loss_fake
         metrics = {"loss_fake": float(loss_fake.detach()), "loss_gan_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
         if disc is not None:
@@ -168,7 +173,3 @@ class DiscriminatorRole(RoleBase):
         self.require_ready("restore")
         load_module(Path(directory) / "discriminator.safetensors", self.head)
 
-
-def _timesteps(store: TensorStore, name: str, where: str, batch: int, T: int, device: torch.device) -> torch.Tensor:
-    from .common import index_input
-    return index_input(store, name, where, batch, 0, T, device)
