@@ -130,9 +130,9 @@ export class WorkerError extends DmdError {
     const req = init.request;
     const who =
       req?.type === "op" && req.role !== undefined && req.op !== undefined
-        ? `role ${req.role} (${req.role}.${req.op}${req.step === undefined ? "" : ` at step ${req.step}`}, ${describeWorker(init.worker, init.roles)})`
+        ? `${req.role}.${req.op}${req.step === undefined ? "" : ` at step ${req.step}`} (worker "${init.worker}")`
         : req?.role !== undefined
-          ? `role ${req.role} (${req.type}, ${describeWorker(init.worker, init.roles)})`
+          ? `${req.type} of role ${req.role} (worker "${init.worker}")`
           : describeWorker(init.worker, init.roles);
     super(
       `${who} raised ${init.ename}${evalue === "" ? "" : `: ${evalue}`}`,

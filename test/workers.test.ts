@@ -204,7 +204,7 @@ describe("pool with well-behaved workers", () => {
 
       // An error reply rejects that request only.
       const err = await expectReject(pool.clientFor("discriminator").op("discriminator", "fail", 3, {}, [], []), WorkerError);
-      assert.equal(err.message, 'worker "fake_score" (roles fake_score, discriminator) raised RuntimeError: injected fault');
+      assert.equal(err.message, 'discriminator.fail at step 3 (worker "fake_score") raised RuntimeError: injected fault');
       assert.equal(err.role, "discriminator");
       assert.equal(err.ename, "RuntimeError");
       assert.match(err.traceback, /^Traceback/);
