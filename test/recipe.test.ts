@@ -51,6 +51,12 @@ test("tiny.yaml resolves to the documented resolved form", () => {
   assert.equal(r.gan.diffusion_gan, true);
 });
 
+test("tiny.yaml resolves to exactly the fixture the Python side parses (python-worker/tests/fixtures)", () => {
+  const fixture = JSON.parse(readFileSync(path.join(projectRoot, "python-worker", "tests", "fixtures", "tiny.resolved.json"), "utf8"));
+  const r = loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: "/abs", cpuCount: 2 });
+  assert.deepEqual(JSON.parse(JSON.stringify(r)), fixture);
+});
+
 test("an empty recipe gets every default, named after its file", () => {
   const r = loadRecipe(writeRecipe("empty.yaml", ""), { cwd: tmp, cpuCount: 4 });
   assert.equal(r.name, "empty");

@@ -33,7 +33,7 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
     """Write `tensors` (name -> tensor) as safetensors, atomically."""
     path = Path(path)
     tmp = _tmp_path(path)
-    data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     try:
         save_file(data, str(tmp))
         _fsync(tmp)

@@ -175,7 +175,7 @@ def _type_name(tp: Any) -> str:
 
 def _parse(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     """Check `value` against the annotation `tp`; return the typed value (or None after recording a problem)."""
-    got = type(value).__name__
+    got = "null" if value is None else type(value).__name__
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{path}: expected object, got {got}")
@@ -191,7 +191,12 @@ def _parse(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             if value is None:
                 problems.append(f"{path}: expected {_type_name(tp)}, got null")
                 return None
-            return _parse(value, inner[0], path, problems)
+            sub: list[str] = []
+            parsed = _parse(value, inner[0], path, sub)
+            if sub == [f"{path}: expected {_type_name(inner[0])}, got {got}"]:
+                sub = [f"{path}: expected {_type_name(tp)}, got {got}"]  # name the whole union: "string or null"
+            problems.extend(sub)
+            return parsed
         raise TypeError(f"unsupported annotation {tp}")
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -275,8 +280,8 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
     s = r.data.gmm.image_size
     if s < 4 or s % 4:
         problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
-    if r.data.gmm.num_classes < 1:
-        problems.append(f"data.gmm.num_classes: must be >= 1, got {r.data.gmm.num_classes}")
+    if not 1 <= r.data.gmm.num_classes <= 10:
+        problems.append(f"data.gmm.num_classes: must be in 1..10, got {r.data.gmm.num_classes}")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
 

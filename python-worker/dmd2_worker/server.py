@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 import zmq
 
+from .store import TensorStore
 from .protocol import (
     Message,
     MessageIds,
@@ -89,7 +90,7 @@ class WorkerServer:
         self._orphan_since: float | None = None
 
         self._context: Any = None            # the WorkerContext, once `hello` succeeded
-        self._store: dict[str, torch.Tensor] = {}
+        self._store = TensorStore()
         self._last_step: int | None = None
 
     # ------------------------------------------------------------------------------------------- running
@@ -273,10 +274,8 @@ class WorkerServer:
         if recipe_parser is None:
             from .config import parse_recipe as recipe_parser
         if context_factory is None:
-            from .roles.base import TensorStore, WorkerContext
-            context_factory, store = WorkerContext, TensorStore()
-        else:
-            store = {}
+            from .roles.base import WorkerContext as context_factory
+        store = TensorStore()
 
         torch.set_num_threads(body["torch_threads"])
         recipe = recipe_parser(body["recipe"])
@@ -312,6 +311,7 @@ class WorkerServer:
             self._store.clear()
             self._last_step = step
         self._store.update(request.tensors)
+        self._store.step = step
         metrics = _metrics(role.run_op(op, body["args"], self._store, self._context), f"{role_name}.{op}")
         missing = [n for n in body["return"] if n not in self._store]
         if missing:

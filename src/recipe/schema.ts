@@ -44,7 +44,7 @@ export const recipeSchema: Group = group({
   teacher: group({
     source: { kind: "enum", values: ["builtin"], default: "builtin" },
     builtin: group({
-      channels: { kind: "int", min: 8, max: 512, default: 32 },
+      channels: { kind: "int", min: 8, max: 512, default: 16 },
       train_steps: { kind: "int", min: 1, default: 1500 },
       batch_size: { kind: "int", min: 1, max: 65536, default: 128 },
       lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 0.002 },

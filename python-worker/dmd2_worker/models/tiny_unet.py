@@ -1,10 +1,17 @@
-"""A small class-conditional conv UNet for 1 x H x W images (H a multiple of 4).
+"""A small class-conditional conv UNet for C x H x W images (H a multiple of 4; built for 1 x 8 x 8).
 
 Built from a JSON-able ``arch_config`` (stored in a teacher's ``config.json``, docs/protocol.md §5) so that the
-generator and the fake score can be rebuilt from the teacher's folder. Resolutions: H, H/2, H/4 for the
-default ``channel_mult`` of length 3; ``features`` returns the lowest-resolution map (the discriminator head's
-input). The class embedding has ``num_classes + 1`` rows: index ``num_classes`` is the null class used for
-label dropout and classifier-free guidance.
+generator and the fake score can be rebuilt from the teacher's folder.
+
+Layout, for speed on a CPU: the image is first folded 2x2 into channels (pixel_unshuffle), so the UNet runs at
+H/2 and, after each of the ``len(channel_mult)`` - 1 downsamplings, at half that: the default ``[1, 2]`` gives
+H/2 and H/4 (4x4 and 2x2 for 8x8 images). Each level has one residual block (GroupNorm, SiLU, 3x3 convs, the
+timestep + class embedding added in between) on the way down and one on the way up, with additive skips;
+``features`` returns the bottleneck map (B, channels * channel_mult[-1], H/4, H/4), the discriminator head's
+input. A learned, timestep-gated copy of the input is added to the output (see ``skip_gate``).
+
+Conditioning: sinusoidal timestep embedding -> MLP, plus a class embedding with ``num_classes + 1`` rows: index
+``num_classes`` is the null class (label dropout, classifier-free guidance). ``num_classes`` None: unconditional.
 """
 from __future__ import annotations
 
@@ -79,7 +86,8 @@ class TinyUNet(nn.Module):
         mult = [int(m) for m in arch_config["channel_mult"]]
         levels = len(mult)
         if levels < 1 or self.image_size % (2**levels):
-            raise ValueError(f"tiny_unet: image_size {self.image_size} is not divisible by 2^{levels}")
+            raise ValueError(f"tiny_unet: image_size {self.image_size} is not divisible by 2^{levels} "
+                             f"(channel_mult has {levels} levels)")
         chs = [c * m for m in mult]
         emb_dim = 4 * c
         self.base_channels = c

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from ..config import Recipe
+from ..store import TensorStore  # noqa: F401  (re-exported: part of the role interface)
 
 
 @dataclass
@@ -24,9 +25,6 @@ class WorkerContext:
     device: torch.device
     roles: dict[str, "Role"] = field(default_factory=dict)  # all roles of this process, by name
 
-
-class TensorStore(dict):
-    """name -> tensor; the per-step blackboard of docs/protocol.md §4."""
 
 
 class Role(Protocol):

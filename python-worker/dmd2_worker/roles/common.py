@@ -23,7 +23,7 @@ def op_step(args: dict[str, Any], store: Any) -> int | None:
     """The training step an op belongs to: `store.step` when the server sets it (TensorStore attribute), else
     `args["step"]`, else None (unknown)."""
     step = getattr(store, "step", None)
-    if step is None:
+    if step is None and isinstance(args, dict):
         step = args.get("step")
     return int(step) if isinstance(step, int) and not isinstance(step, bool) else None
 

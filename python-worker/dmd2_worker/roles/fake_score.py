@@ -54,7 +54,10 @@ class FakeScoreRole(RoleBase):
         return {}
 
     def op_update(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
-        """Denoising loss on detached x_gen (+ gan_weight * D loss), one AdamW step over fake score + head."""
+        """Denoising loss on detached x_gen (+ gan_weight * D loss), one AdamW step over fake score + head.
+
+        Metrics: loss_fake, loss_gan_d (unweighted L_D), d_real and d_fake (mean logits); the last three are 0.0
+        when gan_weight is 0."""
         seed = args.int("seed", 0)
         lr = args.number("lr", 0.0)
         gan_weight = args.number("gan_weight", 0.0)
@@ -72,12 +75,7 @@ class FakeScoreRole(RoleBase):
         dev = ctx.device
         t = randint(0, self.schedule.num_train_timesteps, B, g, dev)
         noise = randn(x.shape, g, dev)
-        import os
-        if os.environ.get("FSW"):
-            from ..teacher_training import loss_weights, _weighted_denoising_loss
-            loss_fake = _weighted_denoising_loss(self.net, x, t, noise, cond, self.schedule, loss_weights(self.schedule))
-        else:
-            loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
+        loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
         total = loss_fake
         metrics = {"loss_fake": float(loss_fake.detach()), "loss_gan_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
         if disc is not None:
@@ -149,7 +147,7 @@ class DiscriminatorRole(RoleBase):
 
     def op_generator_gan_grad(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
         """gan_grad = d(weight * mean softplus(-D(x_gen))) / d x_gen, by torch.autograd.grad w.r.t. the input only:
-        no parameter gradient is accumulated."""
+        no parameter gradient is accumulated. Metrics: loss_gan_g (unweighted L_G), d_fake_g (mean logit)."""
         seed = args.int("seed", 0)
         weight = args.number("weight", 0.0)
         where = args.where

@@ -81,6 +81,11 @@ class GeneratorRole(RoleBase):
         return {"gen_k": float(k)}
 
     def op_update(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """DMD gradient and loss from x0_real / x0_fake; one autograd.backward of dmd_weight * loss_dmd and, when the
+        store has it, gan_grad on x_gen; global clipping; AdamW step at `lr`.
+
+        Metrics: loss_dmd (unweighted), dmd_grad_norm (L2 norm of the whole DMD gradient tensor), gen_grad_norm
+        (global norm of G's parameter gradients before clipping)."""
         lr = args.number("lr", 0.0)
         dmd_weight = args.number("dmd_weight", 0.0)
         where = args.where
