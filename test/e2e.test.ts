@@ -158,3 +158,23 @@ test("bad recipe: exit 2, every problem on its own line, no stack trace", async 
   assert.ok(lines.every((l) => l.startsWith("error: --set: ")), r.stderr);
   assert.ok(!/at .*\.js:\d+/.test(r.stderr));
 });
+
+test("non-finite loss: stops by default naming step and op; train.on_nonfinite=skip skips that update", async () => {
+  const stop = await dmd2(["distill", tiny, ...small("nan-stop")], { DMD2_FAULT: "generator.update:5:nan" });
+  assert.equal(stop.exitCode, 1, stop.stderr);
+  assert.match(stop.stderr, /error: generator\.update at step 5 \(worker "generator"\) raised NonFiniteError: non-finite loss_dmd = nan/);
+  assert.match(stop.stderr, /train\.on_nonfinite: skip/);
+  const skip = await dmd2(["distill", tiny, ...small("nan-skip", ["train.on_nonfinite=skip"])], { DMD2_FAULT: "generator.update:5:nan" });
+  assert.equal(skip.exitCode, 0, skip.stderr);
+  const rows = readFileSync(path.join(work, "nan-skip", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(rows[5].skipped_nonfinite, 1);
+  assert.equal(rows[0].skipped_nonfinite, 0);
+  assert.equal(rows[10].skipped_nonfinite, 0);
+});
+
+test("device: cuda on a machine without CUDA is refused at start with the fix", async () => {
+  const r = await dmd2(["distill", tiny, ...small("cuda", ["device=cuda"])]);
+  if (r.exitCode === 0) return assert.ok(/cuda/.test(r.stdout + r.stderr)); // a CUDA machine: it simply runs
+  assert.equal(r.exitCode, 1);
+  assert.match(r.stderr, /has no CUDA \(set device: cpu, or point DMD2_PYTHON at a CUDA build of torch\)/);
+});

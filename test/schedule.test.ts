@@ -60,8 +60,9 @@ test("GAN weight warm-up and learning-rate warm-up ramp linearly", () => {
   assert.equal(warmupLr(1e-4, 500, 20), 1e-4);
   assert.equal(warmupLr(1e-4, 0, 0), 1e-4);
   // the generator's warm-up counts its own updates, not steps
-  const g = planStep(10, tiny(["ttur.ratio=5", "optim.warmup_steps=20"])).flat().find((c) => c.op === "update" && c.role === "generator")!;
-  assert.equal(g.args.lr, warmupLr(1e-4, 2, 20));
+  const r5 = tiny(["ttur.ratio=5", "optim.warmup_steps=20", "generator.lr=0.001"]);
+  const g = planStep(10, r5).flat().find((c) => c.op === "update" && c.role === "generator")!;
+  assert.equal(g.args.lr, warmupLr(0.001, 2, 20));
 });
 
 test("op seeds are the documented formula, distinct per op and step", () => {

@@ -116,6 +116,7 @@ class TrainConfig:
     log_every: int
     checkpoint_every: int
     keep_last: int
+    on_nonfinite: Literal["stop", "skip"]
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Recipe:
     python: str | None
     torch_threads: int
     transport: Literal["ipc", "tcp"]
+    device: str
     heartbeat: HeartbeatConfig
     data: DataConfig
     teacher: TeacherConfig

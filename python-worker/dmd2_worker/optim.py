@@ -1,6 +1,8 @@
 """Optimisation (docs/method.md, "Optimisation"): AdamW per trained network, linear lr warm-up, global clipping."""
 from __future__ import annotations
 
+import math
+
 from typing import Iterable
 
 import torch
@@ -43,3 +45,20 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> flo
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
     return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm was NaN or infinite in an update, and the recipe says `train.on_nonfinite: stop`."""
+
+
+def nonfinite_guard(values: dict[str, float], policy: str, where: str, step: int | None) -> bool:
+    """Whether the optimizer step may go ahead. With all `values` finite: yes. Otherwise, by `train.on_nonfinite`:
+    "stop" raises NonFiniteError naming the step, op and value; "skip" says no (the caller drops the gradients)."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if not bad:
+        return True
+    if policy == "skip":
+        return False
+    what = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    raise NonFiniteError(f"non-finite {what} in {where} at step {step} (lower the learning rate, or set "
+                         f"train.on_nonfinite: skip to skip such steps)")

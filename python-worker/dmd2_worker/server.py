@@ -44,6 +44,18 @@ HEARTBEAT_HWM = 8             # heartbeats queued while the coordinator is not t
 Reply = tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 
+def _device_for(name: str) -> torch.device:
+    """The recipe's `device`, checked against what this interpreter's torch can do."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"recipe device {name!r}, but torch {torch.__version__} in {sys.executable} has no CUDA "
+                               f"(set device: cpu, or point DMD2_PYTHON at a CUDA build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"recipe device {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
 class WorkerServer:
     """One worker process's request loop.
 
@@ -279,7 +291,7 @@ class WorkerServer:
 
         torch.set_num_threads(body["torch_threads"])
         recipe = recipe_parser(body["recipe"])
-        device = torch.device("cpu")
+        device = _device_for(getattr(recipe, "device", "cpu"))
         context = context_factory(worker=self.name, recipe=recipe, run_dir=Path(body["run_dir"]), device=device)
         for role_name in roles:
             context.roles[role_name] = role_factory(role_name)

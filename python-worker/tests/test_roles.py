@@ -168,7 +168,8 @@ def test_generator_update_one_backward_with_gan_grad(setup):
     (ref,) = torch.autograd.grad(x_gen_graph, [gen.net.conv_out.weight], store["gan_grad"], retain_graph=True)
     before = [p.detach().clone() for p in gen.net.parameters()]
     m = gen.run_op("update", {"lr": 1e-4, "dmd_weight": 1.0}, store, ctx)
-    assert set(m) == {"loss_dmd", "dmd_grad_norm", "gen_grad_norm"}
+    assert set(m) == {"loss_dmd", "dmd_grad_norm", "gen_grad_norm", "skipped_nonfinite"}
+    assert m["skipped_nonfinite"] == 0.0
     assert m["loss_dmd"] == 0.0 and m["dmd_grad_norm"] == 0.0 and m["gen_grad_norm"] > 0
     assert torch.allclose(gen.net.conv_out.weight.grad, ref, rtol=1e-5, atol=1e-9)
     assert any(not torch.equal(a, b) for a, b in zip(before, gen.net.parameters()))
@@ -222,7 +223,8 @@ def test_fake_score_update(setup):
     head_before = [p.detach().clone() for p in disc.head.parameters()]
     net_before = fake.net.conv_in.weight.detach().clone()
     m = fake.run_op("update", {"seed": 3, "lr": 1e-3, "gan_weight": 0.0}, store, ctx)
-    assert set(m) == {"loss_fake", "loss_gan_d", "d_real", "d_fake"}
+    assert set(m) == {"loss_fake", "loss_gan_d", "d_real", "d_fake", "skipped_nonfinite_fake"}
+    assert m["skipped_nonfinite_fake"] == 0.0
     assert m["loss_fake"] > 0 and m["loss_gan_d"] == 0.0
     assert not torch.equal(net_before, fake.net.conv_in.weight)
     assert all(torch.equal(a, b) for a, b in zip(head_before, disc.head.parameters()))  # no D loss, head untouched

@@ -49,7 +49,8 @@ const isNumber: Check = (v) => typeof v === "number";
 const isBool: Check = (v) => typeof v === "boolean";
 const isStringOrNull: Check = (v) => v === null || typeof v === "string";
 const isStringArray: Check = (v) => Array.isArray(v) && v.every((x) => typeof x === "string");
-const isNumberRecord: Check = (v) => isObject(v) && Object.values(v).every((x) => typeof x === "number");
+/** Metrics: numbers, or null for a value that was NaN or infinite (JSON has neither; docs/protocol.md §3). */
+const isMetricRecord: Check = (v) => isObject(v) && Object.values(v).every((x) => typeof x === "number" || x === null);
 const isSavedFiles: Check = (v) =>
   Array.isArray(v) &&
   v.every((f) => isObject(f) && isString(f.name) && isNonNegInt(f.bytes) && isString(f.sha256));
@@ -81,7 +82,7 @@ const BODY_FIELDS: Record<MessageType, Record<string, [Check, string]>> = {
     args: [isObject, "an object"],
     return: [isStringArray, "a list of strings"],
   },
-  op_reply: { metrics: [isNumberRecord, "an object of numbers"] },
+  op_reply: { metrics: [isMetricRecord, "an object of numbers (or null for non-finite values)"] },
   save: { dir: [isString, "a string"], step: [isInt, "an integer"] },
   save_reply: { files: [isSavedFiles, "a list of {name, bytes, sha256}"] },
   restore: { dir: [isString, "a string"] },

@@ -140,7 +140,8 @@ export interface OpBody {
 }
 
 export interface OpReplyBody {
-  metrics: Record<string, number>;
+  /** null stands for a NaN or infinite value */
+  metrics: Record<string, number | null>;
 }
 
 export interface SaveBody {

@@ -29,6 +29,7 @@ export const recipeSchema: Group = group({
   python: { kind: "path", default: null, nullable: true, mustExist: true },
   torch_threads: { kind: "int", min: 1, max: 256, default: null, nullable: true },
   transport: { kind: "enum", values: ["ipc", "tcp"], default: "ipc" },
+  device: { kind: "string", pattern: /^(cpu|cuda(:\d+)?)$/, patternHelp: "cpu, cuda or cuda:N", default: "cpu" },
   heartbeat: group({
     interval_s: { kind: "number", min: 0, exclusiveMin: true, max: 60, default: 0.5 },
     timeout_s: { kind: "number", min: 0, exclusiveMin: true, max: 3600, default: 30 },
@@ -95,6 +96,7 @@ export const recipeSchema: Group = group({
     log_every: { kind: "int", min: 1, default: 10 },
     checkpoint_every: { kind: "int", min: 1, default: 100 },
     keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
+    on_nonfinite: { kind: "enum", values: ["stop", "skip"], default: "stop" },
   }),
   sample: group({
     num: { kind: "int", min: 1, max: 256, default: 16 },

@@ -13,6 +13,7 @@ export interface Recipe {
   python: string | null;
   torch_threads: number;
   transport: "ipc" | "tcp";
+  device: string;
   heartbeat: { interval_s: number; timeout_s: number };
   data: { source: "gmm"; gmm: { num_classes: number; image_size: number; std: number } };
   teacher: {
@@ -32,6 +33,6 @@ export interface Recipe {
   ttur: { ratio: number };
   gan: { enabled: boolean; generator_weight: number; discriminator_weight: number; warmup_steps: number; diffusion_gan: boolean };
   optim: { betas: [number, number]; weight_decay: number; warmup_steps: number; grad_clip: number };
-  train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number };
+  train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number; on_nonfinite: "stop" | "skip" };
   sample: { num: number; seed: number };
 }

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { appendFileSync, mkdirSync, writeFileSync, accessSync, constants as fsc } from "node:fs";
 import path from "node:path";
 import { DmdError, UsageError } from "../errors.js";
-import type { Recipe } from "../recipe/types.js";
+import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../schedule/placement.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
 import { planStep, routeTensors } from "../schedule/stepPlan.js";
@@ -113,10 +113,10 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
   }
 }
 
-async function runStep(cluster: Cluster, recipe: Recipe, home: Map<string, string>, step: number): Promise<Record<string, number>> {
-  const phases = routeTensors(planStep(step, recipe), home as never);
+async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>, step: number): Promise<Record<string, number | null>> {
+  const phases = routeTensors(planStep(step, recipe), home);
   const held = new Map<string, TensorFrame>();
-  const metrics: Record<string, number> = {};
+  const metrics: Record<string, number | null> = {};
   for (const phase of phases) {
     const replies = await Promise.all(
       phase.map((call) => {

@@ -14,7 +14,7 @@ export interface ReporterOptions {
   stream?: NodeJS.WriteStream;
 }
 
-const fmt = (v: unknown) => (typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
+const fmt = (v: unknown) => (v === null ? "nan" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
 
 export class Reporter {
   readonly mode: OutputMode;
@@ -23,6 +23,8 @@ export class Reporter {
   private stream: NodeJS.WriteStream;
   private bar: cliProgress.SingleBar | null = null;
   private t0 = Date.now();
+  /** the latest value of every metric: generator metrics only arrive every `ratio` steps */
+  private latest: Record<string, number | null> = {};
 
   constructor(opts: ReporterOptions = {}) {
     this.stream = opts.stream ?? process.stderr;
@@ -75,7 +77,7 @@ export class Reporter {
     this.bar.start(total, start, { gen: 0, rate: "-", losses: "" });
   }
 
-  step(step: number, total: number, genUpdates: number, metrics: Record<string, number>, logLine: boolean) {
+  step(step: number, total: number, genUpdates: number, metrics: Record<string, number | null>, logLine: boolean) {
     const done = step + 1;
     const elapsed = (Date.now() - this.t0) / 1000;
     if (this.mode === "json") {
@@ -83,7 +85,8 @@ export class Reporter {
       return;
     }
     if (this.quiet) return;
-    const losses = Object.entries(metrics)
+    Object.assign(this.latest, metrics);
+    const losses = Object.entries(this.latest)
       .filter(([k]) => k.startsWith("loss_"))
       .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
       .join(" ");

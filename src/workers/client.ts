@@ -58,7 +58,7 @@ export interface WorkerClientOptions {
 
 /** The result of an `op` request. */
 export interface OpResult {
-  metrics: Record<string, number>;
+  metrics: Record<string, number | null>;
   /** Exactly the tensors named in `return`, untouched. */
   tensors: TensorFrame[];
   reply: Message<OpReplyBody>;

@@ -187,10 +187,11 @@ class RoleBase:
 
     def __init__(self) -> None:
         self.ready = False
+        self.inject_nan = False  # set per op by the DMD2_FAULT hook (":nan")
 
     def run_op(self, op: str, args: dict[str, Any], store: TensorStore, ctx: WorkerContext) -> dict[str, float]:
         step = op_step(args, store)
-        check_fault(self.name, op, step)
+        self.inject_nan = check_fault(self.name, op, step) == "nan"
         if op not in self.OP_ARGS:
             raise ValueError(f"role {self.name!r} has no op {op!r} (its ops: {', '.join(self.OP_ARGS)})")
         where = f"{self.name}.{op}"

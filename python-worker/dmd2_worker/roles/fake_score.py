@@ -23,7 +23,7 @@ from ..config import SALT_HEAD_INIT, op_seed
 from ..data.gmm import GaussianMixture
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
-from ..optim import build_adamw, clip_grad_norm, optimizer_params, set_lr
+from ..optim import build_adamw, clip_grad_norm, nonfinite_guard, optimizer_params, set_lr
 
 
 class FakeScoreRole(RoleBase):
@@ -88,11 +88,19 @@ class FakeScoreRole(RoleBase):
             total = total + gan_weight * loss_d
             metrics.update(loss_gan_d=float(loss_d.detach()), d_real=float(logits_real.detach().mean()),
                            d_fake=float(logits_fake.detach().mean()))
+        if self.inject_nan:
+            total = total * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        clip_grad_norm(optimizer_params(self.optimizer), self.recipe.optim.grad_clip)
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
+        grad_norm = clip_grad_norm(optimizer_params(self.optimizer), self.recipe.optim.grad_clip)
+        if nonfinite_guard({"loss_fake_total": float(total.detach()), "fake_grad_norm": grad_norm},
+                           self.recipe.train.on_nonfinite, where, step):
+            set_lr(self.optimizer, lr)
+            self.optimizer.step()
+            metrics["skipped_nonfinite_fake"] = 0.0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics["skipped_nonfinite_fake"] = 1.0
         self.updates += 1
         return metrics
 

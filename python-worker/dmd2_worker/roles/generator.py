@@ -21,7 +21,7 @@ from ..checkpoint import load_module, load_optimizer, save_module, save_optimize
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
-from ..optim import build_adamw, clip_grad_norm, optimizer_params, set_lr
+from ..optim import build_adamw, clip_grad_norm, nonfinite_guard, optimizer_params, set_lr
 from ..sampling import backward_simulation, sample_generator
 
 
@@ -102,6 +102,8 @@ class GeneratorRole(RoleBase):
 
         grad = dmd_gradient(x_gen, x0_real, x0_fake)
         loss_dmd = dmd_loss(x_gen, grad)
+        if self.inject_nan:
+            loss_dmd = loss_dmd * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         outputs = [dmd_weight * loss_dmd]
         grads = [torch.ones_like(loss_dmd)]
@@ -112,14 +114,16 @@ class GeneratorRole(RoleBase):
         self.graph = None
         params = optimizer_params(self.optimizer)
         gen_grad_norm = clip_grad_norm(params, self.recipe.optim.grad_clip)
-        set_lr(self.optimizer, lr)
-        self.optimizer.step()
+        metrics = {"loss_dmd": float(loss_dmd.detach()), "dmd_grad_norm": float(grad.norm()), "gen_grad_norm": gen_grad_norm}
+        if nonfinite_guard(metrics, self.recipe.train.on_nonfinite, where, step):
+            set_lr(self.optimizer, lr)
+            self.optimizer.step()
+            metrics["skipped_nonfinite"] = 0.0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            metrics["skipped_nonfinite"] = 1.0
         self.updates += 1
-        return {
-            "loss_dmd": float(loss_dmd.detach()),
-            "dmd_grad_norm": float(grad.norm()),
-            "gen_grad_norm": gen_grad_norm,
-        }
+        return metrics
 
     @torch.no_grad()
     def op_sample(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
