@@ -325,6 +325,10 @@ class WorkerServer:
         self._store.update(request.tensors)
         self._store.step = step
         metrics = _metrics(role.run_op(op, body["args"], self._store, self._context), f"{role_name}.{op}")
+        device = self._context.device
+        if isinstance(device, torch.device) and device.type == "cuda":
+            # per worker, so that merged step metrics keep every process's figure (scripts/gpu-check.sh reads them)
+            metrics[f"cuda_peak_mb_{self.name}"] = torch.cuda.max_memory_allocated(device) / 2**20
         missing = [n for n in body["return"] if n not in self._store]
         if missing:
             raise LookupError(
