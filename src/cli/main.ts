@@ -109,6 +109,29 @@ export function buildProgram(): Command {
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
   });
 
+  program
+    .command("plan")
+    .description("show what distill would do with a recipe: placement, schedule, tensors, checkpoints, memory; starts nothing")
+    .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+    .option("--set <key=value>", "override a recipe key, as for distill (repeatable)", collect, [])
+    .option("--json", "print the plan as one JSON object (for scripts)")
+    .addHelpText("after", "\nExamples:\n  dmd2 plan recipes/tiny.yaml\n  dmd2 plan recipes/tiny.yaml --set placement=colocated --set ttur.ratio=10\n  dmd2 plan --json | jq .memory.workers")
+    .action(async (recipeFile: string, opts: { set: string[]; json?: boolean }) => {
+      const { planCommand } = await import("./commands/plan.js");
+      planCommand(recipeFile, opts);
+    });
+
+  program
+    .command("doctor")
+    .description("check that this machine can run dmd2, and say how to fix what is missing")
+    .option("--python <path>", "the interpreter to check (default: $DMD2_PYTHON, else the project's .venv)")
+    .option("--json", "print the checks as one JSON object (for scripts)")
+    .addHelpText("after", "\nExit code 0 when no check is a problem, 1 otherwise.\n\nExamples:\n  dmd2 doctor\n  dmd2 doctor --python /opt/conda/bin/python\n  dmd2 doctor --json | jq '.checks[] | select(.status == \"problem\")'")
+    .action(async (opts: { python?: string; json?: boolean }) => {
+      const { doctorCommand } = await import("./commands/doctor.js");
+      process.exitCode = await doctorCommand(opts);
+    });
+
   return program;
 }
 

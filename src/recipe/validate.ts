@@ -166,6 +166,8 @@ export function checkRules(r: Obj): Problem[] {
     if (ts.some((t) => t >= T)) problems.push({ path: ["generator", "timesteps"], message: `entries must be below diffusion.num_train_timesteps (${T})` });
     if (ct !== null && ts[0] !== ct) problems.push({ path: ["generator", "timesteps"], message: `first entry (${ts[0]}) must equal generator.conditioning_timestep (${ct}); drop one of the two keys` });
   }
+  const size = g("data.gmm.image_size") as number;
+  if (size % 4 !== 0) problems.push({ path: ["data", "gmm", "image_size"], message: `must be a multiple of 4 (the UNet halves it twice), got ${size}` });
   const gan = g("gan") as Obj;
   if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
     problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });

@@ -1,0 +1,181 @@
+// `npm run bench` (node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling] [--keep]):
+// measures, side by side in one invocation, the step time of the orchestrated run against the plain Python loop
+// and between placements, the transport against a bare ZeroMQ pair, and sampling speed; prints one table of
+// ratios and writes results.json and results.md (default: docs/bench/; with --quick: a temporary folder).
+
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { PROJECT_ROOT } from "../workers/python.js";
+import { describeMachine, loadAverage } from "./machine.js";
+import { markdownReport, samplingRows, stepRows, textTable, transportRows, type BenchResults, type Row } from "./report.js";
+import { benchSampling, type SamplingResult, type SamplingSettings } from "./sampling.js";
+import { benchVariant, type StepResult, type StepVariant } from "./steps.js";
+import { benchTransport, type TransportResult, type TransportSettings } from "./transport.js";
+
+const SECTIONS = ["steps", "transport", "sampling"] as const;
+type Section = (typeof SECTIONS)[number];
+
+export interface BenchSettings {
+  quick: boolean;
+  variants: StepVariant[];
+  transport: TransportSettings;
+  sampling: SamplingSettings;
+}
+
+const MiB = 2 ** 20;
+
+/** The compute-dominated variant: the tiny recipe with a wider network on larger images and a larger batch. */
+const COMPUTE_SETS = ["teacher.builtin.channels=64", "data.gmm.image_size=16", "train.batch_size=256", "teacher.builtin.train_steps=50"];
+
+export function benchSettings(quick: boolean): BenchSettings {
+  if (quick) {
+    return {
+      quick,
+      // Tiny recipe only, a few steps, a barely trained teacher: the smoke test must stay well under a minute.
+      variants: [{ id: "tiny", label: "recipes/tiny.yaml (quick: teacher barely trained)", sets: ["teacher.builtin.train_steps=10"], warmup: 5, steps: 5, rounds: 1 }],
+      transport: { controlReps: 50, rounds: 1, payloads: [[64 * 1024, 3], [MiB, 3], [16 * MiB, 2], [64 * MiB, 1]] },
+      sampling: { n: 16, repeats: 2, threads: 1, studentSteps: [1, 2, 4], teacherSteps: [50] },
+    };
+  }
+  return {
+    quick,
+    variants: [
+      { id: "tiny", label: "recipes/tiny.yaml", sets: [], warmup: 10, steps: 100, rounds: 2 },
+      { id: "compute", label: "channels 64, 16x16 images, batch 256", sets: COMPUTE_SETS, warmup: 5, steps: 15, rounds: 1 },
+    ],
+    transport: { controlReps: 1000, rounds: 4, payloads: [[64 * 1024, 200], [MiB, 60], [16 * MiB, 12], [64 * MiB, 6]] },
+    sampling: { n: 256, repeats: 5, threads: 1, studentSteps: [1, 2, 4], teacherSteps: [50] },
+  };
+}
+
+function usage(): string {
+  return "usage: node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling] [--keep]";
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        quick: { type: "boolean", default: false },
+        out: { type: "string" },
+        only: { type: "string" },
+        keep: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n${usage()}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${usage()}\n`);
+    return 0;
+  }
+  const quick = values.quick ?? false;
+  const only = new Set<Section>();
+  for (const s of (values.only ?? SECTIONS.join(",")).split(",").map((x) => x.trim()).filter(Boolean)) {
+    if (!(SECTIONS as readonly string[]).includes(s)) {
+      process.stderr.write(`--only: unknown section "${s}" (sections: ${SECTIONS.join(", ")})\n`);
+      return 2;
+    }
+    only.add(s as Section);
+  }
+  const outDir = path.resolve(values.out ?? (quick ? path.join(os.tmpdir(), "dmd2-bench-quick") : path.join(PROJECT_ROOT, "docs", "bench")));
+  const settings = benchSettings(quick);
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const env: Record<string, string> = { NO_COLOR: "1" };
+  const work = mkdtempSync(path.join(os.tmpdir().length < 60 ? os.tmpdir() : "/tmp", "dmd2-bench-"));
+  const t0 = performance.now();
+  const loadStart = loadAverage();
+  const cores = os.availableParallelism();
+  log(`dmd2 bench${quick ? " --quick" : ""}: ${cores} cores, load average ${loadStart.join(" / ")}; scratch ${work}`);
+  if (loadStart[0] > cores / 2) log(`  note: the machine is busy (1-minute load ${loadStart[0]} on ${cores} cores): timings will be noisy`);
+
+  try {
+    const machine = await describeMachine();
+    let steps: StepResult[] = [];
+    let resolvedTiny = "";
+    let tinyCheckpoint = "";
+    if (only.has("steps") || only.has("sampling")) {
+      const variants = only.has("steps") ? settings.variants : [{ ...settings.variants[0]!, warmup: 0, steps: 5, rounds: 1 }];
+      for (const v of variants) {
+        log(`step time, ${v.id}: ${v.sets.length ? v.sets.join(" ") : "(recipe as is)"}`);
+        // Sampling alone needs only a short colocated tiny run (its resolved recipe and a generator checkpoint).
+        const configs = only.has("steps") ? undefined : [{ key: "colocated.default", mode: "colocated" as const, threads: null }];
+        const outcome = await benchVariant(v, work, env, Math.max(1, cores), log, configs);
+        if (only.has("steps")) steps.push(...outcome.results);
+        if (v.id === "tiny") {
+          resolvedTiny = outcome.resolvedRecipe;
+          tinyCheckpoint = outcome.checkpointDir;
+        }
+        if (!only.has("steps")) break;
+      }
+      if (!only.has("steps")) steps = [];
+    }
+    let transport: TransportResult | null = null;
+    if (only.has("transport")) {
+      log("transport (ipc): protocol vs bare ZeroMQ pair");
+      const dir = path.join(work, "transport");
+      mkdirSync(dir, { recursive: true });
+      transport = await benchTransport(settings.transport, dir, env, log);
+    }
+    let sampling: SamplingResult | null = null;
+    if (only.has("sampling")) {
+      log("sampling: student 1/2/4 steps vs teacher DDIM 50");
+      sampling = await benchSampling(settings.sampling, resolvedTiny, path.join(tinyCheckpoint, "generator.safetensors"), path.join(work, "sampling"), env);
+      for (const r of sampling.rows) log(`  ${r.model} ${r.steps} step(s): ${r.images_per_s.median.toFixed(0)} images/s`);
+    }
+
+    const rows: Row[] = [
+      ...stepRows(settings.variants, steps),
+      ...(transport ? transportRows(transport) : []),
+      ...(sampling ? samplingRows(sampling) : []),
+    ];
+    const results: BenchResults = {
+      format: "dmd2-bench",
+      version: 1,
+      quick,
+      created: new Date().toISOString(),
+      duration_s: (performance.now() - t0) / 1000,
+      machine,
+      load: { start: loadStart, end: loadAverage() },
+      settings: { ...settings, sections: [...only] } as unknown as Record<string, unknown>,
+      steps,
+      transport,
+      sampling,
+      rows,
+    };
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(path.join(outDir, "results.json"), JSON.stringify(results, null, 1) + "\n");
+    writeFileSync(path.join(outDir, "results.md"), markdownReport(results, only.has("steps") ? settings.variants : []) + "\n");
+
+    process.stdout.write(`\n${textTable(rows)}\n\n`);
+    process.stdout.write(
+      `${machine.cpu_model}, ${machine.cores} cores; node ${machine.node}, Python ${machine.python.python}, torch ${machine.python.torch}; ` +
+        `load average ${results.load.start.join("/")} at start, ${results.load.end.join("/")} at end; ${results.duration_s.toFixed(0)} s\n`,
+    );
+    process.stdout.write(`wrote ${path.relative(process.cwd(), path.join(outDir, "results.json")) || "results.json"} and results.md\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`bench failed: ${(error as Error).stack ?? error}\n`);
+    return 1;
+  } finally {
+    if (values.keep) log(`scratch kept: ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+}
+
+const invoked = process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname);
+if (invoked) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      process.stderr.write(`bench failed: ${String(error)}\n`);
+      process.exit(1);
+    },
+  );
+}

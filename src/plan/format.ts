@@ -1,0 +1,180 @@
+// The text form of a plan (plan.ts): sections of aligned lines, for a terminal or a log.
+
+import path from "node:path";
+import chalk from "chalk";
+import { formatBytes, formatCount, formatRate, table } from "../text.js";
+import type { Plan, Ramp, StepRow } from "./plan.js";
+
+const ROLE_SHORT: Record<string, string> = { generator: "G", teacher: "T", fake_score: "F", discriminator: "D" };
+const OP_SHORT: Record<string, string> = { generate: "gen", predict_x0: "x0", generator_gan_grad: "grad", update: "upd" };
+const shortCall = (call: string) => {
+  const [role = "", op = ""] = call.split(".");
+  return `${ROLE_SHORT[role] ?? role}.${OP_SHORT[op] ?? op}`;
+};
+
+const shown = (p: string) => {
+  const rel = path.relative(process.cwd(), p);
+  return rel !== "" && !rel.startsWith("..") ? rel : p;
+};
+const heading = (title: string, rest = "") => chalk.bold(title) + (rest === "" ? "" : `  ${rest}`);
+
+function placementLines(plan: Plan): string[] {
+  const p = plan.placement;
+  // the default, max(1, floor(cores / workers)), never oversubscribes more than one thread per process does
+  const fair = Math.max(1, Math.floor(p.cores / p.workers.length));
+  const oversubscribed = p.torchThreads > fair;
+  const from = { recipe: "the recipe's python key", DMD2_PYTHON: "$DMD2_PYTHON", ".venv": "the project's .venv" }[p.python.source];
+  const python = p.python.path === null ? `${chalk.red("none")} (from ${from}; see Problems)` : `${p.python.path} (${from})`;
+  return [
+    heading("Placement", `${p.placement}, transport ${p.transport}, device ${p.device}`),
+    ...table([["worker", "roles", "torch threads"], ...p.workers.map((w) => [w.name, w.roles.join(", "), String(w.torchThreads)])]),
+    `  ${p.workers.length} worker process${p.workers.length === 1 ? "" : "es"} x ${p.torchThreads} thread${p.torchThreads === 1 ? "" : "s"} on ${p.cores} core${p.cores === 1 ? "" : "s"}${oversubscribed ? chalk.yellow(` (more threads than cores: torch_threads ${fair} avoids that)`) : ""}`,
+    `  python: ${python}`,
+  ];
+}
+
+function rampText(name: string, ramp: Ramp, steps: number): string {
+  const t = formatRate(ramp.target);
+  if (ramp.warmup <= 0 || ramp.first.value === ramp.target) return `${name}: ${t} throughout`;
+  const full = ramp.fullFromStep === null ? `not reached within ${steps} steps (${formatRate(ramp.last.value)} at step ${ramp.last.step})` : `${t} from step ${ramp.fullFromStep} on`;
+  const over = ramp.unit === "updates" ? `its first ${ramp.warmup} updates` : `the first ${ramp.warmup} steps`;
+  return `${name}: ${t}, linear warm-up over ${over}: ${formatRate(ramp.first.value)} at step ${ramp.first.step}, ${full}`;
+}
+
+function scheduleLines(plan: Plan): string[] {
+  const s = plan.schedule;
+  // one column per op, in step order: an op missing from earlier rows goes right after its predecessor
+  const calls: string[] = [];
+  for (const row of s.rows) {
+    row.phases.flat().forEach((c, i, all) => {
+      if (calls.includes(c)) return;
+      const before = all.slice(0, i).reverse().find((p) => calls.includes(p));
+      calls.splice(before === undefined ? 0 : calls.indexOf(before) + 1, 0, c);
+    });
+  }
+  const cell = (v: number | null) => (v === null ? "-" : formatRate(v));
+  const rowCells = (row: StepRow) => [
+    String(row.step),
+    ...calls.map((c) => (row.phases.flat().includes(c) ? "x" : ".")),
+    cell(row.generatorLr),
+    cell(row.fakeScoreLr),
+    cell(row.ganGeneratorWeight),
+    cell(row.ganDiscriminatorWeight),
+  ];
+  const rows: string[][] = [["step", ...calls.map(shortCall), "G lr", "F lr", "G GAN w", "D GAN w"]];
+  s.rows.forEach((row, i) => {
+    if (i > 0 && row.step !== s.rows[i - 1]!.step + 1) rows.push(["...", ...calls.map(() => ""), "", "", "", ""]);
+    rows.push(rowCells(row));
+  });
+  const shownSteps = s.rows.length === 0 ? "" : ` (steps ${s.rows[0]!.step}-${s.rows[s.rows.length - 1]!.step} shown)`;
+  return [
+    heading("Step schedule", `${s.steps} steps${shownSteps}; the generator updates when step % ${s.ttur} == 0: ${s.generatorUpdates} generator updates, ${s.fakeScoreUpdates} fake score updates`),
+    ...table(rows),
+    `  ops: ${calls.map((c) => `${shortCall(c)} = ${c}`).join(", ")}`,
+    `  ${rampText("generator lr", s.generatorLr, s.steps)}`,
+    `  ${rampText("fake score lr", s.fakeScoreLr, s.steps)}`,
+    `  ${rampText("G's GAN weight", s.ganGeneratorWeight, s.steps)}${s.ganGeneratorWeight.target > 0 ? " (at generator steps)" : ""}`,
+    `  D's GAN weight: ${formatRate(s.ganDiscriminatorWeight)} throughout`,
+  ];
+}
+
+function trafficLines(plan: Plan): string[] {
+  const t = plan.traffic;
+  const lines = [heading("Tensors between processes", `batch ${t.batchSize}; each goes worker -> coordinator -> worker(s), untouched`)];
+  if (t.kinds.every((k) => k.transfers.length === 0)) {
+    lines.push("  none: the roles that exchange tensors share a process");
+    return lines;
+  }
+  for (const k of t.kinds) {
+    const steps = `${k.count} step${k.count === 1 ? "" : "s"}, e.g. step ${k.example}`;
+    if (k.transfers.length === 0) {
+      lines.push(`  ${k.kind} (${steps}): nothing (the roles that exchange tensors share a process)`);
+      continue;
+    }
+    lines.push(`  ${k.kind} (${steps}): ${formatBytes(k.returnedBytes)} returned, ${formatBytes(k.attachedBytes)} sent on`);
+    lines.push(
+      ...table(
+        k.transfers.map((x) => [
+          x.tensor,
+          x.dtype ?? "?",
+          x.shape === null ? "?" : `[${x.shape.join(",")}]`,
+          x.bytes === null ? "?" : formatBytes(x.bytes),
+          `${x.from.call} -> ${x.to.map((c) => c.call).join(", ")}`,
+        ]),
+        4,
+      ),
+    );
+  }
+  lines.push(`  whole run: ${formatBytes(t.runBytes)} through the coordinator`);
+  return lines;
+}
+
+function checkpointLines(plan: Plan): string[] {
+  const c = plan.checkpoints;
+  const written = c.count <= c.first.length ? c.first.join(", ") : `${c.first.join(", ")}, ...`;
+  const existing =
+    c.resumeFrom === null
+      ? "none: distill starts from step 0"
+      : `${c.existing.join(", ")}: distill resumes from step ${c.resumeFrom}${c.resumeFrom >= plan.schedule.steps ? " (the run is finished: it only samples)" : ""}`;
+  return [
+    heading("Checkpoints", `${shown(c.dir)}, every ${c.every} steps and at the end, keep_last ${c.keepLast}`),
+    ...table([
+      ["written", `${written} (${c.count} in all; Ctrl-C writes one more)`],
+      ["kept", c.keptAtEnd.join(", ")],
+      ["size", `~${formatBytes(c.bytesEach)} each; ~${formatBytes(c.diskBytes)} at the end with the teacher (estimate)`],
+      ["existing", existing],
+    ]),
+  ];
+}
+
+function memoryLines(plan: Plan): string[] {
+  const m = plan.memory;
+  const dash = (b: number) => (b === 0 ? "-" : formatBytes(b));
+  const rows: string[][] = [["worker", "role", "params", "weights", "grads", "AdamW", "activations", "total"]];
+  for (const w of m.workers) {
+    w.roles.forEach((r, i) => {
+      rows.push([i === 0 ? w.worker : "", r.role, formatCount(r.params), formatBytes(r.weightsBytes), dash(r.gradsBytes), dash(r.optimizerBytes), dash(r.activationBytes), formatBytes(r.totalBytes)]);
+    });
+  }
+  const a = m.arch;
+  return [
+    heading("Memory per worker", `an estimate, float32, on ${plan.placement.device}`),
+    `  networks: TinyUNet(channels ${a.channels}, mult [${a.channelMult.join(", ")}], ${a.numClasses ?? "no"} classes, ${a.inChannels}x${a.imageSize}x${a.imageSize}) ${formatCount(m.params.unet)} params; discriminator head ${formatCount(m.params.discriminatorHead)}`,
+    ...table(rows),
+    `  per worker: ${m.workers.map((w) => `${w.worker} ~${formatBytes(w.totalBytes)}`).join(", ")}`,
+    "  trained networks: weights + grads + AdamW's 2 moments; activations: what one forward keeps for the backward",
+    "  at the batch size, x2 for the backward (the roles' peaks added as if simultaneous)",
+    `  ${m.note}`,
+  ];
+}
+
+function problemLines(plan: Plan): string[] {
+  if (plan.problems.length === 0) return [heading("Problems", "none")];
+  return [
+    heading("Problems", String(plan.problems.length)),
+    ...plan.problems.flatMap((p) => [`  ${chalk.red("problem")} ${p.subject}: ${p.message}`, ...(p.fix === undefined ? [] : [`          fix: ${p.fix}`])]),
+  ];
+}
+
+export function formatPlan(plan: Plan): string {
+  const r = plan.recipe.resolved;
+  const sections = [
+    [
+      `${chalk.bold("dmd2 plan")} ${shown(plan.recipe.file)}: a dry run, nothing was started`,
+      ...table([
+        ["name", r.name],
+        ["run folder", shown(r.run_dir)],
+        ["generator", `${r.generator.steps} step${r.generator.steps === 1 ? "" : "s"}, timesteps [${r.generator.timesteps.join(", ")}]`],
+        ["training", `${r.train.steps} steps, batch ${r.train.batch_size}, seed ${r.seed}`],
+      ]),
+      "  (dmd2 plan --json gives the resolved recipe with every default, as recipe.resolved)",
+    ],
+    placementLines(plan),
+    scheduleLines(plan),
+    trafficLines(plan),
+    checkpointLines(plan),
+    memoryLines(plan),
+    problemLines(plan),
+  ];
+  return sections.map((s) => s.join("\n")).join("\n\n") + "\n";
+}

@@ -1,0 +1,98 @@
+// An estimate of each worker's memory for a recipe, from the parameter counts and layer sizes (params.ts).
+// Everything is float32. A trained network holds weights, gradients and AdamW's two moment buffers (4x its
+// weights); a frozen one holds weights only. Activations: the values autograd keeps for a backward pass
+// (unetActivationsPerSample) times the batch, times 2 for the gradients the backward pass makes alongside
+// them. The roles' peaks are added as if they happened at once, so a worker's figure is an upper bound of
+// what the networks need; the Python interpreter and torch themselves come on top (see RUNTIME_NOTE).
+
+import type { Recipe, Role } from "../recipe/types.js";
+import type { WorkerSpec } from "../schedule/placement.js";
+import { headParams, unetActivationsPerSample, unetArch, unetFeatures, unetParams } from "./params.js";
+
+const FLOAT32 = 4;
+/** The backward pass makes a gradient for each kept activation. */
+const BACKWARD_FACTOR = 2;
+
+export const RUNTIME_NOTE =
+  "not included: the Python interpreter and torch themselves, about 0.25 GiB per worker process on CPU (more on CUDA: its context takes ~0.3-0.5 GiB of GPU memory)";
+
+export interface RoleMemory {
+  role: Role;
+  params: number;
+  trained: boolean;
+  weightsBytes: number;
+  gradsBytes: number;
+  /** AdamW's exp_avg and exp_avg_sq */
+  optimizerBytes: number;
+  activationBytes: number;
+  /** what the activation figure counts */
+  activationBasis: string;
+  totalBytes: number;
+}
+
+export interface WorkerMemory {
+  worker: string;
+  roles: RoleMemory[];
+  totalBytes: number;
+}
+
+function roleMemory(role: Role, r: Recipe): RoleMemory {
+  const arch = unetArch(r);
+  const B = r.train.batch_size;
+  const full = unetActivationsPerSample(arch) * B * FLOAT32;
+  const encoder = unetActivationsPerSample(arch, true) * B * FLOAT32;
+  const feat = unetFeatures(arch);
+  let params = unetParams(arch);
+  let trained = true;
+  let activationBytes: number;
+  let activationBasis: string;
+  switch (role) {
+    case "teacher": {
+      // predict_x0 without a graph; classifier-free guidance runs the conditional and the null class together
+      const cfg = r.dmd.real_guidance_scale !== 1 && arch.numClasses !== null ? 2 : 1;
+      trained = false;
+      activationBytes = full * cfg;
+      activationBasis = `one forward without a graph at batch ${B * cfg}${cfg === 2 ? " (guidance)" : ""}`;
+      break;
+    }
+    case "generator":
+      // generate keeps the graph of its last forward until update back-propagates through it
+      activationBytes = full * BACKWARD_FACTOR;
+      activationBasis = `one forward + backward at batch ${B}`;
+      break;
+    case "fake_score":
+      activationBytes = full * BACKWARD_FACTOR;
+      activationBasis = `one forward + backward at batch ${B} (denoising loss)`;
+      break;
+    case "discriminator": {
+      // fake_score.update runs the backbone's encoder on the fake and the real batch for D's loss
+      const ganOn = r.gan.enabled;
+      params = headParams(feat.channels, feat.size);
+      trained = ganOn && r.gan.discriminator_weight > 0;
+      activationBytes = ganOn ? 2 * encoder * BACKWARD_FACTOR : 0;
+      activationBasis = ganOn ? `two encoder forwards + backward at batch ${B} (real and fake)` : "none (gan.enabled is false)";
+      break;
+    }
+  }
+  const weightsBytes = params * FLOAT32;
+  const gradsBytes = trained ? weightsBytes : 0;
+  const optimizerBytes = trained ? 2 * weightsBytes : 0;
+  return {
+    role,
+    params,
+    trained,
+    weightsBytes,
+    gradsBytes,
+    optimizerBytes,
+    activationBytes,
+    activationBasis,
+    totalBytes: weightsBytes + gradsBytes + optimizerBytes + activationBytes,
+  };
+}
+
+export function memoryEstimate(layout: WorkerSpec[], r: Recipe): WorkerMemory[] {
+  return layout.map((w) => {
+    const roles = w.roles.map((role) => roleMemory(role, r));
+    return { worker: w.name, roles, totalBytes: roles.reduce((s, m) => s + m.totalBytes, 0) };
+  });
+}

@@ -1,0 +1,325 @@
+// `dmd2 plan`: everything `distill` would do with a recipe, worked out without starting a process: the
+// placement, the step schedule, the tensors that travel, the checkpoints and a memory estimate. Built from
+// the same functions the run loop uses (schedule/, run/checkpoints.ts), so the plan cannot drift from the run.
+
+import os from "node:os";
+import path from "node:path";
+import { isDmdError } from "../errors.js";
+import type { Recipe, Role } from "../recipe/types.js";
+import { checkpointName, checkpointsDir, listCheckpoints } from "../run/checkpoints.js";
+import { roleHome, workerLayout } from "../schedule/placement.js";
+import {
+  ganDiscriminatorWeight,
+  ganGeneratorWeight,
+  generatorUpdatesBefore,
+  isCheckpointStep,
+  isGeneratorStep,
+  warmupLr,
+} from "../schedule/schedule.js";
+import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
+import { resolvePython } from "../workers/python.js";
+import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
+import { headParams, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
+import { stepTraffic, type StepTraffic } from "./tensors.js";
+
+export interface PlanProblem {
+  /** what the problem is about, e.g. "python" */
+  subject: string;
+  message: string;
+  fix?: string;
+}
+
+export interface PythonPlan {
+  /** the interpreter the workers would run, or null when there is none */
+  path: string | null;
+  source: "recipe" | "DMD2_PYTHON" | ".venv";
+}
+
+export interface PlacementPlan {
+  placement: Recipe["placement"];
+  transport: Recipe["transport"];
+  /** the recipe's `device` key: where every role's networks live */
+  device: string;
+  torchThreads: number;
+  cores: number;
+  workers: { name: string; roles: Role[]; torchThreads: number }[];
+  python: PythonPlan;
+}
+
+export interface StepRow {
+  step: number;
+  generatorStep: boolean;
+  /** the step's op calls, phase by phase (calls within a phase may run concurrently) */
+  phases: string[][];
+  /** the generator's lr at this step's update; null on steps without one */
+  generatorLr: number | null;
+  fakeScoreLr: number;
+  /** G's GAN loss weight at this step's update; null on steps without a generator update */
+  ganGeneratorWeight: number | null;
+  ganDiscriminatorWeight: number;
+}
+
+export interface Ramp {
+  /** the value after warm-up */
+  target: number;
+  /** warm-up length, in the ramp's unit (0: none) */
+  warmup: number;
+  unit: "updates" | "steps";
+  /** value at the first step it applies to */
+  first: { step: number; value: number };
+  /** first step with the full value, or null if the run ends before */
+  fullFromStep: number | null;
+  /** value at the last step it applies to */
+  last: { step: number; value: number };
+}
+
+export interface SchedulePlan {
+  steps: number;
+  ttur: number;
+  generatorUpdates: number;
+  fakeScoreUpdates: number;
+  rows: StepRow[];
+  generatorLr: Ramp;
+  fakeScoreLr: Ramp;
+  ganGeneratorWeight: Ramp;
+  ganDiscriminatorWeight: number;
+}
+
+export interface TrafficPlan {
+  batchSize: number;
+  /** distinct kinds of step, each with an example step and how many steps of the run are of that kind */
+  kinds: ({ kind: string; example: number; count: number } & StepTraffic)[];
+  /** bytes through the coordinator over the whole run (returned + attached) */
+  runBytes: number;
+}
+
+export interface CheckpointPlan {
+  dir: string;
+  every: number;
+  keepLast: number;
+  /** how many checkpoints the run writes (more if it is interrupted: Ctrl-C writes one) */
+  count: number;
+  /** the first few folder names */
+  first: string[];
+  /** the folders left at the end (keep_last newest) */
+  keptAtEnd: string[];
+  /** estimated size of one checkpoint (trained roles' weights and optimizer state) */
+  bytesEach: number;
+  /** estimated disk use of the run folder at the end: keep_last checkpoints and the teacher */
+  diskBytes: number;
+  /** complete checkpoints already in the run folder */
+  existing: string[];
+  /** the step distill would resume from, or null for a fresh start */
+  resumeFrom: number | null;
+}
+
+export interface MemoryPlan {
+  estimate: true;
+  arch: UNetArch;
+  params: { unet: number; discriminatorHead: number };
+  workers: WorkerMemory[];
+  note: string;
+}
+
+export interface Plan {
+  recipe: { file: string; name: string; runDir: string; resolved: Recipe };
+  placement: PlacementPlan;
+  schedule: SchedulePlan;
+  traffic: TrafficPlan;
+  checkpoints: CheckpointPlan;
+  memory: MemoryPlan;
+  problems: PlanProblem[];
+}
+
+export interface PlanOptions {
+  env?: NodeJS.ProcessEnv;
+  cpuCount?: number;
+}
+
+function pythonPlan(r: Recipe, env: NodeJS.ProcessEnv, problems: PlanProblem[]): PythonPlan {
+  const source: PythonPlan["source"] = r.python !== null ? "recipe" : env.DMD2_PYTHON ? "DMD2_PYTHON" : ".venv";
+  try {
+    return { path: resolvePython(r.python, { env }), source };
+  } catch (e) {
+    if (!isDmdError(e)) throw e;
+    problems.push({ subject: "python", message: e.message, ...(e.hint === undefined ? {} : { fix: e.hint }) });
+    return { path: null, source };
+  }
+}
+
+function placementPlan(r: Recipe, opts: PlanOptions, problems: PlanProblem[]): PlacementPlan {
+  const layout = workerLayout(r.placement);
+  return {
+    placement: r.placement,
+    transport: r.transport,
+    device: r.device,
+    torchThreads: r.torch_threads,
+    cores: opts.cpuCount ?? os.availableParallelism(),
+    workers: layout.map((w) => ({ name: w.name, roles: [...w.roles], torchThreads: r.torch_threads })),
+    python: pythonPlan(r, opts.env ?? process.env, problems),
+  };
+}
+
+/** Steps shown in the schedule table: through the third generator step, or excerpts around the first ones. */
+export function scheduleRowSteps(steps: number, ratio: number): number[] {
+  const wanted = 2 * ratio + 1 <= 12 ? Array.from({ length: 2 * ratio + 1 }, (_, i) => i) : [0, 1, 2, ratio - 1, ratio, ratio + 1, 2 * ratio];
+  return [...new Set(wanted)].filter((s) => s >= 0 && s < steps).sort((a, b) => a - b);
+}
+
+const callName = (c: OpCall) => `${c.role}.${c.op}`;
+
+function stepRow(step: number, r: Recipe): StepRow {
+  const phases = planStep(step, r);
+  const calls = phases.flat();
+  const find = (role: Role, op: string) => calls.find((c) => c.role === role && c.op === op);
+  const genUpdate = find("generator", "update");
+  const fakeUpdate = find("fake_score", "update")!;
+  return {
+    step,
+    generatorStep: isGeneratorStep(step, r.ttur.ratio),
+    phases: phases.map((p) => p.map(callName)),
+    generatorLr: genUpdate ? (genUpdate.args.lr as number) : null,
+    fakeScoreLr: fakeUpdate.args.lr as number,
+    ganGeneratorWeight: genUpdate ? ((find("discriminator", "generator_gan_grad")?.args.weight as number | undefined) ?? 0) : null,
+    ganDiscriminatorWeight: fakeUpdate.args.gan_weight as number,
+  };
+}
+
+function schedulePlan(r: Recipe): SchedulePlan {
+  const steps = r.train.steps;
+  const ratio = r.ttur.ratio;
+  const G = generatorUpdatesBefore(steps, ratio);
+  const lastGenStep = (G - 1) * ratio;
+  const lrWarm = r.optim.warmup_steps;
+  const within = (s: number) => (s < steps ? s : null);
+  const ganWarm = r.gan.warmup_steps;
+  // G's GAN weight only applies at generator steps: the first one at or after the end of its warm-up
+  const ganFull = r.gan.enabled ? Math.ceil(ganWarm / ratio) * ratio : null;
+  return {
+    steps,
+    ttur: ratio,
+    generatorUpdates: G,
+    fakeScoreUpdates: steps,
+    rows: scheduleRowSteps(steps, ratio).map((s) => stepRow(s, r)),
+    generatorLr: {
+      target: r.generator.lr,
+      warmup: lrWarm,
+      unit: "updates",
+      first: { step: 0, value: warmupLr(r.generator.lr, 0, lrWarm) },
+      fullFromStep: within(Math.max(0, lrWarm - 1) * ratio),
+      last: { step: lastGenStep, value: warmupLr(r.generator.lr, G - 1, lrWarm) },
+    },
+    fakeScoreLr: {
+      target: r.fake_score.lr,
+      warmup: lrWarm,
+      unit: "updates",
+      first: { step: 0, value: warmupLr(r.fake_score.lr, 0, lrWarm) },
+      fullFromStep: within(Math.max(0, lrWarm - 1)),
+      last: { step: steps - 1, value: warmupLr(r.fake_score.lr, steps - 1, lrWarm) },
+    },
+    ganGeneratorWeight: {
+      target: r.gan.enabled ? r.gan.generator_weight : 0,
+      warmup: r.gan.enabled ? ganWarm : 0,
+      unit: "steps",
+      first: { step: 0, value: ganGeneratorWeight(0, r) },
+      fullFromStep: ganFull === null ? 0 : within(ganFull),
+      last: { step: lastGenStep, value: ganGeneratorWeight(lastGenStep, r) },
+    },
+    ganDiscriminatorWeight: ganDiscriminatorWeight(r),
+  };
+}
+
+function trafficPlan(r: Recipe): TrafficPlan {
+  const home = roleHome(workerLayout(r.placement));
+  const steps = r.train.steps;
+  const ratio = r.ttur.ratio;
+  const G = generatorUpdatesBefore(steps, ratio);
+  const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r);
+  const kinds: TrafficPlan["kinds"] = [{ kind: "generator step", example: 0, count: 1, ...traffic(0) }];
+  if (G > 1) {
+    // later generator steps differ from step 0 only when G's GAN weight warms up from 0 (no gan_grad at step 0)
+    const later = traffic(ratio);
+    if (JSON.stringify(later.transfers) === JSON.stringify(kinds[0]!.transfers)) kinds[0]!.count += G - 1;
+    else {
+      kinds[0]!.kind = "first generator step";
+      kinds.push({ kind: "generator step", example: ratio, count: G - 1, ...later });
+    }
+  }
+  if (steps > G) kinds.push({ kind: "fake-score-only step", example: 1, count: steps - G, ...traffic(1) });
+  return {
+    batchSize: r.train.batch_size,
+    kinds,
+    runBytes: kinds.reduce((s, k) => s + k.count * (k.returnedBytes + k.attachedBytes), 0),
+  };
+}
+
+/** The first or last `n` checkpoints (as steps completed): every `checkpoint_every` steps and the last step. */
+function checkpointSteps(r: Recipe, which: "first" | "last", n: number): number[] {
+  const every = r.train.checkpoint_every;
+  const steps = r.train.steps;
+  const multiples = Math.floor(steps / every);
+  const lo = which === "first" ? 1 : Math.max(1, multiples - n + 1);
+  const hi = which === "first" ? Math.min(n, multiples) : multiples;
+  const list = Array.from({ length: Math.max(0, hi - lo + 1) }, (_, i) => (lo + i) * every);
+  if (steps % every !== 0) list.push(steps);
+  // the run loop's own rule has the last word; the arithmetic above only proposes candidates
+  return (which === "first" ? list.slice(0, n) : list.slice(-n)).filter((done) => isCheckpointStep(done - 1, r));
+}
+
+function checkpointPlan(r: Recipe, memory: WorkerMemory[]): CheckpointPlan {
+  const every = r.train.checkpoint_every;
+  const steps = r.train.steps;
+  const count = Math.floor(steps / every) + (steps % every === 0 ? 0 : 1);
+  const roles = memory.flatMap((w) => w.roles);
+  // each trained role saves its weights and optimizer state; the discriminator saves its head; the teacher nothing
+  const bytesEach = roles.filter((m) => m.role !== "teacher").reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0);
+  const teacherBytes = roles.find((m) => m.role === "teacher")?.weightsBytes ?? 0;
+  const existing = listCheckpoints(r.run_dir);
+  const keptAtEnd = checkpointSteps(r, "last", r.train.keep_last).map(checkpointName);
+  return {
+    dir: checkpointsDir(r.run_dir),
+    every,
+    keepLast: r.train.keep_last,
+    count,
+    first: checkpointSteps(r, "first", 3).map(checkpointName),
+    keptAtEnd,
+    bytesEach,
+    diskBytes: keptAtEnd.length * bytesEach + teacherBytes,
+    existing: existing.map((c) => path.basename(c.dir)),
+    resumeFrom: existing.length > 0 ? existing[existing.length - 1]!.step : null,
+  };
+}
+
+function memoryPlan(r: Recipe): { plan: MemoryPlan; workers: WorkerMemory[] } {
+  const arch = unetArch(r);
+  const feat = unetFeatures(arch);
+  const workers = memoryEstimate(workerLayout(r.placement), r);
+  return {
+    workers,
+    plan: {
+      estimate: true,
+      arch,
+      params: { unet: unetParams(arch), discriminatorHead: headParams(feat.channels, feat.size) },
+      workers,
+      note: RUNTIME_NOTE,
+    },
+  };
+}
+
+/** The plan of a loaded, resolved recipe (recipe/load.ts). Reads the run folder's checkpoints; starts nothing. */
+export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}): Plan {
+  const problems: PlanProblem[] = [];
+  const archProblem = unetArchProblem(unetArch(recipe));
+  if (archProblem !== null) problems.push({ subject: "data.gmm.image_size", message: archProblem, fix: "use a multiple of 4 (4, 8, ..., 32)" });
+  const placement = placementPlan(recipe, opts, problems);
+  const memory = memoryPlan(recipe);
+  return {
+    recipe: { file, name: recipe.name, runDir: recipe.run_dir, resolved: recipe },
+    placement,
+    schedule: schedulePlan(recipe),
+    traffic: trafficPlan(recipe),
+    checkpoints: checkpointPlan(recipe, memory.workers),
+    memory: memory.plan,
+    problems,
+  };
+}

@@ -1,0 +1,81 @@
+// Which tensors cross process boundaries in a step, with their dtype, shape and size. The routing is
+// stepPlan.ts's routeTensors; the shapes are what the roles write into their tensor stores
+// (python-worker/dmd2_worker/roles/: generator.generate, teacher/fake_score.predict_x0,
+// discriminator.generator_gan_grad).
+
+import { DTYPE_ITEMSIZE, type DType } from "../protocol/messages.js";
+import type { Recipe, Role } from "../recipe/types.js";
+import type { RoutedCall } from "../schedule/stepPlan.js";
+
+export interface TensorInfo {
+  dtype: DType;
+  shape: number[];
+  bytes: number;
+}
+
+/** dtype and shape of each tensor an op produces, for this recipe's batch and image size; null if unknown. */
+export function tensorInfo(name: string, r: Recipe): TensorInfo | null {
+  const B = r.train.batch_size;
+  const s = r.data.gmm.image_size;
+  const image = (): TensorInfo => ({ dtype: "float32", shape: [B, 1, s, s], bytes: B * s * s * DTYPE_ITEMSIZE.float32 });
+  const perSample = (): TensorInfo => ({ dtype: "int64", shape: [B], bytes: B * DTYPE_ITEMSIZE.int64 });
+  switch (name) {
+    case "x_gen":
+    case "x_t_dmd":
+    case "x0_real":
+    case "x0_fake":
+    case "gan_grad":
+      return image();
+    case "cond": // class labels
+    case "t_dmd": // the DMD gradient's timesteps
+      return perSample();
+    default:
+      return null;
+  }
+}
+
+export interface Transfer {
+  tensor: string;
+  dtype: DType | null;
+  shape: number[] | null;
+  bytes: number | null;
+  /** the op that returns it to the coordinator, and its worker */
+  from: { worker: string; call: string };
+  /** the ops it is attached to, each with its worker */
+  to: { worker: string; call: string }[];
+}
+
+export interface StepTraffic {
+  transfers: Transfer[];
+  /** bytes the workers send to the coordinator (each tensor once) */
+  returnedBytes: number;
+  /** bytes the coordinator sends on (each tensor once per consuming call) */
+  attachedBytes: number;
+}
+
+/** Summarises a routed step: one entry per tensor that leaves its worker. */
+export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: Recipe): StepTraffic {
+  const transfers = new Map<string, Transfer>();
+  const name = (c: RoutedCall) => `${c.role}.${c.op}`;
+  const worker = (c: RoutedCall) => home.get(c.role) ?? c.role;
+  for (const call of phases.flat()) {
+    for (const t of call.outputs.filter((o) => call.returns.includes(o))) {
+      const info = tensorInfo(t, r);
+      transfers.set(t, {
+        tensor: t,
+        dtype: info?.dtype ?? null,
+        shape: info?.shape ?? null,
+        bytes: info?.bytes ?? null,
+        from: { worker: worker(call), call: name(call) },
+        to: [],
+      });
+    }
+    for (const t of call.attach) transfers.get(t)?.to.push({ worker: worker(call), call: name(call) });
+  }
+  const list = [...transfers.values()];
+  return {
+    transfers: list,
+    returnedBytes: list.reduce((sum, t) => sum + (t.bytes ?? 0), 0),
+    attachedBytes: list.reduce((sum, t) => sum + (t.bytes ?? 0) * t.to.length, 0),
+  };
+}
