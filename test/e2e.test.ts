@@ -178,3 +178,68 @@ test("device: cuda on a machine without CUDA is refused at start with the fix", 
   assert.equal(r.exitCode, 1);
   assert.match(r.stderr, /has no CUDA \(set device: cpu, or point DMD2_PYTHON at a CUDA build of torch\)/);
 });
+
+async function ensurePerRoleReference(): Promise<string> {
+  const dir = path.join(work, "per-role");
+  if (!existsSync(path.join(dir, "checkpoints", "step-00000012"))) {
+    const p = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
+    assert.equal(p.exitCode, 0, p.stderr);
+  }
+  return dir;
+}
+
+test("restart.max: a worker killed mid-run is replaced, the run resumes and ends with the uninterrupted weights", async () => {
+  const marker = path.join(work, "restart-fault-fired");
+  const r = await dmd2(["distill", tiny, "--json", ...small("restart", ["restart.max=2"])], {
+    DMD2_FAULT: "generator.generate:8:exit",
+    DMD2_FAULT_ONCE: marker,
+  });
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.ok(existsSync(marker), "the fault fired");
+  const restart = r.events.find((e) => e.event === "restart") as { attempt: number; reason: string };
+  assert.ok(restart, "a restart event");
+  assert.equal(restart.attempt, 1);
+  assert.match(restart.reason, /worker "generator" exited with code 3/);
+  const result = r.events.find((e) => e.event === "result") as { restarts: number; resumedFrom: number };
+  assert.equal(result.restarts, 1);
+  assert.equal(result.resumedFrom, 6);
+  const rows = readFileSync(path.join(work, "restart", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number });
+  assert.deepEqual(rows.map((x) => x.step), Array.from({ length: 12 }, (_, i) => i + 1), "one metrics row per step, none repeated");
+  const ref = await ensurePerRoleReference();
+  for (const role of ["generator", "fake_score", "discriminator"]) {
+    const d = maxAbsDiff(finalWeights(path.join(work, "restart"), 12, role), finalWeights(ref, 12, role));
+    assert.ok(d < 1e-5, `${role}: restarted vs uninterrupted differ by ${d}`);
+  }
+});
+
+test("Ctrl-C: finishes the step, writes a checkpoint, exits 130, leaves no worker; the next run resumes", async () => {
+  const runDir = path.join(work, "sigint");
+  const child = execa("node", [cliEntry, "distill", tiny, "--json", ...small("sigint", ["train.steps=100000"])], {
+    cwd: work,
+    reject: false,
+    env: { DMD2_CACHE: cache, NO_COLOR: "1" },
+    timeout: 120_000,
+  });
+  const metrics = path.join(runDir, "metrics.jsonl");
+  const deadline = Date.now() + 90_000;
+  while (Date.now() < deadline) {
+    if (existsSync(metrics) && readFileSync(metrics, "utf8").split("\n").length > 8) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  child.kill("SIGINT");
+  const r = await child;
+  assert.equal(r.exitCode, 130, String(r.stderr));
+  const events = String(r.stdout).split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const workers = events.find((e) => e.event === "workers") as { workers: Array<{ pid: number }> };
+  for (const w of workers.workers) assert.ok(!isAlive(w.pid), `worker ${w.pid} left behind`);
+  const result = events.find((e) => e.event === "result") as { steps: number; interrupted: boolean; checkpoint: string };
+  assert.equal(result.interrupted, true);
+  const rows = readFileSync(metrics, "utf8").trim().split("\n");
+  assert.equal(rows.length, result.steps, "the checkpoint holds every step that ran");
+  assert.ok(existsSync(path.join(result.checkpoint, "manifest.json")));
+  const again = await dmd2(["distill", tiny, "--json", ...small("sigint", [`train.steps=${result.steps + 2}`])]);
+  assert.equal(again.exitCode, 0, again.stderr);
+  const res2 = again.events.find((e) => e.event === "result") as { resumedFrom: number; steps: number };
+  assert.equal(res2.resumedFrom, result.steps);
+  assert.equal(res2.steps, result.steps + 2);
+});

@@ -126,6 +126,11 @@ class SampleConfig:
 
 
 @dataclass
+class RestartConfig:
+    max: int
+
+
+@dataclass
 class Recipe:
     version: int
     name: str
@@ -147,6 +152,7 @@ class Recipe:
     gan: GanConfig
     optim: OptimConfig
     train: TrainConfig
+    restart: RestartConfig
     sample: SampleConfig
 
 

@@ -68,7 +68,7 @@ export function buildProgram(): Command {
       .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50"),
   ).action(async (recipeFile: string, opts: OutputFlags & { set: string[] }) => {
     const { loadRecipe } = await import("../recipe/load.js");
-    const { distill } = await import("../run/distill.js");
+    const { distillWithRestarts } = await import("../run/supervise.js");
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
     const ac = new AbortController();
@@ -85,7 +85,7 @@ export function buildProgram(): Command {
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
-    const res = await distill(recipe, reporter, { signal: ac.signal });
+    const res = await distillWithRestarts(recipe, reporter, { signal: ac.signal });
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
     if (res.interrupted) process.exitCode = 130;
   });

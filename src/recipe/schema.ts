@@ -98,6 +98,9 @@ export const recipeSchema: Group = group({
     keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
     on_nonfinite: { kind: "enum", values: ["stop", "skip"], default: "stop" },
   }),
+  restart: group({
+    max: { kind: "int", min: 0, max: 1000, default: 0 },
+  }),
   sample: group({
     num: { kind: "int", min: 1, max: 256, default: 16 },
     seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 1234 },

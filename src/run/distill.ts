@@ -3,7 +3,7 @@
 // processes are passed on untouched).
 
 import { createHash } from "node:crypto";
-import { appendFileSync, mkdirSync, writeFileSync, accessSync, constants as fsc } from "node:fs";
+import { accessSync, appendFileSync, constants as fsc, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { DmdError, UsageError } from "../errors.js";
 import type { Recipe, Role } from "../recipe/types.js";
@@ -61,12 +61,13 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       await cluster.setup("discriminator", { teacher_dir: teacherDir });
 
       let start = 0;
+      const metricsFile = path.join(runDir, "metrics.jsonl");
       if (resume) {
         reporter.phase("resuming", `from ${path.relative(process.cwd(), resume.dir) || resume.dir} (step ${resume.step})`);
         await cluster.restoreAll(resume.dir);
         start = resume.step;
+        truncateMetrics(metricsFile, start);
       }
-      const metricsFile = path.join(runDir, "metrics.jsonl");
       let lastCheckpoint = resume?.dir ?? "";
       const total = recipe.train.steps;
       let interrupted = false;
@@ -111,6 +112,24 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
     reporter.endSteps();
     await cluster.close();
   }
+}
+
+/** Drops metric rows of steps after `step` (they were run after the checkpoint we resume from, and will be again). */
+function truncateMetrics(file: string, step: number) {
+  if (!existsSync(file)) return;
+  const keep = readFileSync(file, "utf8")
+    .split("\n")
+    .filter((line) => {
+      if (line.trim() === "") return false;
+      try {
+        return (JSON.parse(line) as { step: number }).step <= step;
+      } catch {
+        return false; // a line cut short by a crash
+      }
+    });
+  const tmp = file + ".tmp";
+  writeFileSync(tmp, keep.map((l) => l + "\n").join(""));
+  renameSync(tmp, file);
 }
 
 async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>, step: number): Promise<Record<string, number | null>> {

@@ -8,6 +8,7 @@ import os
 import sys
 
 FAULT_ENV = "DMD2_FAULT"
+FAULT_ONCE_ENV = "DMD2_FAULT_ONCE"  # a file path: the fault fires only if it does not exist yet, and creates it
 
 
 def check_fault(role: str, op: str, step: int | None) -> str | None:
@@ -24,6 +25,12 @@ def check_fault(role: str, op: str, step: int | None) -> str | None:
             raise ValueError(f"{FAULT_ENV}={spec!r}: expected '<role>.<op>:<step>' with an optional ':exit' or ':nan'")
         if parts[0] != f"{role}.{op}" or step is None or int(parts[1]) != step:
             continue
+        marker = os.environ.get(FAULT_ONCE_ENV, "").strip()
+        if marker:  # fire once across processes: a restarted worker finds the marker and runs normally
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
         if parts[2:] == ["exit"]:
             sys.stderr.write(f"injected fault {FAULT_ENV}={item.strip()!r}: {role}.{op} at step {step}, exiting with 3\n")
             sys.stderr.flush()
