@@ -1,6 +1,6 @@
 // End to end: the CLI as a user runs it, with real Python worker processes, on the tiny recipe.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -242,4 +242,13 @@ test("Ctrl-C: finishes the step, writes a checkpoint, exits 130, leaves no worke
   const res2 = again.events.find((e) => e.event === "result") as { resumedFrom: number; steps: number };
   assert.equal(res2.resumedFrom, result.steps);
   assert.equal(res2.steps, result.steps + 2);
+});
+
+test("an unusable run folder is one clear line and exit 2, before any worker starts", async () => {
+  const blocker = path.join(work, "a-file");
+  writeFileSync(blocker, "not a folder\n");
+  const r = await dmd2(["distill", tiny, "--json", "--set", `run_dir=${path.join(blocker, "run")}`]);
+  assert.equal(r.exitCode, 2, r.stderr);
+  assert.match(r.stderr, /error: run_dir .*a-file\/run is not writable \(ENOTDIR\): choose another run_dir or fix its permissions/);
+  assert.ok(!r.events.some((e) => e.event === "workers"), "no worker was started");
 });
