@@ -108,12 +108,13 @@ test("plan: tiny's tensors, sizes and memory", () => {
   assert.equal(p.memory.estimate, true);
 });
 
-test("plan: a missing interpreter or an image size the UNet refuses are problem lines, not failures", () => {
-  const r = load(tinyFile, ["data.gmm.image_size=6"]);
+test("plan: a missing interpreter is a problem line, not a failure; an image size the UNet refuses is a recipe error", () => {
+  assert.throws(() => load(tinyFile, ["data.gmm.image_size=6"]), /data\.gmm\.image_size: must be a multiple of 4/);
+  const r = load(tinyFile, []);
   const p = buildPlan(r, tinyFile, { env: { DMD2_PYTHON: path.join(tmp, "no-python") } });
   assert.equal(p.placement.python.path, null);
   assert.equal(p.placement.python.source, "DMD2_PYTHON");
-  assert.deepEqual(p.problems.map((x) => x.subject), ["data.gmm.image_size", "python"]);
+  assert.deepEqual(p.problems.map((x) => x.subject), ["python"]);
   assert.ok(p.problems.every((x) => x.fix !== undefined));
   const text = formatPlan(p);
   assert.match(text, /problem python: DMD2_PYTHON=\S+ is not an executable file/);

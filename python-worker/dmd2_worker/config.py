@@ -117,6 +117,7 @@ class TrainConfig:
     checkpoint_every: int
     keep_last: int
     on_nonfinite: Literal["stop", "skip"]
+    sample_every: int
 
 
 @dataclass

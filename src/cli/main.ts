@@ -122,6 +122,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("report")
+    .description("write one self-contained HTML page about a run: loss curves, sample grids over time, the recipe")
+    .argument("<run_dir>", "the run folder of a dmd2 distill run (finished or still training), e.g. runs/tiny")
+    .option("--out <file>", "the HTML file to write (default: <run_dir>/report.html)")
+    .option("--json", "print the result as one JSON object (for scripts)")
+    .addHelpText("after", "\nThe page needs no network: charts are inline SVG, images are inline.\n\nExamples:\n  dmd2 report runs/tiny\n  dmd2 report runs/tiny --out /tmp/tiny.html")
+    .action(async (runDir: string, opts: { out?: string; json?: boolean }) => {
+      const { reportCommand } = await import("../report/report.js");
+      reportCommand(runDir, opts);
+    });
+
+  program
     .command("doctor")
     .description("check that this machine can run dmd2, and say how to fix what is missing")
     .option("--python <path>", "the interpreter to check (default: $DMD2_PYTHON, else the project's .venv)")

@@ -97,6 +97,7 @@ export const recipeSchema: Group = group({
     checkpoint_every: { kind: "int", min: 1, default: 100 },
     keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
     on_nonfinite: { kind: "enum", values: ["stop", "skip"], default: "stop" },
+    sample_every: { kind: "int", min: 0, default: 0 },
   }),
   restart: group({
     max: { kind: "int", min: 0, max: 1000, default: 0 },

@@ -33,7 +33,7 @@ export interface Recipe {
   ttur: { ratio: number };
   gan: { enabled: boolean; generator_weight: number; discriminator_weight: number; warmup_steps: number; diffusion_gan: boolean };
   optim: { betas: [number, number]; weight_decay: number; warmup_steps: number; grad_clip: number };
-  train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number; on_nonfinite: "stop" | "skip" };
+  train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number; on_nonfinite: "stop" | "skip"; sample_every: number };
   restart: { max: number };
   sample: { num: number; seed: number };
 }

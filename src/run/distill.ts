@@ -14,6 +14,7 @@ import { applyRetention, beginCheckpoint, checkpointName, commitCheckpoint, list
 import { Cluster } from "./cluster.js";
 import type { Reporter } from "./reporter.js";
 import type { TensorFrame } from "../protocol/messages.js";
+import { FINAL_TAG, TrainingWatch } from "./watch.js";
 
 export interface DistillResult {
   runDir: string;
@@ -51,6 +52,7 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
   const home = roleHome(layout);
   reporter.phase("starting workers", layout.map((w) => `${w.name}[${w.roles.join(",")}]`).join(" "));
   const cluster = await Cluster.start(recipe, layout, reporter);
+  const watch = new TrainingWatch(recipe, resume?.step ?? 0, reporter); // TensorBoard events, sample grids
   try {
     return await cluster.guard(async () => {
       reporter.phase("setting up teacher", recipe.teacher.source === "builtin" ? "(built-in; trained on first use, then cached)" : "");
@@ -85,7 +87,9 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
         const logLine = (step + 1) % recipe.train.log_every === 0 || step + 1 === total;
         const row = { step: step + 1, time: Date.now() / 1000, step_time_s: stepTime, generator_update: isGeneratorStep(step, recipe.ttur.ratio), gen_updates: genUpdates, ...metrics };
         appendFileSync(metricsFile, JSON.stringify(row) + "\n");
+        watch.row(row);
         reporter.step(step, total, genUpdates, metrics, logLine);
+        await watch.afterStep(cluster, step);
         if (isCheckpointStep(step, recipe) || interrupted) {
           lastCheckpoint = await writeCheckpoint(cluster, recipe, step + 1);
           reporter.debug(`checkpoint ${lastCheckpoint}`);
@@ -105,10 +109,12 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       }
       reporter.phase("sampling", `${recipe.sample.num} images, ${recipe.generator.steps} step(s)`);
       await cluster.op("generator", "sample", done, { seed: recipe.sample.seed, n: recipe.sample.num, steps: recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
+      watch.image(FINAL_TAG, done, grid);
       reporter.event("done", { run_dir: runDir, steps: done, checkpoint: lastCheckpoint, grid }, `done: ${done} steps, checkpoint ${path.relative(process.cwd(), lastCheckpoint)}, samples ${path.relative(process.cwd(), grid)}`);
       return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid, pids: cluster.pids(), interrupted: false };
     });
   } finally {
+    watch.close();
     reporter.endSteps();
     await cluster.close();
   }
@@ -147,6 +153,7 @@ async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>
         return cluster.op(call.role, call.op, step, call.args, inputs, call.returns);
       }),
     );
+    for (const call of phase) if (call.op === "update" && typeof call.args.lr === "number") metrics[`lr_${call.role}`] = call.args.lr;
     for (const rep of replies) {
       Object.assign(metrics, rep.metrics);
       for (const t of rep.tensors) held.set(t.name, t);
