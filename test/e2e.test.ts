@@ -145,6 +145,12 @@ test("sample: N images and a grid from the latest checkpoint, 1 and 2 steps", as
     assert.ok(existsSync(path.join(out, "grid.png")));
     assert.equal(readdirSync(path.join(out, "images")).filter((f) => f.endsWith(".png")).length, 6);
   }
+  const withSet = await dmd2(["sample", runDir, "--num", "4", "--set", "torch_threads=1", "--set", "device=cpu", "--out", path.join(work, "samples-set")]);
+  assert.equal(withSet.exitCode, 0, withSet.stderr);
+  assert.equal(readdirSync(path.join(work, "samples-set", "images")).length, 4);
+  const badSet = await dmd2(["sample", runDir, "--set", "devise=cuda"]);
+  assert.equal(badSet.exitCode, 2);
+  assert.match(badSet.stderr, /error: --set: --set devise: unknown key \(did you mean "device"\?\)/);
   const bad = await dmd2(["sample", path.join(work, "nope")]);
   assert.equal(bad.exitCode, 2);
   assert.match(bad.stderr, /does not exist/);
@@ -251,4 +257,18 @@ test("an unusable run folder is one clear line and exit 2, before any worker sta
   assert.equal(r.exitCode, 2, r.stderr);
   assert.match(r.stderr, /error: run_dir .*a-file\/run is not writable \(ENOTDIR\): choose another run_dir or fix its permissions/);
   assert.ok(!r.events.some((e) => e.event === "workers"), "no worker was started");
+});
+
+test("output when not a terminal: timestamped plain lines, a line per phase and per log_every steps, no colours", async () => {
+  const r = await dmd2(["distill", tiny, ...small("plain")]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.equal(r.stdout, "", "plain mode writes progress to stderr only");
+  const lines = r.stderr.trim().split("\n");
+  const stamp = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} /;
+  assert.ok(lines.every((l) => stamp.test(l)), r.stderr);
+  for (const phase of ["starting workers", "setting up teacher", "setting up generator and fake score", "sampling", "done: 12 steps"]) {
+    assert.ok(lines.some((l) => l.includes(phase)), `no line for "${phase}"`);
+  }
+  assert.deepEqual(lines.filter((l) => / step \d+\/12 /.test(l)).map((l) => / step (\d+)\/12 /.exec(l)![1]), ["3", "6", "9", "12"]);
+  assert.ok(!r.stderr.includes("\u001b["), "no ANSI colour codes with NO_COLOR");
 });

@@ -101,8 +101,9 @@ export function buildProgram(): Command {
       .option("--seed <n>", "random seed", intArg("--seed"), 0)
       .option("--classes <list>", "class labels, e.g. 0,1,2 (default: cycles through the classes)", classList)
       .option("--out <dir>", "output folder (default: <run_dir>/samples/<checkpoint>-<steps>step-seed<seed>)")
+      .option("--set <key=value>", "override a key of the run's recipe for sampling, e.g. --set device=cuda (repeatable)", collect, [])
       .addHelpText("after", "\nExamples:\n  dmd2 sample runs/tiny\n  dmd2 sample runs/tiny --steps 1 --num 64 --seed 7 --classes 0,1,2,3"),
-  ).action(async (runDir: string, opts: OutputFlags & { checkpoint?: string; steps?: number; num: number; seed: number; classes?: number[]; out?: string }) => {
+  ).action(async (runDir: string, opts: OutputFlags & { checkpoint?: string; steps?: number; num: number; seed: number; classes?: number[]; out?: string; set: string[] }) => {
     if (opts.num < 1 || opts.num > 4096) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
     const { sample } = await import("../run/sample.js");
     const res = await sample(runDir, opts, reporterFor(opts));

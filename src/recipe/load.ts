@@ -121,3 +121,28 @@ export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
   if (resolved.problems.length > 0) throw new RecipeError(resolved.problems.map(toIssue));
   return resolved.recipe;
 }
+
+/** `--set` on an already resolved recipe (a run's recipe.resolved.json, for `dmd2 sample`): the same parsing
+ * and the same schema and rule checks as a recipe file; only keys that make sense after training should be
+ * changed (device, python, torch_threads, transport, heartbeat.*). */
+export function overrideResolved(recipe: Recipe, overrides: string[]): Recipe {
+  if (overrides.length === 0) return recipe;
+  const obj = structuredClone(recipe) as unknown as Record<string, unknown>;
+  const issues: RecipeIssue[] = [];
+  for (const spec of overrides) {
+    const o = parseOverride(spec);
+    if ("error" in o) {
+      issues.push({ file: "--set", line: null, path: "", message: o.error });
+      continue;
+    }
+    let node = obj;
+    for (const k of o.path.slice(0, -1)) node = node[k] as Record<string, unknown>;
+    node[o.path[o.path.length - 1]!] = o.value;
+  }
+  if (issues.length > 0) throw new RecipeError(issues);
+  const { version: _v, ...rest } = obj;
+  const schema = checkSchema(rest);
+  const problems = schema.problems.length > 0 ? schema.problems : checkRules(schema.value);
+  if (problems.length > 0) throw new RecipeError(problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));
+  return { ...(schema.value as unknown as Recipe), version: recipe.version };
+}

@@ -4,6 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
+import { overrideResolved } from "../recipe/load.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointName, listCheckpoints, verifyCheckpoint } from "./checkpoints.js";
 import { Cluster } from "./cluster.js";
@@ -16,6 +17,8 @@ export interface SampleOptions {
   seed: number;
   classes?: number[];
   out?: string;
+  /** `--set key=value` overrides of the run's resolved recipe (device, python, ...) */
+  set?: string[];
 }
 
 export function readRunRecipe(runDir: string): Recipe {
@@ -45,7 +48,7 @@ export function pickCheckpoint(runDir: string, name?: string): string {
 }
 
 export async function sample(runDir: string, opts: SampleOptions, reporter: Reporter): Promise<{ outDir: string; grid: string; checkpoint: string }> {
-  const recipe = readRunRecipe(path.resolve(runDir));
+  const recipe = overrideResolved(readRunRecipe(path.resolve(runDir)), opts.set ?? []);
   const ckpt = pickCheckpoint(path.resolve(runDir), opts.checkpoint);
   const bad = verifyCheckpoint(ckpt);
   if (bad.length > 0) throw new UsageError(`checkpoint ${ckpt} is damaged: ${bad.join(", ")} (pick another with --checkpoint)`);
