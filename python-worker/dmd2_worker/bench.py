@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 
 def _set_threads(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch (OpenMP) loads: the caller sets it too
     import torch
 
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
 

@@ -7,7 +7,9 @@ whatever `encode` produces `decode` accepts, and a tampered message raises `Prot
 Tensors travel as the raw little-endian bytes of a C-contiguous CPU tensor. `encode` hands out memoryviews of
 the tensors' own storage (no copy for a contiguous CPU tensor): the caller must not modify those tensors until
 the frames are sent (with pyzmq `copy=False`, wait for the send's tracker). `decode` copies each frame once into
-memory the tensor owns, so received tensors are aligned, writable and independent of the frames.
+memory the tensor owns, so received tensors are aligned, writable and independent of the frames; with
+`borrow=True` (the server, which owns the frames it received) a large writable frame whose address suits the
+dtype becomes the tensor's memory instead, without a copy (the tensor keeps the frame alive).
 """
 from __future__ import annotations
 
@@ -177,9 +179,18 @@ def _tensor_bytes(name: Any, tensor: Any) -> tuple[str, list[int], memoryview]:
 # ---------------------------------------------------------------------------------------------- decode
 
 
-def decode(frames: Sequence[Any]) -> Message:
+# Frames at least this large are borrowed (decode(borrow=True)) rather than copied: below it a copy costs less
+# than it saves, and ZeroMQ may pack small frames together into one shared receive buffer.
+BORROW_MIN_BYTES = 64 * 1024
+
+
+def decode(frames: Sequence[Any], *, borrow: bool = False) -> Message:
     """Parse and check one multipart message (bytes, memoryviews or zmq.Frame objects). Raises
-    ProtocolVersionError for another protocol version and ProtocolError for anything else malformed."""
+    ProtocolVersionError for another protocol version and ProtocolError for anything else malformed.
+
+    With `borrow`, a tensor frame of at least BORROW_MIN_BYTES that is writable and aligned to its dtype's item
+    size is used in place (the tensor shares the frame's memory and keeps it alive); only pass frames nobody else
+    uses or changes, e.g. those just received with pyzmq `copy=False`. Other frames are copied as without it."""
     if len(frames) == 0:
         raise ProtocolError("empty message (no header frame)")
     header = _parse_header(_view(frames[0]))
@@ -188,7 +199,7 @@ def decode(frames: Sequence[Any]) -> Message:
     for entry in header["tensors"]:
         view = _view(frames[entry["frame"]])
         _check_frame_length(entry, view.nbytes, header)
-        tensors[entry["name"]] = _tensor_from_bytes(entry, view, header)
+        tensors[entry["name"]] = _tensor_from_bytes(entry, view, header, borrow=borrow)
     return Message(
         id=header["id"],
         type=header["type"],
@@ -333,16 +344,24 @@ def _check_frame_length(entry: dict[str, Any], actual: int, header: dict[str, An
             f"{expected} bytes, its frame {entry['frame']} has {actual}", header)
 
 
-def _tensor_from_bytes(entry: dict[str, Any], view: memoryview, header: dict[str, Any]) -> torch.Tensor:
+def _tensor_from_bytes(entry: dict[str, Any], view: memoryview, header: dict[str, Any], *,
+                       borrow: bool = False) -> torch.Tensor:
     dtype = DTYPES[entry["dtype"]]
     shape = entry["shape"]
     if view.nbytes == 0:  # torch.frombuffer refuses empty buffers
         return torch.empty(shape, dtype=dtype)
-    owned = bytearray(view)  # the one copy: aligned, writable, owned by the tensor
-    if dtype == torch.bool and max(owned) > 1:
+    raw: torch.Tensor | None = None
+    if borrow and view.nbytes >= BORROW_MIN_BYTES and not view.readonly:
+        raw = torch.frombuffer(view, dtype=torch.uint8)  # the frame's own memory, no copy
+        if raw.data_ptr() % dtype.itemsize != 0:
+            raw = None
+    if raw is None:
+        owned = bytearray(view)  # the one copy: aligned, writable, owned by the tensor
+        raw = torch.frombuffer(owned, dtype=torch.uint8)
+    if dtype == torch.bool and int(raw.max()) > 1:
         raise ProtocolError(
             f"message {header.get('id')!r}: bool tensor {entry['name']!r} has bytes other than 0 and 1", header)
-    return torch.frombuffer(owned, dtype=dtype).reshape(shape)
+    return raw.view(dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------- replies
@@ -391,7 +410,7 @@ def heartbeat(worker: str, pid: int, busy: bool, time: float, *, msg_id: str) ->
 
 
 __all__ = [
-    "PROTOCOL_VERSION", "DTYPES", "REQUEST_TYPES", "REPLY_TYPES", "EVENT_TYPES", "MESSAGE_TYPES",
+    "PROTOCOL_VERSION", "DTYPES", "BORROW_MIN_BYTES", "REQUEST_TYPES", "REPLY_TYPES", "EVENT_TYPES", "MESSAGE_TYPES",
     "ProtocolError", "ProtocolVersionError", "Message", "MessageIds", "encode", "decode", "reply_type",
     "make_reply", "make_error_reply", "make_error_reply_to", "error_body", "heartbeat",
 ]

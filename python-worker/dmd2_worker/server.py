@@ -40,6 +40,7 @@ POLL_MS = 200                 # how often the idle loop looks at the stop flag a
 ORPHAN_GRACE_S = 3.0          # parent gone and no request for this long: exit
 SHUTDOWN_LINGER_MS = 2000     # how long closing may wait for the shutdown reply to leave
 HEARTBEAT_HWM = 8             # heartbeats queued while the coordinator is not there; more are dropped
+COPY_REPLY_MAX_BYTES = 256 * 1024  # reply tensor frames up to this size are copied, larger ones sent zero-copy
 
 Reply = tuple[dict[str, Any], dict[str, torch.Tensor]]
 
@@ -206,7 +207,7 @@ class WorkerServer:
         self._busy = True
         try:
             try:
-                request = decode(frames)
+                request = decode(frames, borrow=True)  # the frames are ours: large tensors are not copied
             except ProtocolError as exc:
                 request_id = exc.request_id
                 if request_id is None:
@@ -235,18 +236,26 @@ class WorkerServer:
             return encode(reply), f"error {reply.body['ename']}: {reply.body['evalue']}"
 
     def _send(self, sock: zmq.Socket, frames: list[Any]) -> None:
-        """Send without copying the tensor frames, then wait until ZeroMQ no longer needs their memory, so
-        the next request may modify the tensors (they may live on in the store)."""
+        """Send the reply. Small tensor frames are copied into their messages; large ones are sent without a
+        copy, and then we wait until ZeroMQ no longer needs their memory, so the next request may modify the
+        tensors (they may live on in the store)."""
         header, *buffers = frames
-        if not buffers:
-            sock.send(header)
+        tracked: list[zmq.Frame] = []
+        out: list[Any] = [header]
+        for buf in buffers:
+            if memoryview(buf).nbytes <= COPY_REPLY_MAX_BYTES:
+                out.append(zmq.Frame(buf, copy=True))  # a memcpy is cheaper than a tracker's round trip
+            else:
+                tracked.append(zmq.Frame(buf, copy=False, track=True))
+                out.append(tracked[-1])
+        if not tracked:
+            sock.send_multipart(out, copy=True)
             return
-        tracked = [zmq.Frame(buf, copy=False, track=True) for buf in buffers]
         tracker = zmq.MessageTracker(*tracked)
-        sock.send_multipart([header, *tracked], copy=False)
+        sock.send_multipart(out, copy=False)
         # pyzmq sends a reference to each Frame's message: ZeroMQ lets go of the memory (and the tracker
         # completes) only once these Frame objects are gone too.
-        del tracked
+        del tracked, out
         while True:
             try:
                 tracker.wait(POLL_MS / 1000)

@@ -340,3 +340,71 @@ def test_encode_refuses_what_decode_would_refuse():
 def test_message_ids_are_unique_and_prefixed():
     ids = MessageIds("teacher")
     assert [ids(), ids(), ids()] == ["teacher-1", "teacher-2", "teacher-3"]
+
+
+# ------------------------------------------------------------------------------------ borrowed frames
+
+
+def _address(buf) -> int:
+    import numpy as np
+
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data
+
+
+def test_borrowed_decode_uses_large_received_frames_in_place():
+    """decode(borrow=True), as the server calls it: a large frame just received with copy=False becomes the
+    tensor's memory (no copy), bit-exact, writable, and kept alive by the tensor after the frame is dropped."""
+    import gc
+
+    import zmq
+
+    from dmd2_worker.protocol import BORROW_MIN_BYTES
+
+    t = _bit_patterns(torch.float32, (BORROW_MIN_BYTES // 4 + 3,))
+    small = torch.arange(5, dtype=torch.int64)
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://borrow")
+        b.connect("inproc://borrow")
+        a.send_multipart(encode(Message(id="c-1", type="op", tensors={"t": t, "small": small})))
+        frames = b.recv_multipart(copy=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. torch's "buffer is not writable"
+            msg = decode(frames, borrow=True)
+        got, got_small = msg.tensors["t"], msg.tensors["small"]
+        assert got.data_ptr() == _address(frames[1]), "large frame borrowed"
+        assert got_small.data_ptr() != _address(frames[2]), "small frame copied"
+        del frames, msg
+        gc.collect()
+        assert raw_bytes(got) == raw_bytes(t) and torch.equal(got_small, small)
+        got[:3] = 1.5  # writable
+        assert torch.all(got[:3] == 1.5)
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
+
+
+def test_borrow_copies_what_it_cannot_use_in_place():
+    from dmd2_worker.protocol import BORROW_MIN_BYTES
+
+    t = torch.arange(BORROW_MIN_BYTES // 8 + 1, dtype=torch.float64)
+    frames = encode(Message(id="c-1", type="op", tensors={"t": t}))
+    header, data = bytes(frames[0]), bytes(frames[1])
+
+    def shares(frame) -> bool:
+        got = decode([header, frame], borrow=True).tensors["t"]
+        assert raw_bytes(got) == raw_bytes(t)
+        return got.data_ptr() == _address(frame)
+
+    writable = bytearray(data)
+    assert shares(writable)
+    assert not shares(bytes(data))  # read-only: copied (and no "not writable" warning)
+    shifted = bytearray(len(data) + 1)
+    shifted[1:] = data
+    assert not shares(memoryview(shifted)[1:])  # not 8-byte aligned for float64: copied
+    got = decode([header, writable]).tensors["t"]  # without borrow: always a copy
+    assert got.data_ptr() != _address(writable)
+    writable[:8] = bytes(8)
+    assert raw_bytes(got) == raw_bytes(t)

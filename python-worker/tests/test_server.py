@@ -353,6 +353,33 @@ def test_reply_tensors_are_not_modified_in_flight(coordinator, worker):
     assert torch.all(second.tensors["y"] == 1.0)
 
 
+def test_small_reply_tensors_are_copied_before_the_next_request(coordinator, worker):
+    """Small reply frames are copied into their messages (no tracker wait): changing the tensor right after is
+    safe too."""
+    c = coordinator
+    c.hello()
+    op = {"role": "generator", "op": "double", "step": 0, "args": {"in": "x", "out": "y"}, "return": ["y"]}
+    c.send("op", op, {"x": torch.zeros(16)})
+    c.send("op", {**op, "op": "add_", "args": {"name": "y", "value": 1.0}, "return": ["y"]})
+    first, second = c.recv(), c.recv()
+    assert first.status == second.status == "ok"
+    assert torch.count_nonzero(first.tensors["y"]) == 0
+    assert torch.all(second.tensors["y"] == 1.0)
+
+
+def test_large_request_tensors_can_be_changed_in_place(coordinator, worker):
+    """Large request frames become the store's tensors without a copy; ops may still modify them in place, and
+    the modified tensor can be sent back."""
+    c = coordinator
+    c.hello()
+    x = torch.arange(1 << 18, dtype=torch.float32)  # 1 MiB
+    add = {"role": "generator", "op": "add_", "step": 0, "args": {"name": "x", "value": 1.0}, "return": ["x"]}
+    reply = c.ok("op", add, {"x": x})
+    assert torch.equal(reply.tensors["x"], x + 1)
+    reply = c.ok("op", add)  # the same (borrowed) tensor, still in the store
+    assert torch.equal(reply.tensors["x"], x + 2)
+
+
 def test_verbose_logs_one_line_per_request(coordinator, monkeypatch, capsys):
     monkeypatch.setenv("DMD2_WORKER_VERBOSE", "1")
     s = ServerThread(coordinator, verbose=None)

@@ -33,8 +33,9 @@ export function benchSettings(quick: boolean): BenchSettings {
   if (quick) {
     return {
       quick,
-      // Tiny recipe only, a few steps, a barely trained teacher: the smoke test must stay well under a minute.
-      variants: [{ id: "tiny", label: "recipes/tiny.yaml (quick: teacher barely trained)", sets: ["teacher.builtin.train_steps=10"], warmup: 5, steps: 5, rounds: 1 }],
+      // Tiny recipe only, a few steps, a barely trained teacher, 1 thread per process: the smoke test must stay
+      // well under a minute also on a busy machine.
+      variants: [{ id: "tiny", label: "recipes/tiny.yaml (quick: teacher barely trained)", sets: ["teacher.builtin.train_steps=10"], warmup: 5, steps: 5, rounds: 1, threads: 1 }],
       transport: { controlReps: 50, rounds: 1, payloads: [[64 * 1024, 3], [MiB, 3], [16 * MiB, 2], [64 * MiB, 1]] },
       sampling: { n: 16, repeats: 2, threads: 1, studentSteps: [1, 2, 4], teacherSteps: [50] },
     };
@@ -45,7 +46,7 @@ export function benchSettings(quick: boolean): BenchSettings {
       { id: "tiny", label: "recipes/tiny.yaml", sets: [], warmup: 10, steps: 100, rounds: 2 },
       { id: "compute", label: "channels 64, 16x16 images, batch 256", sets: COMPUTE_SETS, warmup: 5, steps: 15, rounds: 1 },
     ],
-    transport: { controlReps: 1000, rounds: 4, payloads: [[64 * 1024, 200], [MiB, 60], [16 * MiB, 12], [64 * MiB, 6]] },
+    transport: { controlReps: 2000, rounds: 8, payloads: [[64 * 1024, 200], [MiB, 100], [16 * MiB, 48], [64 * MiB, 24]] },
     sampling: { n: 256, repeats: 5, threads: 1, studentSteps: [1, 2, 4], teacherSteps: [50] },
   };
 }

@@ -3,7 +3,7 @@
 
 import type { Machine } from "./machine.js";
 import type { SamplingResult } from "./sampling.js";
-import type { StepResult, StepVariant } from "./steps.js";
+import { quietSets, type StepResult, type StepVariant } from "./steps.js";
 import type { Summary } from "./stats.js";
 import { formatBytes, type RoundTrips, type TransportResult } from "./transport.js";
 
@@ -85,11 +85,12 @@ export function stepRows(variants: StepVariant[], results: StepResult[]): Row[] 
       });
     };
     const t = get("colocated.default")?.torch_threads ?? 0;
-    pair("a_over_c", `(a) colocated / (c) plain loop, ${t} thread(s) each (default threads)`, "colocated.default", "local.default", "coordinator + protocol cost with all roles in one process");
+    const fixed = v.threads !== undefined;
+    pair("a_over_c", `(a) colocated / (c) plain loop, ${t} thread(s) each${fixed ? "" : " (default)"}`, "colocated.default", "local.default", "coordinator + protocol cost with all roles in one process");
     pair("a_over_c.t1", "(a) colocated / (c) plain loop, 1 thread each", "colocated.t1", "local.t1", "same, at 1 torch thread");
     pair(
       "b_over_a",
-      `(b) per_role / (a) colocated, default threads (1 vs ${t})`,
+      `(b) per_role / (a) colocated, ${fixed ? "" : "default "}threads (${get("per_role.default")?.torch_threads ?? "?"} vs ${t})`,
       "per_role.default",
       "colocated.default",
       "default placements: per_role gets floor(cores/3) threads per worker, colocated gets all cores",
@@ -107,7 +108,7 @@ function rttQuantity(r: RoundTrips, label: string): Quantity {
 function throughputQuantity(r: RoundTrips, label: string): Quantity {
   const mib = (x: number) => x / 2 ** 20;
   const t = r.throughput!;
-  return { label, value: mib(t.median), unit: "MiB/s", p10: mib(t.p10), p90: mib(t.p90) };
+  return { label, value: mib(t.sustained), unit: "MiB/s", p10: mib(t.p10), p90: mib(t.p90) };
 }
 
 export function transportRows(t: TransportResult): Row[] {
@@ -115,7 +116,7 @@ export function transportRows(t: TransportResult): Row[] {
     withTarget({
       id: "transport.control_rtt",
       group: "transport (ipc)",
-      label: "control round trip: protocol / bare",
+      label: "control round trip: protocol / bare (time)",
       a: rttQuantity(t.control.protocol, "WorkerClient.op -> dmd2_worker server"),
       b: rttQuantity(t.control.bare, "zeromq.js DEALER <-> pyzmq DEALER echo"),
       ratio: t.control.protocol.stats.median / t.control.bare.stats.median,
@@ -129,12 +130,12 @@ export function transportRows(t: TransportResult): Row[] {
       withTarget({
         id: `transport.throughput.${p.bytes}`,
         group: "transport (ipc)",
-        label: `${size} tensor echo throughput: protocol / bare`,
+        label: `${size} tensor echo: protocol / bare (throughput)`,
         a: throughputQuantity(p.protocol, "protocol"),
         b: throughputQuantity(p.bare, "bare"),
-        ratio: p.bare.stats.median / p.protocol.stats.median,
+        ratio: p.protocol.throughput!.sustained / p.bare.throughput!.sustained,
         ...(p.bytes === 16 * 2 ** 20 ? { target: { op: ">=" as const, value: 0.8, text: ">= 0.80" } } : {}),
-        note: `${size} out and back per round trip (2x counted); median of ${p.reps}`,
+        note: `${size} out and back per round trip (2x counted); sustained over ${p.reps} round trips, [p10-p90] of the per-request rate`,
       }),
     );
   }
@@ -152,7 +153,7 @@ export function samplingRows(s: SamplingResult): Row[] {
       rows.push({
         id: `sampling.student${student.steps}_over_teacher${teacher.steps}`,
         group: `sampling (${s.torch_threads} thread, batch ${student.n})`,
-        label: `student ${student.steps} step(s) / teacher DDIM ${teacher.steps} steps (images per second)`,
+        label: `student ${student.steps} step(s) / teacher DDIM ${teacher.steps} (images/s)`,
         a: imagesQuantity(student.images_per_s, `student, ${student.steps} step(s)`),
         b: imagesQuantity(teacher.images_per_s, `teacher, DDIM ${teacher.steps}`),
         ratio: student.images_per_s.median / teacher.images_per_s.median,
@@ -189,10 +190,10 @@ function formatTarget(row: Row): string {
   return `${row.target.text} ${row.meets_target ? "met" : "MISSED"}`;
 }
 
-const HEADERS = ["comparison", "A: median [p10-p90]", "B: median [p10-p90]", "A/B", "target"];
+const HEADERS = ["comparison", "A [p10-p90]", "B [p10-p90]", "A/B", "target"];
 
 function cells(row: Row): string[] {
-  return [row.label, `${formatQuantity(row.a)}  ${row.a.label}`, `${formatQuantity(row.b)}  ${row.b.label}`, formatRatio(row), formatTarget(row)];
+  return [row.label, formatQuantity(row.a), formatQuantity(row.b), formatRatio(row), formatTarget(row)];
 }
 
 /** The terminal table: one line per comparison, grouped. */
@@ -255,7 +256,8 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
   lines.push("## Comparisons", "");
   lines.push(
     "Each row compares two things measured side by side in this run. Times are medians with the [p10-p90] spread; " +
-      "for step times the ratio of the means (whole TTUR cycles, so generator steps included) is given too.",
+      "for step times the ratio of the means (whole TTUR cycles, so generator steps included) is given too; throughput is " +
+      "sustained (total bytes over total time) with the [p10-p90] of the per-request rate.",
     "",
   );
   lines.push(markdownTable(res.rows), "");
@@ -268,10 +270,14 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
           `${v.warmup} warm-up steps skipped, ${v.steps} steps timed, ${v.rounds} round(s) of all configurations interleaved.`,
       );
     }
+    const common = ["run_dir=<scratch>", "placement=colocated|per_role", "train.steps=<warm-up + timed>", "train.checkpoint_every=<past the end>", "train.log_every=<past the end>", "sample.num=4", ...quietSets()];
     lines.push(
       "",
-      "(a) and (b) are `step_time_s` from the run's `metrics.jsonl` (the coordinator's clock around each step); (c) is " +
-        "`python -m dmd2_worker.bench local` (`local_loop.train_step`, same role code, one process, no coordinator).",
+      "(a) and (b) are `step_time_s` from the run's `metrics.jsonl` (the coordinator's clock around each step) of " +
+        `\`node bin/dmd2.js distill recipes/tiny.yaml --json ${common.map((x) => `--set ${x}`).join(" ")}\` plus the variant's settings ` +
+        "(and `--set torch_threads=1` for the 1-thread colocated rows); the only checkpoint is written after the last step. " +
+        "(c) is `python -m dmd2_worker.bench local` on the colocated run's `recipe.resolved.json` (`local_loop.train_step`: " +
+        "the same role code in one process, no coordinator, no sockets), with OMP_NUM_THREADS and torch.set_num_threads as stated.",
       "",
     );
     lines.push("| configuration | processes x threads | median ms | p10 | p90 | mean | generator steps (median) | other steps (median) | steps |");
@@ -289,22 +295,25 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
     const t = res.transport;
     lines.push("## Transport", "");
     lines.push(
-      `Over ${t.transport}, alternating request by request. Protocol: \`WorkerClient.op\` to the real \`dmd2_worker\` server ` +
+      `Over ${t.transport}, in alternating blocks of back-to-back requests (protocol block, bare block, several rounds per size). ` +
+        "Round trips are medians; throughput is sustained (bytes both ways over the total time of all round trips), because " +
+        "zeromq.js hands received payloads to V8 as external memory and a GC pause lands on every second or third large round " +
+        "trip, which makes per-request medians jump between two modes. Protocol: `WorkerClient.op` to the real `dmd2_worker` server " +
         "hosting the bench-only echo role (`python -m dmd2_worker.bench_worker`). Bare: a zeromq.js DEALER and a pyzmq DEALER " +
         "(`python -m dmd2_worker.bench bare-echo`) sending the same frames back untouched. Throughput counts the payload both ways.",
       "",
     );
-    lines.push("| payload | protocol round trip (median ms) | bare (median ms) | protocol MiB/s | bare MiB/s | protocol / bare | reps |");
+    lines.push("| payload | protocol round trip (median ms) | bare (median ms) | protocol MiB/s (sustained) | bare MiB/s (sustained) | protocol / bare | reps |");
     lines.push("|---|---|---|---|---|---|---|");
     lines.push(
       `| control (${t.control.header_bytes} B header) | ${ms(t.control.protocol.stats.median)} | ${ms(t.control.bare.stats.median)} | - | - | ` +
         `${(t.control.protocol.stats.median / t.control.bare.stats.median).toFixed(2)}x time | ${t.control.reps} |`,
     );
     for (const p of t.payloads) {
-      const mib = (r: RoundTrips) => num(r.throughput!.median / 2 ** 20);
+      const mib = (r: RoundTrips) => num(r.throughput!.sustained / 2 ** 20);
       lines.push(
         `| ${formatBytes(p.bytes)} | ${ms(p.protocol.stats.median)} | ${ms(p.bare.stats.median)} | ${mib(p.protocol)} | ${mib(p.bare)} | ` +
-          `${(p.bare.stats.median / p.protocol.stats.median).toFixed(2)}x throughput | ${p.reps} |`,
+          `${(p.protocol.throughput!.sustained / p.bare.throughput!.sustained).toFixed(2)}x throughput | ${p.reps} |`,
       );
     }
     lines.push("");

@@ -9,6 +9,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { execa } from "execa";
+import { recipeSchema, type Node } from "../recipe/schema.js";
 import { PROJECT_ROOT } from "../workers/python.js";
 import { runPythonBench } from "./python.js";
 import { summarize, type Summary } from "./stats.js";
@@ -24,6 +25,9 @@ export interface StepVariant {
   steps: number;
   /** Each configuration is run this many times, interleaved with the others; the step times are pooled. */
   rounds: number;
+  /** Every configuration at this many torch threads per process, instead of the placements' defaults (and no
+   * extra 1-thread rows). The quick mode uses 1: threads = cores fight anything else running on the machine. */
+  threads?: number;
 }
 
 export interface StepConfig {
@@ -55,7 +59,14 @@ export interface StepResult {
 export const TINY_RECIPE = path.join(PROJECT_ROOT, "recipes", "tiny.yaml");
 const CLI = path.join(PROJECT_ROOT, "bin", "dmd2.js");
 
-export function stepConfigs(defaultColocatedThreads: number): StepConfig[] {
+export function stepConfigs(defaultColocatedThreads: number, fixedThreads?: number): StepConfig[] {
+  if (fixedThreads !== undefined) {
+    return [
+      { key: "colocated.default", mode: "colocated", threads: fixedThreads },
+      { key: "per_role.default", mode: "per_role", threads: fixedThreads },
+      { key: "local.default", mode: "local", threads: fixedThreads },
+    ];
+  }
   const configs: StepConfig[] = [
     { key: "colocated.default", mode: "colocated", threads: null },
     { key: "per_role.default", mode: "per_role", threads: null },
@@ -66,6 +77,21 @@ export function stepConfigs(defaultColocatedThreads: number): StepConfig[] {
     configs.push({ key: "colocated.t1", mode: "colocated", threads: 1 }, { key: "local.t1", mode: "local", threads: 1 });
   }
   return configs;
+}
+
+/** Whether the recipe schema has this dotted key. */
+export function recipeHasKey(dotted: string): boolean {
+  let node: Node | undefined = recipeSchema;
+  for (const part of dotted.split(".")) {
+    if (node === undefined || node.kind !== "group") return false;
+    node = node.fields[part];
+  }
+  return node !== undefined && node.kind !== "group";
+}
+
+/** Settings that keep work out of the timed window: no periodic sample grids between steps. */
+export function quietSets(): string[] {
+  return recipeHasKey("train.sample_every") ? ["train.sample_every=0"] : [];
 }
 
 interface DistillRun {
@@ -86,6 +112,7 @@ async function distillRun(variant: StepVariant, mode: "colocated" | "per_role", 
     `train.checkpoint_every=${total + 1000}`,
     `train.log_every=${total + 1000}`,
     "sample.num=4",
+    ...quietSets(),
     ...(threads === null ? [] : [`torch_threads=${threads}`]),
     ...variant.sets,
   ];
@@ -160,7 +187,7 @@ export async function benchVariant(
   env: Record<string, string>,
   defaultThreads: number,
   log: (line: string) => void,
-  configs: StepConfig[] = stepConfigs(defaultThreads),
+  configs: StepConfig[] = stepConfigs(defaultThreads, variant.threads),
 ): Promise<VariantOutcome> {
   const pooled = new Map<string, DistillRun[]>();
   let resolvedRecipe = "";
