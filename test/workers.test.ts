@@ -9,6 +9,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { after, describe, test } from "node:test";
 import { ProtocolError, UsageError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../src/errors.js";
 import type { TensorFrame } from "../src/protocol/messages.js";
@@ -253,6 +255,30 @@ describe("pool with well-behaved workers", () => {
       await pool.close();
     }
     assert.ok(!isAlive(pid));
+  });
+
+  test("pool.race keeps nothing alive once the work settled (no reaction left on pool.failure)", async () => {
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
+    const pool = await WorkerPool.start([{ name: "all", roles: ["teacher", "generator", "fake_score", "discriminator"] }], options(fake));
+    try {
+      // In a function of its own, so that no register of this test's suspended frame holds a result.
+      const roundTrip = async (i: number): Promise<WeakRef<Buffer>> => {
+        const r = await pool.race(pool.clientFor("generator").op("generator", "echo", 0, {}, [f32("a", [i, i, i])], ["a"]));
+        assert.equal(r.tensors[0]!.data.readFloatLE(0), i);
+        return new WeakRef(r.tensors[0]!.data);
+      };
+      const refs: Array<WeakRef<Buffer>> = [];
+      for (let i = 0; i < 5; i++) refs.push(await roundTrip(i));
+      await pool.race(pool.clientFor("generator").op("generator", "echo", 0, {}, [], [])); // the receive loop moves on
+      for (let i = 0; i < 3 && refs.some((ref) => ref.deref() !== undefined); i++) {
+        await new Promise((resolve) => setTimeout(resolve, 10)); // WeakRefs hold their target until the job ends
+        gc();
+      }
+      assert.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, "reply buffers still reachable after race settled");
+    } finally {
+      await pool.close();
+    }
   });
 
   test("a hello reply with the wrong roles fails the start", async () => {

@@ -46,9 +46,15 @@ export function benchSettings(quick: boolean): BenchSettings {
       { id: "tiny", label: "recipes/tiny.yaml", sets: [], warmup: 10, steps: 100, rounds: 2 },
       { id: "compute", label: "channels 64, 16x16 images, batch 256", sets: COMPUTE_SETS, warmup: 5, steps: 15, rounds: 1 },
     ],
-    transport: { controlReps: 2000, rounds: 8, payloads: [[64 * 1024, 200], [MiB, 100], [16 * MiB, 48], [64 * MiB, 24]] },
+    transport: { controlReps: 2000, rounds: 8, payloads: [[64 * 1024, 400], [MiB, 200], [16 * MiB, 128], [64 * MiB, 40]] },
     sampling: { n: 256, repeats: 5, threads: 1, studentSteps: [1, 2, 4], teacherSteps: [50] },
   };
+}
+
+/** Indented JSON, but arrays of numbers on one line, and times and rates to 6 significant digits. */
+function toJson(value: unknown): string {
+  const text = JSON.stringify(value, (_key, v: unknown) => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(6)) : v), 1);
+  return text.replace(/\[(\s*-?[\d.e+-]+(?:,\s*-?[\d.e+-]+)*\s*)\]/g, (_m, body: string) => `[${body.trim().split(/,\s*/).join(", ")}]`);
 }
 
 function usage(): string {
@@ -95,6 +101,10 @@ export async function main(argv: string[]): Promise<number> {
   const cores = os.availableParallelism();
   log(`dmd2 bench${quick ? " --quick" : ""}: ${cores} cores, load average ${loadStart.join(" / ")}; scratch ${work}`);
   if (loadStart[0] > cores / 2) log(`  note: the machine is busy (1-minute load ${loadStart[0]} on ${cores} cores): timings will be noisy`);
+  // The 1-minute load every 5 s: other programs starting mid-run show up here (and make a rerun worth it).
+  const loadSamples: Array<[number, number]> = [[0, loadStart[0]]];
+  const sampler = setInterval(() => loadSamples.push([Math.round((performance.now() - t0) / 1000), loadAverage()[0]]), 5000);
+  sampler.unref();
 
   try {
     const machine = await describeMachine();
@@ -143,7 +153,7 @@ export async function main(argv: string[]): Promise<number> {
       created: new Date().toISOString(),
       duration_s: (performance.now() - t0) / 1000,
       machine,
-      load: { start: loadStart, end: loadAverage() },
+      load: { start: loadStart, end: loadAverage(), max_1min: Math.max(...loadSamples.map(([, l]) => l)), samples: loadSamples },
       settings: { ...settings, sections: [...only] } as unknown as Record<string, unknown>,
       steps,
       transport,
@@ -151,7 +161,7 @@ export async function main(argv: string[]): Promise<number> {
       rows,
     };
     mkdirSync(outDir, { recursive: true });
-    writeFileSync(path.join(outDir, "results.json"), JSON.stringify(results, null, 1) + "\n");
+    writeFileSync(path.join(outDir, "results.json"), toJson(results) + "\n");
     writeFileSync(path.join(outDir, "results.md"), markdownReport(results, only.has("steps") ? settings.variants : []) + "\n");
 
     process.stdout.write(`\n${textTable(rows)}\n\n`);
@@ -159,12 +169,20 @@ export async function main(argv: string[]): Promise<number> {
       `${machine.cpu_model}, ${machine.cores} cores; node ${machine.node}, Python ${machine.python.python}, torch ${machine.python.torch}; ` +
         `load average ${results.load.start.join("/")} at start, ${results.load.end.join("/")} at end; ${results.duration_s.toFixed(0)} s\n`,
     );
+    // This run itself keeps up to `cores` threads busy; more than that is other programs.
+    if (results.load.max_1min > cores + 0.5) {
+      process.stdout.write(
+        `note: the 1-minute load reached ${results.load.max_1min} on ${cores} cores during the run (other programs): ` +
+          "configurations with as many torch threads as cores suffer most; rerun when the machine is idle\n",
+      );
+    }
     process.stdout.write(`wrote ${path.relative(process.cwd(), path.join(outDir, "results.json")) || "results.json"} and results.md\n`);
     return 0;
   } catch (error) {
     process.stderr.write(`bench failed: ${(error as Error).stack ?? error}\n`);
     return 1;
   } finally {
+    clearInterval(sampler);
     if (values.keep) log(`scratch kept: ${work}`);
     else rmSync(work, { recursive: true, force: true });
   }

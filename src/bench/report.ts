@@ -39,7 +39,8 @@ export interface BenchResults {
   created: string;
   duration_s: number;
   machine: Machine;
-  load: { start: number[]; end: number[] };
+  /** load averages at start and end; the highest 1-minute load seen, and [seconds, 1-minute load] every 5 s */
+  load: { start: number[]; end: number[]; max_1min: number; samples: Array<[number, number]> };
   settings: Record<string, unknown>;
   steps: StepResult[];
   transport: TransportResult | null;
@@ -251,7 +252,11 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
   lines.push(`| OS | ${m.os} |`);
   lines.push(`| node | ${m.node}, zeromq.js ${m.zeromq_js} |`);
   lines.push(`| Python | ${m.python.python}, torch ${m.python.torch} (${m.python.torch_parallel}), pyzmq ${m.python.pyzmq}, libzmq ${m.python.libzmq} |`);
-  lines.push(`| load average (1/5/15 min) | start ${res.load.start.join(" / ")}, end ${res.load.end.join(" / ")} |`, "");
+  lines.push(
+    `| load average (1/5/15 min) | start ${res.load.start.join(" / ")}, end ${res.load.end.join(" / ")}; ` +
+      `highest 1-minute load during the run ${res.load.max_1min} (sampled every 5 s) |`,
+    "",
+  );
 
   lines.push("## Comparisons", "");
   lines.push(

@@ -104,6 +104,8 @@ export class WorkerPool {
   private readonly options: WorkerPoolOptions;
   private rejectFailure!: (error: DmdError) => void;
   private firstFailure: DmdError | null = null;
+  /** race() calls still waiting: each is told the first failure, and removes itself once its work settles. */
+  private readonly racers = new Set<(error: DmdError) => void>();
   private stopping = false;
   private closing: Promise<WorkerShutdown[]> | null = null;
 
@@ -204,6 +206,9 @@ export class WorkerPool {
     if (this.stopping || this.firstFailure !== null) return;
     this.firstFailure = error;
     this.rejectFailure(error);
+    const racers = [...this.racers];
+    this.racers.clear();
+    for (const fail of racers) fail(error);
   }
 
   // --- lookups -----------------------------------------------------------------------------------------------
@@ -252,9 +257,28 @@ export class WorkerPool {
     return this.firstFailure;
   }
 
-  /** `work`, unless a worker dies or times out first (then that error). */
+  /**
+   * `work`, unless a worker dies or times out first (then that error). Not `Promise.race([work, this.failure])`:
+   * that leaves a reaction on `failure`, which never settles in a healthy run, for every call, and through it the
+   * settled result (an op's reply with its tensor buffers) stays reachable for the life of the pool.
+   */
   race<T>(work: Promise<T>): Promise<T> {
-    return Promise.race([work, this.failure]);
+    return new Promise<T>((resolve, reject) => {
+      const fail = (error: DmdError) => reject(error);
+      work.then(
+        (value) => {
+          this.racers.delete(fail);
+          resolve(value);
+        },
+        (error: unknown) => {
+          this.racers.delete(fail);
+          reject(error);
+        },
+      );
+      // As Promise.race would: an already settled `work` wins over a failure that is already known.
+      if (this.firstFailure !== null) this.failure.catch(fail);
+      else this.racers.add(fail);
+    });
   }
 
   // --- shutdown ----------------------------------------------------------------------------------------------
