@@ -62,3 +62,15 @@ def nonfinite_guard(values: dict[str, float], policy: str, where: str, step: int
     what = ", ".join(f"{k} = {v}" for k, v in bad.items())
     raise NonFiniteError(f"non-finite {what} in {where} at step {step} (lower the learning rate, or set "
                          f"train.on_nonfinite: skip to skip such steps)")
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, lr: float, values: dict[str, float], policy: str, where: str,
+                 step: int | None) -> float:
+    """One optimizer step at `lr` unless `nonfinite_guard` says no (then the gradients are dropped). Returns the
+    `skipped_nonfinite` metric: 1.0 when the step was skipped, else 0.0."""
+    if nonfinite_guard(values, policy, where, step):
+        set_lr(optimizer, lr)
+        optimizer.step()
+        return 0.0
+    optimizer.zero_grad(set_to_none=True)
+    return 1.0

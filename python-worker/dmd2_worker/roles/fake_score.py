@@ -23,7 +23,7 @@ from ..config import SALT_HEAD_INIT, op_seed
 from ..data.gmm import GaussianMixture
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
-from ..optim import build_adamw, clip_grad_norm, nonfinite_guard, optimizer_params, set_lr
+from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 
 
 class FakeScoreRole(RoleBase):
@@ -93,14 +93,9 @@ class FakeScoreRole(RoleBase):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         grad_norm = clip_grad_norm(optimizer_params(self.optimizer), self.recipe.optim.grad_clip)
-        if nonfinite_guard({"loss_fake_total": float(total.detach()), "fake_grad_norm": grad_norm},
-                           self.recipe.train.on_nonfinite, where, step):
-            set_lr(self.optimizer, lr)
-            self.optimizer.step()
-            metrics["skipped_nonfinite_fake"] = 0.0
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics["skipped_nonfinite_fake"] = 1.0
+        metrics["skipped_nonfinite_fake"] = guarded_step(
+            self.optimizer, lr, {"loss_fake_total": float(total.detach()), "fake_grad_norm": grad_norm},
+            self.recipe.train.on_nonfinite, where, step)
         self.updates += 1
         return metrics
 

@@ -21,7 +21,7 @@ from ..checkpoint import load_module, load_optimizer, save_module, save_optimize
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
-from ..optim import build_adamw, clip_grad_norm, nonfinite_guard, optimizer_params, set_lr
+from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 from ..sampling import backward_simulation, sample_generator
 
 
@@ -115,13 +115,7 @@ class GeneratorRole(RoleBase):
         params = optimizer_params(self.optimizer)
         gen_grad_norm = clip_grad_norm(params, self.recipe.optim.grad_clip)
         metrics = {"loss_dmd": float(loss_dmd.detach()), "dmd_grad_norm": float(grad.norm()), "gen_grad_norm": gen_grad_norm}
-        if nonfinite_guard(metrics, self.recipe.train.on_nonfinite, where, step):
-            set_lr(self.optimizer, lr)
-            self.optimizer.step()
-            metrics["skipped_nonfinite"] = 0.0
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            metrics["skipped_nonfinite"] = 1.0
+        metrics["skipped_nonfinite"] = guarded_step(self.optimizer, lr, metrics, self.recipe.train.on_nonfinite, where, step)
         self.updates += 1
         return metrics
 
