@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import chalk from "chalk";
+import { color as chalk } from "../colors.js";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { DmdError, RecipeError, UsageError, WorkerDiedError, WorkerError } from "../errors.js";
 import { Reporter, type OutputMode } from "../run/reporter.js";

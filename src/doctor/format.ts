@@ -1,6 +1,6 @@
 // The text form of a doctor report: one line per check, its status first, the fix under a problem.
 
-import chalk from "chalk";
+import { stdoutColor as chalk } from "../colors.js";
 import type { Check, CheckStatus } from "./checks.js";
 import type { DoctorReport } from "./doctor.js";
 

@@ -1,7 +1,7 @@
 // The text form of a plan (plan.ts): sections of aligned lines, for a terminal or a log.
 
 import path from "node:path";
-import chalk from "chalk";
+import { stdoutColor as chalk } from "../colors.js";
 import { formatBytes, formatCount, formatRate, table } from "../text.js";
 import type { Plan, Ramp, StepRow } from "./plan.js";
 

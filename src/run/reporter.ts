@@ -2,7 +2,7 @@
 // terminal, plain timestamped lines when output is not a terminal, one JSON object per event with --json.
 // chalk colours only on a terminal (chalk itself honours NO_COLOR / FORCE_COLOR).
 
-import chalk from "chalk";
+import { color as chalk } from "../colors.js";
 import cliProgress from "cli-progress";
 
 export type OutputMode = "tty" | "plain" | "json";

@@ -3,7 +3,7 @@
 // Errors that would only repeat (bad input, a non-finite loss under on_nonfinite: stop, a protocol mismatch)
 // are not retried.
 
-import chalk from "chalk";
+import { color as chalk } from "../colors.js";
 import { DmdError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
 import type { Recipe } from "../recipe/types.js";
 import { distill, type DistillResult } from "./distill.js";
