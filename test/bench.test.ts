@@ -7,24 +7,8 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
+import type { Row } from "../src/bench/report.js";
 import { projectRoot } from "./helpers.js";
-
-interface Quantity {
-  label: string;
-  value: number;
-  unit: string;
-  p10?: number;
-  p90?: number;
-  mean?: number;
-}
-interface Row {
-  id: string;
-  label: string;
-  a: Quantity;
-  b: Quantity;
-  ratio: number;
-  ratio_mean?: number;
-}
 
 function positive(x: unknown, what: string): void {
   assert.equal(typeof x, "number", `${what} is a number`);

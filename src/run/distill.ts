@@ -10,7 +10,7 @@ import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../schedule/placement.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
 import { planStep, routeTensors } from "../schedule/stepPlan.js";
-import { applyRetention, beginCheckpoint, checkpointName, commitCheckpoint, listCheckpoints, type Manifest } from "./checkpoints.js";
+import { applyRetention, beginCheckpoint, commitCheckpoint, listCheckpoints, type Manifest } from "./checkpoints.js";
 import { Cluster } from "./cluster.js";
 import type { Reporter } from "./reporter.js";
 import type { TensorFrame } from "../protocol/messages.js";
@@ -178,4 +178,3 @@ async function writeCheckpoint(cluster: Cluster, recipe: Recipe, stepsDone: numb
   return dir;
 }
 
-export { checkpointName };
