@@ -22,6 +22,9 @@ export class Reporter {
   readonly verbose: boolean;
   private stream: NodeJS.WriteStream;
   private bar: cliProgress.SingleBar | null = null;
+  /** what the bar shows, so that it can be drawn again below a line printed while it runs */
+  private barState = { total: 0, value: 0, payload: {} as Record<string, unknown> };
+  private startStep = 0;
   private t0 = Date.now();
   /** the latest value of every metric: generator metrics only arrive every `ratio` steps */
   private latest: Record<string, number | null> = {};
@@ -35,9 +38,9 @@ export class Reporter {
 
   private line(text: string) {
     const stamp = new Date().toISOString().replace("T", " ").slice(0, 19);
-    if (this.bar) this.bar.stop();
+    this.bar?.stop();
     this.stream.write(this.mode === "tty" ? `${text}\n` : `${stamp} ${text}\n`);
-    if (this.bar) this.bar = null;
+    this.bar?.start(this.barState.total, this.barState.value, this.barState.payload);
   }
 
   event(type: string, fields: Record<string, unknown>, text?: string) {
@@ -63,18 +66,21 @@ export class Reporter {
 
   startSteps(total: number, start: number) {
     this.t0 = Date.now();
+    this.startStep = start;
     if (this.mode !== "tty" || this.quiet) return;
     this.bar = new cliProgress.SingleBar(
       {
         format: `${chalk.green("{bar}")} {value}/{total} steps | G updates {gen} | {rate} it/s | ETA {eta_formatted} | {losses}`,
         barsize: 24,
         hideCursor: true,
+        clearOnComplete: true, // lines printed while it runs go above it, without a stale copy of the bar
         stream: this.stream,
         etaBuffer: 20,
       },
       cliProgress.Presets.shades_classic,
     );
-    this.bar.start(total, start, { gen: 0, rate: "-", losses: "" });
+    this.barState = { total, value: start, payload: { gen: 0, rate: "-", losses: "" } };
+    this.bar.start(total, start, this.barState.payload);
   }
 
   step(step: number, total: number, genUpdates: number, metrics: Record<string, number | null>, logLine: boolean) {
@@ -91,7 +97,10 @@ export class Reporter {
       .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
       .join(" ");
     if (this.bar) {
-      this.bar.update(done, { gen: genUpdates, rate: elapsed > 0 ? (done / elapsed).toFixed(1) : "-", losses });
+      // steps per second of this command (a resumed run's earlier steps are not in `elapsed`)
+      const rate = elapsed > 0 ? ((done - this.startStep) / elapsed).toFixed(1) : "-";
+      this.barState = { total, value: done, payload: { gen: genUpdates, rate, losses } };
+      this.bar.update(done, this.barState.payload);
       return;
     }
     if (logLine && this.mode === "plain") this.line(`step ${done}/${total} G updates ${genUpdates} ${losses}`);
