@@ -11,6 +11,7 @@ import torch
 
 from . import check_fault
 from .base import TensorStore, WorkerContext
+from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
 from ..config import Recipe
 from ..diffusion import NoiseSchedule
 from ..models.tiny_unet import TinyUNet
@@ -203,3 +204,20 @@ class RoleBase:
     def require_ready(self, what: str) -> None:
         if not self.ready:
             raise RuntimeError(f"{self.name}.{what}: role {self.name!r} is not set up")
+
+
+class TrainedNetworkState:
+    """save/restore for a role that trains `self.net` with `self.optimizer` (docs/protocol.md `save`):
+    `<name>.safetensors` plus `<name>.optim.safetensors` / `<name>.optim.json`. Mixed into RoleBase subclasses."""
+
+    def save(self, directory: Path) -> list[Path]:
+        self.require_ready("save")
+        directory = Path(directory)
+        return [save_module(directory / f"{self.name}.safetensors", self.net),
+                *save_optimizer(directory, self.name, self.optimizer)]
+
+    def restore(self, directory: Path) -> None:
+        self.require_ready("restore")
+        directory = Path(directory)
+        load_module(directory / f"{self.name}.safetensors", self.net)
+        load_optimizer(directory, self.name, self.optimizer)

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from .base import TensorStore, WorkerContext
-from .common import (Args, RoleBase, cond_input, image_input, index_input, load_student_network, param_count,
-                     randint, randn, seeded_generator)
-from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
+from .common import (Args, RoleBase, TrainedNetworkState, cond_input, image_input, index_input, load_student_network,
+                     param_count, randint, randn, seeded_generator)
+from ..checkpoint import load_module, save_module
 from ..config import SALT_HEAD_INIT, op_seed
 from ..data.gmm import GaussianMixture
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
@@ -26,7 +26,7 @@ from ..models.discriminator_head import DiscriminatorHead
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 
 
-class FakeScoreRole(RoleBase):
+class FakeScoreRole(TrainedNetworkState, RoleBase):
     name = "fake_score"
     OP_ARGS = {"predict_x0": set(), "update": {"seed", "lr", "gan_weight"}}
 
@@ -99,19 +99,8 @@ class FakeScoreRole(RoleBase):
         self.updates += 1
         return metrics
 
-    def save(self, directory: Path) -> list[Path]:
-        """fake_score.safetensors (backbone) and the shared optimizer (backbone + head param groups)."""
-        self.require_ready("save")
-        directory = Path(directory)
-        return [save_module(directory / "fake_score.safetensors", self.net),
-                *save_optimizer(directory, "fake_score", self.optimizer)]
-
-    def restore(self, directory: Path) -> None:
-        """Needs the discriminator (if any) set up already, since the optimizer state covers its head."""
-        self.require_ready("restore")
-        directory = Path(directory)
-        load_module(directory / "fake_score.safetensors", self.net)
-        load_optimizer(directory, "fake_score", self.optimizer)
+    # save/restore (TrainedNetworkState): fake_score.safetensors (backbone) and the shared optimizer (backbone +
+    # head param groups); restore needs the discriminator (if any) set up already, since that state covers its head.
 
 
 class DiscriminatorRole(RoleBase):

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from .base import TensorStore, WorkerContext
-from .common import Args, RoleBase, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
-from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer, save_tensors
+from .common import Args, RoleBase, TrainedNetworkState, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
+from ..checkpoint import save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
@@ -25,7 +25,7 @@ from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 from ..sampling import backward_simulation, sample_generator
 
 
-class GeneratorRole(RoleBase):
+class GeneratorRole(TrainedNetworkState, RoleBase):
     name = "generator"
     OP_ARGS = {
         "generate": {"seed", "batch_size", "grad", "dmd"},
@@ -158,15 +158,6 @@ class GeneratorRole(RoleBase):
 
     # --- state -----------------------------------------------------------------------------------------------
 
-    def save(self, directory: Path) -> list[Path]:
-        self.require_ready("save")
-        directory = Path(directory)
-        return [save_module(directory / "generator.safetensors", self.net),
-                *save_optimizer(directory, "generator", self.optimizer)]
-
-    def restore(self, directory: Path) -> None:
-        self.require_ready("restore")
-        directory = Path(directory)
-        load_module(directory / "generator.safetensors", self.net)
-        load_optimizer(directory, "generator", self.optimizer)
+    def restore(self, directory: Path) -> None:  # save: TrainedNetworkState
+        super().restore(directory)
         self.graph = None
