@@ -37,9 +37,16 @@ class GmmConfig:
 
 
 @dataclass
+class FolderConfig:
+    path: str | None
+    channels: int
+
+
+@dataclass
 class DataConfig:
-    source: Literal["gmm"]
+    source: Literal["gmm", "digits", "folder"]
     gmm: GmmConfig
+    folder: FolderConfig
 
 
 @dataclass
@@ -53,8 +60,9 @@ class BuiltinTeacherConfig:
 
 @dataclass
 class TeacherConfig:
-    source: Literal["builtin"]
+    source: Literal["builtin", "diffusers"]
     builtin: BuiltinTeacherConfig
+    path: str | None  # a diffusers teacher folder (docs/pipeline.md §2), absolute once resolved
 
 
 @dataclass
@@ -291,6 +299,12 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
     if not 1 <= r.data.gmm.num_classes <= 10:
         problems.append(f"data.gmm.num_classes: must be in 1..10, got {r.data.gmm.num_classes}")
+    if r.data.source == "folder" and not r.data.folder.path:
+        problems.append("data.folder.path: required when data.source is 'folder'")
+    if r.data.folder.channels not in (1, 3):
+        problems.append(f"data.folder.channels: must be 1 or 3, got {r.data.folder.channels}")
+    if r.teacher.source == "diffusers" and not r.teacher.path:
+        problems.append("teacher.path: required when teacher.source is 'diffusers'")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
 
@@ -307,6 +321,67 @@ def parse_recipe(obj: Any) -> Recipe:
     if problems:
         raise RecipeError(problems)
     return recipe
+
+
+@dataclass
+class TeacherModelConfig:
+    block_out_channels: list[int]
+    layers_per_block: int
+    norm_num_groups: int
+
+
+@dataclass
+class TeacherTrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    grad_clip: float
+    ema_decay: float
+    label_dropout: float
+    log_every: int
+
+
+@dataclass
+class TeacherRecipe:
+    """The resolved teacher-training recipe (docs/pipeline.md §3)."""
+    version: int
+    kind: Literal["teacher"]
+    name: str
+    seed: int
+    out: str
+    python: str | None
+    torch_threads: int
+    device: str
+    data: DataConfig
+    diffusion: DiffusionConfig
+    model: TeacherModelConfig
+    train: TeacherTrainConfig
+
+
+def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
+    """Parse the resolved teacher recipe strictly. Raises RecipeError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(obj, dict):
+        raise RecipeError([f"recipe: expected object, got {type(obj).__name__}"])
+    r = _parse_dataclass(obj, TeacherRecipe, "", problems)
+    if problems:
+        raise RecipeError(problems)
+    if r.version != SCHEMA_VERSION:
+        problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
+    if not r.model.block_out_channels or any(c < 1 or c % r.model.norm_num_groups for c in r.model.block_out_channels):
+        problems.append(f"model.block_out_channels: need at least one width, each a multiple of model.norm_num_groups "
+                        f"({r.model.norm_num_groups}), got {r.model.block_out_channels}")
+    if not 0 <= r.train.ema_decay < 1:
+        problems.append(f"train.ema_decay: must be in [0, 1), got {r.train.ema_decay}")
+    if not 0 <= r.train.label_dropout < 1:
+        problems.append(f"train.label_dropout: must be in [0, 1), got {r.train.label_dropout}")
+    if r.data.source == "folder" and not r.data.folder.path:
+        problems.append("data.folder.path: required when data.source is 'folder'")
+    if problems:
+        raise RecipeError(problems)
+    return r
 
 
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:

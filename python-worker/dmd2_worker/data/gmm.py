@@ -10,9 +10,12 @@ import torch
 
 from ..config import GmmConfig
 from ..diffusion import NoiseSchedule
+from . import DataSource, Split
 
 AMPLITUDE = 0.8  # mean pixels are +-0.8, so samples with std 0.1 stay (almost always) inside [-1, 1]
 MAX_CLASSES = 10
+FIXED_DRAWS = 2000  # the size of `GmmDataSource.all()` (docs/pipeline.md §1)
+FIXED_DRAW_SEEDS = {"train": 1000, "heldout": 1001}  # one fixed generator seed per split
 
 
 def _pattern(k: int, size: int) -> torch.Tensor:
@@ -105,3 +108,15 @@ class GaussianMixture:
         """Index of the nearest class mean (L2) for each image."""
         d = (x.detach().to("cpu", torch.float32)[:, None] - self.means[None]).pow(2).flatten(2).sum(-1)
         return d.argmin(dim=1)
+
+
+class GmmDataSource(GaussianMixture, DataSource):
+    """The `gmm` data source (docs/pipeline.md §1): `sample` draws fresh images in both splits; `all()` is
+    FIXED_DRAWS images drawn from a generator seeded per split, so train and held-out are independent draws."""
+
+    def __init__(self, cfg: GmmConfig, split: Split) -> None:
+        super().__init__(cfg.num_classes, cfg.image_size, cfg.std)
+        self.split = split
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sample(FIXED_DRAWS, torch.Generator().manual_seed(FIXED_DRAW_SEEDS[self.split]))

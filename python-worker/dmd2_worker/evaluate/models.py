@@ -1,0 +1,130 @@
+"""The models `dmd2 eval` samples from (docs/pipeline.md §4, "Samples").
+
+A teacher folder samples with DDIM (eta 0, trailing timesteps) and classifier-free guidance. A student is a
+distillation run folder: its generator's weights from the newest complete checkpoint
+(`checkpoints/step-XXXXXXXX/` with a manifest.json) on a copy of the run's teacher network, sampled with the
+few-step generator loop at the training timesteps (when `steps` equals `generator.steps`) or at evenly spaced ones
+from the conditioning timestep.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_module, read_json
+from ..config import GeneratorConfig, parse_recipe
+from ..diffusion import NoiseSchedule, generator_timesteps
+from ..roles.common import x0_function
+from ..sampling import ddim_sample, sample_generator
+from ..teacher_training import load_network
+from .spec import EvalInputError, StudentModel, TeacherModel
+
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+
+
+class TeacherSampler:
+    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, guidance_scale: float) -> None:
+        self.net = net
+        self.schedule = schedule
+        self.guidance_scale = guidance_scale
+        self.num_classes: int | None = net.num_classes
+        self.image_shape = (net.in_channels, net.image_size, net.image_size)
+
+    def sample(self, z: torch.Tensor, cond: torch.Tensor | None, steps: int,
+               generator: torch.Generator) -> torch.Tensor:
+        """DDIM is deterministic given `z`: `generator` is not drawn from."""
+        return ddim_sample(self.net, z, cond, self.schedule, steps, self.guidance_scale, self.net.null_class)
+
+
+class StudentSampler:
+    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, generator_config: GeneratorConfig) -> None:
+        self.net = net
+        self.schedule = schedule
+        self.generator_config = generator_config
+        self.num_classes: int | None = net.num_classes
+        self.image_shape = (net.in_channels, net.image_size, net.image_size)
+
+    def timesteps(self, steps: int) -> list[int]:
+        cfg = self.generator_config
+        if steps == cfg.steps:
+            return list(cfg.timesteps)
+        return generator_timesteps(steps, cfg.conditioning_timestep)
+
+    def sample(self, z: torch.Tensor, cond: torch.Tensor | None, steps: int,
+               generator: torch.Generator) -> torch.Tensor:
+        """The generator loop; draws one re-noise tensor per step after the first from `generator`."""
+        G = x0_function(self.net, self.schedule)
+        return sample_generator(G, z, cond, self.timesteps(steps), self.schedule, generator)
+
+
+Sampler = TeacherSampler | StudentSampler
+
+
+def _load_network(directory: Path, key: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    try:
+        net, config = load_network(directory, device)
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalInputError(key, f"{key}: {e}") from None
+    net.requires_grad_(False)
+    return net.eval(), config
+
+
+def load_teacher(model: TeacherModel, key: str, device: torch.device) -> TeacherSampler:
+    net, config = _load_network(Path(model.path), f"{key}.path", device)
+    schedule = NoiseSchedule(**config["diffusion"])
+    if model.guidance_scale != 1.0 and (net.num_classes is None or net.null_class is None):
+        raise EvalInputError(f"{key}.guidance_scale", f"{key}.guidance_scale: the teacher {model.path} has no null "
+                             f"class, so classifier-free guidance is impossible: use 1")
+    too_many = [s for s in model.steps if s > schedule.num_train_timesteps]
+    if too_many:
+        raise EvalInputError(f"{key}.steps", f"{key}.steps: DDIM steps {too_many} exceed the teacher's "
+                             f"{schedule.num_train_timesteps} training timesteps")
+    return TeacherSampler(net, schedule, model.guidance_scale)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder: `step-XXXXXXXX` (no `.tmp` suffix) holding a manifest.json."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    complete = sorted(p for p in root.iterdir()
+                      if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
+    return complete[-1] if complete else None
+
+
+def load_student(model: StudentModel, key: str, device: torch.device) -> StudentSampler:
+    run_dir = Path(model.run_dir)
+    run_key = f"{key}.run_dir"
+    recipe_file = run_dir / "recipe.resolved.json"
+    if not recipe_file.is_file():
+        raise EvalInputError(run_key, f"{run_key}: {run_dir} is not a dmd2 run folder (no recipe.resolved.json)")
+    try:
+        recipe = parse_recipe(read_json(recipe_file))
+    except ValueError as e:  # RecipeError, or not JSON
+        raise EvalInputError(run_key, f"{run_key}: {recipe_file}: {e}") from None
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise EvalInputError(run_key, f"{run_key}: {run_dir} has no complete checkpoint (checkpoints/step-XXXXXXXX/ "
+                             f"with a manifest.json): run dmd2 distill until it saves one")
+    teacher_dir = run_dir / "teacher" if recipe.teacher.source == "builtin" else Path(str(recipe.teacher.path))
+    net, _ = _load_network(teacher_dir, run_key, device)
+    try:
+        load_module(checkpoint / "generator.safetensors", net)
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalInputError(run_key, f"{run_key}: {e}") from None
+    sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator)
+    for steps in model.steps:
+        try:
+            sampler.timesteps(steps)
+        except ValueError as e:
+            raise EvalInputError(f"{key}.steps", f"{key}.steps: {e}") from None
+    return sampler
+
+
+def load_sampler(model: TeacherModel | StudentModel, index: int, device: torch.device) -> Sampler:
+    key = f"models[{index}]"
+    if isinstance(model, TeacherModel):
+        return load_teacher(model, key, device)
+    return load_student(model, key, device)

@@ -1,0 +1,257 @@
+"""`dmd2 eval`'s worker side (docs/pipeline.md §4): the Fréchet distance, the feature classifier and its cache,
+the noise floor, the spec, checkpoint discovery and `python -m dmd2_worker.evaluate` end to end."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from PIL import Image
+
+from conftest import tiny_dict
+from dmd2_worker.checkpoint import save_module, write_json
+from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig
+from dmd2_worker.data import build_data_source
+from dmd2_worker.evaluate.__main__ import USAGE
+from dmd2_worker.evaluate.__main__ import main as evaluate_main
+from dmd2_worker.evaluate.classifier import FEATURE_DIM, load_or_train_classifier, train_classifier
+from dmd2_worker.evaluate.features import ClassifierExtractor
+from dmd2_worker.evaluate.frechet import feature_distance, fit_gaussian, frechet_distance
+from dmd2_worker.evaluate.models import load_student, newest_checkpoint
+from dmd2_worker.evaluate.run import evaluate, noise_floor
+from dmd2_worker.evaluate.spec import EvalInputError, StudentModel, parse_eval_spec
+from dmd2_worker.models.tiny_unet import TinyUNet, default_arch_config
+from dmd2_worker.teacher_training import write_teacher_dir
+
+WORKER_ROOT = Path(__file__).resolve().parents[1]
+
+
+def digits_config() -> DataConfig:
+    return DataConfig(source="digits", gmm=GmmConfig(num_classes=4, image_size=8, std=0.1),
+                      folder=FolderConfig(path=None, channels=1))
+
+
+# --- Fréchet distance ------------------------------------------------------------------------------------------
+
+def t64(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_frechet_distance_of_hand_computed_gaussians():
+    # 1-D: (0 - 3)^2 + 1 + 4 - 2 sqrt(1 * 4) = 10
+    assert frechet_distance(t64([0.0]), t64([[1.0]]), t64([3.0]), t64([[4.0]])) == pytest.approx(10.0, abs=1e-12)
+    # commuting 2-D: |(1, 2)|^2 + (1 + 4) + (9 + 16) - 2 (sqrt(9) + sqrt(64)) = 5 + 30 - 22 = 13
+    d = frechet_distance(t64([0.0, 0.0]), torch.diag(t64([1.0, 4.0])), t64([1.0, 2.0]), torch.diag(t64([9.0, 16.0])))
+    assert d == pytest.approx(13.0, abs=1e-12)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 6, generator=g, dtype=torch.float64)
+    mixing = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(150, 6, generator=g, dtype=torch.float64) @ mixing + 0.5
+    mu1, s1 = fit_gaussian(a)
+    mu2, s2 = fit_gaussian(b)
+    assert np.allclose(s1.numpy(), np.cov(a.numpy(), rowvar=False))
+    cross = scipy.linalg.sqrtm(s1.numpy() @ s2.numpy()).real
+    expected = float(((mu1 - mu2) ** 2).sum()) + np.trace(s1.numpy() + s2.numpy() - 2 * cross)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert feature_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert feature_distance(a, torch.full_like(a, float("nan"))) is None
+
+
+# --- the feature classifier ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_classifier(dmd2_cache: Path):
+    """Trained once into the session's $DMD2_CACHE (cache_dir null)."""
+    train = build_data_source(digits_config(), "train")
+    return load_or_train_classifier(digits_config(), train, None, lambda message: None)
+
+
+def test_classifier_is_cached_and_the_cache_gives_the_same_features(digits_classifier, dmd2_cache: Path):
+    (folder,) = (dmd2_cache / "classifiers").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "train.json"]
+    messages: list[str] = []
+    train = build_data_source(digits_config(), "train")
+    loaded = load_or_train_classifier(digits_config(), train, None, messages.append)
+    assert messages == [f"feature classifier: loaded from {folder}"]
+    images, _ = build_data_source(digits_config(), "heldout").all()
+    with torch.no_grad():
+        assert torch.equal(loaded.features(images), digits_classifier.features(images))
+        assert loaded.features(images).shape == (len(images), FEATURE_DIM)
+
+
+def test_classifier_training_is_deterministic(digits_classifier):
+    again, _ = train_classifier(build_data_source(digits_config(), "train"))
+    for (name, a), (_, b) in zip(digits_classifier.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_classifier_recognises_heldout_digits(digits_classifier):
+    images, labels = build_data_source(digits_config(), "heldout").all()
+    with torch.no_grad():
+        accuracy = (digits_classifier(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_noise_floor_is_far_below_the_distance_of_noise_images(digits_classifier):
+    extract = ClassifierExtractor(digits_classifier, torch.device("cpu"), 500)
+    heldout_images, _ = build_data_source(digits_config(), "heldout").all()
+    heldout_features, _ = extract(heldout_images)
+    floor = noise_floor(extract, build_data_source(digits_config(), "train"), heldout_features, seed=0)
+    noise = torch.rand(heldout_images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert 0 < floor < feature_distance(extract(noise)[0], heldout_features) / 10
+
+
+# --- the spec and the run folder -------------------------------------------------------------------------------
+
+def spec_dict(models: list[dict], picture: dict | None = None, **overrides) -> dict:
+    spec = {"data": dataclasses.asdict(digits_config()), "n": 40,
+            "seed": 0, "batch_size": 16, "device": "cpu", "torch_threads": 1, "features": {"kind": "classifier"},
+            "cache_dir": None, "models": models, "picture": picture}
+    spec.update(overrides)
+    return spec
+
+
+def test_spec_problems_name_their_keys():
+    teacher = {"label": "teacher", "kind": "teacher", "path": "/t", "steps": [1], "guidance_scale": 1.0}
+    assert parse_eval_spec(spec_dict([teacher])).models[0].steps == [1]
+    cases = [
+        (spec_dict([teacher], extra=1), "extra"),
+        (spec_dict([{**teacher, "kind": "oracle"}]), "models[0].kind"),
+        (spec_dict([teacher], features={"kind": "torchscript"}), "features.path"),
+        (spec_dict([teacher], n=1), "n"),
+        (spec_dict([teacher, teacher]), "models[1].label"),
+        (spec_dict([teacher], picture={"path": "p.png", "rows": [["teacher", 2]], "classes": None}),
+         "picture.rows[0]"),
+    ]
+    for spec, key in cases:
+        with pytest.raises(EvalInputError) as info:
+            parse_eval_spec(spec)
+        assert info.value.key == key, str(info.value)
+
+
+def test_newest_checkpoint_skips_incomplete_folders(tmp_path: Path):
+    assert newest_checkpoint(tmp_path) is None
+    for name, complete in [("step-00000100", True), ("step-00000200", True), ("step-00000300", False),
+                           ("step-00000400.tmp", True)]:
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        if complete:
+            (tmp_path / "checkpoints" / name / "manifest.json").write_text("{}")
+    assert newest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-00000200"
+
+
+# --- end to end ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models_on_disk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An (untrained) 10-class teacher for 8x8 digits and a run folder whose generator is a copy of it."""
+    root = tmp_path_factory.mktemp("eval-models")
+    recipe = copy.deepcopy(tiny_dict())
+    recipe["data"]["source"] = "digits"
+    recipe["run_dir"] = str(root / "run")
+    arch = default_arch_config(channels=8, image_size=8, num_classes=10)
+    config = {"arch": "tiny_unet", "arch_config": arch, "diffusion": recipe["diffusion"], "num_classes": 10,
+              "image_shape": [1, 8, 8]}
+    torch.manual_seed(0)
+    net = TinyUNet(arch)
+    teacher = write_teacher_dir(root / "teacher", net, config)
+    run = root / "run"
+    checkpoint = run / "checkpoints" / "step-00000010"
+    checkpoint.mkdir(parents=True)
+    shutil.copytree(teacher, run / "teacher")
+    write_json(run / "recipe.resolved.json", recipe)
+    save_module(checkpoint / "generator.safetensors", net)
+    write_json(checkpoint / "manifest.json", {})
+    return {"teacher": teacher, "run": run}
+
+
+def test_student_loads_the_newest_checkpoint_and_samples_at_its_timesteps(models_on_disk):
+    model = StudentModel(label="s", kind="student", run_dir=str(models_on_disk["run"]), steps=[1, 2, 4])
+    student = load_student(model, "models[0]", torch.device("cpu"))
+    assert student.timesteps(2) == [999, 499]  # generator.timesteps of the recipe
+    assert student.timesteps(4) == [999, 749, 499, 249]  # evenly spaced from the conditioning timestep
+    assert (student.num_classes, student.image_shape) == (10, (1, 8, 8))
+    with pytest.raises(EvalInputError) as info:
+        load_student(dataclasses.replace(model, steps=[2000]), "models[0]", torch.device("cpu"))
+    assert info.value.key == "models[0].steps"
+
+
+def run_evaluate(spec: dict, tmp_path: Path) -> tuple[int, list[dict], str]:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dmd2_worker.evaluate", str(path)], cwd=WORKER_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+
+
+def test_evaluate_process_end_to_end(models_on_disk, digits_classifier, dmd2_cache: Path, tmp_path: Path):
+    picture = tmp_path / "picture.png"
+    spec = spec_dict(
+        [{"label": "teacher", "kind": "teacher", "path": str(models_on_disk["teacher"]), "steps": [1, 2],
+          "guidance_scale": 2.0},
+         {"label": "student", "kind": "student", "run_dir": str(models_on_disk["run"]), "steps": [2]}],
+        picture={"path": str(picture), "rows": [["real"], ["teacher", 2], ["student", 2]], "classes": [0, 1, 2]},
+        cache_dir=str(dmd2_cache))  # the classifier the fixture trained
+    status, events, stderr = run_evaluate(spec, tmp_path)
+    assert status == 0, stderr
+    assert {e["event"] for e in events[:-1]} == {"progress"}
+    result = events[-1]
+    assert result["event"] == "result" and result["features"] == "classifier" and result["n"] == 40
+    assert result["heldout_accuracy"] > 0.9 and result["noise_floor"] > 0
+    assert [(r["label"], r["kind"], r["steps"]) for r in result["rows"]] == [
+        ("teacher", "teacher", 1), ("teacher", "teacher", 2), ("student", "student", 2)]
+    for row in result["rows"]:
+        assert set(row) == {"label", "kind", "steps", "fd", "accuracy", "images_per_s", "seconds"}
+        assert row["fd"] > result["noise_floor"] and 0 <= row["accuracy"] <= 1 and row["images_per_s"] > 0
+    width, height = Image.open(picture).size
+    assert width > 3 * 48 and height >= 3 * 48  # three rows of three upscaled 8x8 tiles and the labels
+
+
+def run_main(spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple[int, list[dict], str]:
+    """`python -m dmd2_worker.evaluate` in this process (no interpreter start-up)."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    status = evaluate_main([str(path)])
+    out, err = capsys.readouterr()
+    return status, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_bad_input_is_an_error_event_with_status_2(models_on_disk, tmp_path: Path, capsys: pytest.CaptureFixture):
+    spec = spec_dict([{"label": "s", "kind": "student", "run_dir": str(models_on_disk["teacher"]), "steps": [1]}])
+    status, events, stderr = run_main(spec, tmp_path, capsys)
+    assert status == 2 and "Traceback" not in stderr
+    assert events[-1]["event"] == "error" and events[-1]["key"] == "models[0].run_dir"
+    assert "is not a dmd2 run folder" in events[-1]["message"]
+
+    spec["data"]["source"] = "folder"
+    spec["data"]["folder"]["path"] = str(tmp_path / "missing")
+    status, events, _ = run_main(spec, tmp_path, capsys)
+    assert (status, events[-1]["key"]) == (2, "data.folder.path")
+
+    assert evaluate_main([]) == 2
+    assert json.loads(capsys.readouterr().out) == {"event": "error", "key": None, "message": USAGE}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_evaluate_with_torchscript_features(models_on_disk, tmp_path: Path):
+    extractor = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5)))
+    torch.jit.save(extractor, str(tmp_path / "features.pt"))
+    spec = parse_eval_spec(spec_dict(
+        [{"label": "teacher", "kind": "teacher", "path": str(models_on_disk["teacher"]), "steps": [1],
+          "guidance_scale": 1.0}],
+        features={"kind": "torchscript", "path": str(tmp_path / "features.pt")}))
+    result = evaluate(spec, lambda message: None)
+    assert result["features"] == "torchscript" and result["heldout_accuracy"] is None
+    assert result["rows"][0]["accuracy"] is None and result["rows"][0]["fd"] > 0
