@@ -7,7 +7,18 @@ export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.u
 export const projectPython = process.env.DMD2_PYTHON ?? path.join(projectRoot, ".venv", "bin", "python");
 export const cliEntry = path.join(projectRoot, "bin", "dmd2.js");
 
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+
+/** The files of a diffusers teacher folder the CLI reads (no weights): the default scheduler of a recipe, with `scheduler` on top. */
+export function fakeTeacher(dir: string, scheduler: Record<string, unknown>): string {
+  const defaults = { num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012, prediction_type: "epsilon" };
+  mkdirSync(path.join(dir, "unet"), { recursive: true });
+  mkdirSync(path.join(dir, "scheduler"), { recursive: true });
+  writeFileSync(path.join(dir, "model_index.json"), JSON.stringify({ _class_name: "DDPMPipeline", unet: ["diffusers", "UNet2DModel"], scheduler: ["diffusers", "DDPMScheduler"] }));
+  writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DModel", sample_size: 8 }));
+  writeFileSync(path.join(dir, "scheduler", "scheduler_config.json"), JSON.stringify({ _class_name: "DDPMScheduler", ...defaults, ...scheduler }));
+  return dir;
+}
 
 /** Reads a float32 safetensors file into name -> Float32Array (test-only; the coordinator never reads tensors). */
 export function readSafetensors(file: string): Map<string, Float32Array> {

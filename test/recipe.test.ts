@@ -6,9 +6,10 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { RecipeError } from "../src/errors.js";
-import { loadRecipe, parseOverride } from "../src/recipe/load.js";
+import { loadRecipe, loadTeacherRecipe, parseOverride } from "../src/recipe/load.js";
 import { defaultTimesteps } from "../src/recipe/resolve.js";
-import { projectRoot } from "./helpers.js";
+import { parse } from "yaml";
+import { fakeTeacher, projectRoot } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-recipe-"));
 function writeRecipe(name: string, text: string): string {
@@ -27,12 +28,20 @@ function issuesOf(fn: () => unknown): string[] {
   assert.fail("expected the recipe to be rejected");
 }
 
-test("every recipe in recipes/ loads and resolves", () => {
+test("every recipe in recipes/ loads and resolves (teacher recipes: *-teacher.yaml)", () => {
   const dir = path.join(projectRoot, "recipes");
   const files = readdirSync(dir).filter((f) => f.endsWith(".yaml"));
   assert.ok(files.length >= 1);
-  for (const f of files) {
-    const r = loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2 });
+  for (const f of files.filter((f) => f.endsWith("-teacher.yaml"))) {
+    const t = loadTeacherRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2 });
+    assert.equal(t.kind, "teacher", f);
+    assert.equal(t.out, path.join(tmp, "teachers", t.name), f);
+  }
+  // a recipe with a diffusers teacher gets a stand-in folder with the default scheduler (no trained teacher here)
+  const teacher = fakeTeacher(path.join(tmp, "stand-in-teacher"), {});
+  for (const f of files.filter((f) => !f.endsWith("-teacher.yaml"))) {
+    const diffusers = (parse(readFileSync(path.join(dir, f), "utf8")) as { teacher?: { source?: string } }).teacher?.source === "diffusers";
+    const r = loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2, overrides: diffusers ? [`teacher.path=${teacher}`] : [] });
     assert.equal(r.version, 1);
     assert.equal(r.generator.timesteps.length, r.generator.steps, f);
   }

@@ -2,11 +2,13 @@
 // carrying their exit code (docs/cli.md: 0 ok, 2 bad input, 1 failure, 130 interrupted).
 
 import { readFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { color as chalk } from "../colors.js";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import { DmdError, RecipeError, UsageError, WorkerDiedError, WorkerError } from "../errors.js";
+import type { Features } from "../eval/spec.js";
 import { Reporter, type OutputMode } from "../run/reporter.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -37,6 +39,20 @@ function intArg(name: string) {
     if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`${name} must be a whole number, got "${v}"`);
     return Number(v);
   };
+}
+function stepList(name: string, max: number) {
+  return (v: string) => {
+    const parts = v.split(",").map((s) => s.trim());
+    if (parts.some((p) => !/^\d+$/.test(p) || Number(p) < 1 || Number(p) > max)) {
+      throw new InvalidArgumentError(`${name} takes comma-separated step counts from 1 to ${max}, like 1,2,4 — got "${v}"`);
+    }
+    return [...new Set(parts.map(Number))];
+  };
+}
+function featuresArg(v: string): Features {
+  if (v === "classifier") return { kind: "classifier" };
+  if (v.startsWith("torchscript:") && v.length > "torchscript:".length) return { kind: "torchscript", path: path.resolve(v.slice("torchscript:".length)) };
+  throw new InvalidArgumentError(`expected classifier or torchscript:<file.pt>, got "${v}"`);
 }
 function classList(v: string): number[] {
   const parts = v.split(",").map((s) => s.trim());
@@ -110,6 +126,45 @@ export function buildProgram(): Command {
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
   });
 
+  outputOptions(
+    program
+      .command("train-teacher")
+      .description("train a diffusion teacher (a diffusers UNet2DModel) on a data source; writes a folder distill reads with teacher.source: diffusers")
+      .argument("<recipe>", "teacher recipe YAML file, e.g. recipes/digits-teacher.yaml")
+      .option("--set <key=value>", "override a recipe key, e.g. --set train.steps=500 (repeatable)", collect, [])
+      .option("--out <dir>", "the folder to write (default: the recipe's out, else teachers/<name>)")
+      .option("--force", "replace the folder if it exists")
+      .addHelpText("after", "\nExamples:\n  dmd2 train-teacher recipes/digits-teacher.yaml\n  dmd2 train-teacher recipes/digits-teacher.yaml --set train.steps=500 --out /tmp/teacher --force"),
+  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; out?: string; force?: boolean }) => {
+    const { trainTeacherCommand } = await import("./commands/trainTeacher.js");
+    process.exitCode = await trainTeacherCommand(recipeFile, opts, reporterFor(opts));
+  });
+
+  program
+    .command("eval")
+    .description("score teacher folders and distilled runs against held-out data: Fréchet distance, class accuracy, images/s")
+    .argument("<path...>", "teacher folders (model_index.json or unet/) and run folders of dmd2 distill (recipe.resolved.json)")
+    .option("--data-from <recipe>", "take the data group from this recipe (default: what the folders say they learnt)")
+    .addOption(new Option("--steps <list>", "sampling steps of each distilled run").argParser(stepList("--steps", 4)).default([1, 2, 4], "1,2,4"))
+    .addOption(new Option("--teacher-steps <list>", "DDIM steps of each teacher").argParser(stepList("--teacher-steps", 1000)).default([1, 2, 4, 10, 25, 50], "1,2,4,10,25,50"))
+    .option("--n <n>", "samples per model and step count", intArg("--n"), 1000)
+    .option("--seed <n>", "random seed of the samples", intArg("--seed"), 0)
+    .addOption(new Option("--features <kind>", "feature space: classifier (trained on the data's train split, cached) or torchscript:<file.pt>").argParser(featuresArg).default({ kind: "classifier" }, "classifier"))
+    .option("--picture <file>", "also write a PNG: real images, then each teacher at its most steps, each run at its fewest and most")
+    .option("--device <device>", "cpu, cuda or cuda:N", "cpu")
+    .addOption(new Option("--torch-threads <n>", "torch threads").argParser(intArg("--torch-threads")).default(os.availableParallelism(), "all cores"))
+    .option("--json", "print the result as one JSON object (for scripts)")
+    .addOption(new Option("-q, --quiet", "print only errors and the result"))
+    .addOption(new Option("-v, --verbose", "print the Python process's output"))
+    .addHelpText("after", "\nExamples:\n  dmd2 eval teachers/digits-teacher runs/digits\n  dmd2 eval runs/digits --steps 1,4 --n 2000 --picture /tmp/digits.png\n  dmd2 eval teachers/digits-teacher --teacher-steps 10,50 --json | jq .rows")
+    .action(async (paths: string[], opts: OutputFlags & { dataFrom?: string; steps: number[]; teacherSteps: number[]; n: number; seed: number; features: Features; picture?: string; device: string; torchThreads: number }) => {
+      if (opts.n < 2 || opts.n > 1_000_000) throw new UsageError(`--n ${opts.n}: must be between 2 and 1000000`);
+      if (opts.torchThreads < 1 || opts.torchThreads > 256) throw new UsageError(`--torch-threads ${opts.torchThreads}: must be between 1 and 256`);
+      if (!/^(cpu|cuda(:\d+)?)$/.test(opts.device)) throw new UsageError(`--device ${opts.device}: use cpu, cuda or cuda:N`);
+      const { evalCommand } = await import("./commands/eval.js");
+      process.exitCode = await evalCommand(paths, opts, new Reporter({ quiet: opts.quiet, verbose: opts.verbose }));
+    });
+
   program
     .command("plan")
     .description("show what distill would do with a recipe: placement, schedule, tensors, checkpoints, memory; starts nothing")
@@ -153,6 +208,7 @@ function printError(e: DmdError, verbose: boolean) {
   const err = chalk.red("error: ");
   if (e instanceof RecipeError) {
     for (const line of e.lines()) out(err + line);
+    if (e.hint) out(chalk.dim(e.hint));
     return;
   }
   out(err + e.message);

@@ -1,15 +1,55 @@
-// Reads a recipe file: YAML with line numbers, `--set` overrides, schema and rule checks (validate.ts), then
-// resolves what depends on other keys or on the machine (resolve.ts). Every problem is reported at once as a
-// RecipeError (exit code 2).
+// Reads a recipe file of one kind (a distillation recipe, a teacher recipe, or only the data group of
+// either): YAML with line numbers, `--set` overrides, the schema pass (validate.ts), the checks that read the
+// disk (files.ts), the rules across keys, then what depends on other keys or on the machine (resolve.ts).
+// Every problem is reported at once as a RecipeError (exit code 2).
 
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
 import { RecipeError, type RecipeIssue } from "../errors.js";
-import { recipeSchema, type Group } from "./schema.js";
-import { checkRules, checkSchema, suggestKey, type Problem } from "./validate.js";
-import { resolveRecipe, type ResolveOptions } from "./resolve.js";
-import type { Recipe } from "./types.js";
+import { checkDataFolder, checkTeacherFolder, type FileContext } from "./files.js";
+import { dataSchema, recipeSchema, teacherRecipeSchema, type Group } from "./schema.js";
+import { checkDataRules, checkRules, checkSchema, checkTeacherRules, suggestKey, type Problem } from "./validate.js";
+import { resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
+import type { DataConfig, Recipe, TeacherRecipe } from "./types.js";
+
+type Obj = Record<string, unknown>;
+
+/** One kind of recipe file: its schema and the stages after the schema pass. */
+interface RecipeKind<T> {
+  schema: Group;
+  /** the part of the file this kind reads (default: all of it) */
+  select?: (raw: unknown) => unknown;
+  files: (v: Obj, ctx: FileContext) => Problem[];
+  rules: (v: Obj) => Problem[];
+  resolve: (v: Obj, opts: ResolveOptions) => { recipe: T; problems: Problem[] };
+  /** a top-level key only the other recipe kind has, and the command that reads that kind */
+  otherKind?: { key: string; kind: string; command: string };
+}
+
+const distillKind: RecipeKind<Recipe> = {
+  schema: recipeSchema,
+  files: (v, ctx) => [...checkDataFolder(v.data as Obj, ctx), ...checkTeacherFolder(v, ctx)],
+  rules: checkRules,
+  resolve: resolveRecipe,
+  otherKind: { key: "model", kind: "teacher", command: "dmd2 train-teacher" },
+};
+
+const teacherKind: RecipeKind<TeacherRecipe> = {
+  schema: teacherRecipeSchema,
+  files: (v, ctx) => checkDataFolder(v.data as Obj, ctx),
+  rules: checkTeacherRules,
+  resolve: resolveTeacherRecipe,
+  otherKind: { key: "generator", kind: "distillation", command: "dmd2 distill" },
+};
+
+const dataKind: RecipeKind<{ data: DataConfig }> = {
+  schema: { kind: "group", fields: { data: dataSchema } },
+  select: (raw) => ({ data: typeof raw === "object" && raw !== null ? (raw as Obj).data : undefined }),
+  files: (v, ctx) => checkDataFolder(v.data as Obj, ctx),
+  rules: checkDataRules,
+  resolve: (v) => ({ recipe: v as unknown as { data: DataConfig }, problems: [] }),
+};
 
 export interface LoadOptions extends Partial<ResolveOptions> {
   /** `key.path=value` strings, applied after the file; values are parsed as YAML scalars/flow nodes. */
@@ -38,8 +78,8 @@ function lineOf(doc: Document, lc: LineCounter, p: string[], atKey: boolean): nu
   return line;
 }
 
-function schemaHasPath(p: string[]): { ok: true } | { ok: false; at: string[]; hint: string } {
-  let g: Group = recipeSchema;
+function schemaHasPath(schema: Group, p: string[]): { ok: true } | { ok: false; at: string[]; hint: string } {
+  let g: Group = schema;
   for (const [i, key] of p.entries()) {
     const node = g.fields[key];
     if (!node) return { ok: false, at: p.slice(0, i + 1), hint: suggestKey(key, Object.keys(g.fields)) };
@@ -49,13 +89,13 @@ function schemaHasPath(p: string[]): { ok: true } | { ok: false; at: string[]; h
   return { ok: false, at: p, hint: "that is a group of keys; set one of its keys" };
 }
 
-export function parseOverride(spec: string): { path: string[]; value: unknown } | { error: string } {
+export function parseOverride(spec: string, schema: Group = recipeSchema): { path: string[]; value: unknown } | { error: string } {
   const eq = spec.indexOf("=");
   if (eq <= 0) return { error: `--set "${spec}": expected key.path=value (e.g. --set train.steps=50)` };
   const key = spec.slice(0, eq).trim();
   const p = key.split(".");
   if (p.some((s) => s.length === 0)) return { error: `--set "${spec}": "${key}" is not a key path (e.g. train.steps)` };
-  const known = schemaHasPath(p);
+  const known = schemaHasPath(schema, p);
   if (!known.ok) return { error: `--set ${known.at.join(".")}: unknown key (${known.hint})` };
   const text = spec.slice(eq + 1);
   const vdoc = parseDocument(text);
@@ -63,7 +103,25 @@ export function parseOverride(spec: string): { path: string[]; value: unknown } 
   return { path: p, value: text.trim() === "" ? null : vdoc.toJS() };
 }
 
+const hasPath = (raw: unknown, p: string[]) =>
+  p.reduce<unknown>((o, k) => (typeof o === "object" && o !== null ? (o as Obj)[k] : undefined), raw) !== undefined;
+
+/** A distillation recipe (docs/recipe.md). */
 export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
+  return loadKind(distillKind, file, opts);
+}
+
+/** A teacher recipe for `dmd2 train-teacher` (docs/pipeline.md §3). */
+export function loadTeacherRecipe(file: string, opts: LoadOptions = {}): TeacherRecipe {
+  return loadKind(teacherKind, file, opts);
+}
+
+/** Only the `data` group of a recipe file of either kind (other keys are not looked at), e.g. for `dmd2 eval --data-from`. */
+export function loadDataGroup(file: string): DataConfig {
+  return loadKind(dataKind, file, {}).data;
+}
+
+function loadKind<T>(kind: RecipeKind<T>, file: string, opts: LoadOptions): T {
   const shown = path.relative(process.cwd(), file) || file;
   let text: string;
   try {
@@ -84,7 +142,7 @@ export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
 
   const fromSet = new Set<string>();
   for (const spec of opts.overrides ?? []) {
-    const o = parseOverride(spec);
+    const o = parseOverride(spec, kind.schema);
     if ("error" in o) {
       issues.push({ file: "--set", line: null, path: "", message: o.error });
       continue;
@@ -100,9 +158,12 @@ export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
   if (issues.length > 0) throw new RecipeError(issues);
 
   const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
-  const schema = checkSchema(raw);
+  const schema = checkSchema(kind.select ? kind.select(raw) : raw, kind.schema);
   const problems: Problem[] = [...schema.problems];
-  if (schema.problems.length === 0) problems.push(...checkRules(schema.value));
+  if (schema.problems.length === 0) {
+    problems.push(...kind.files(schema.value, { recipeFile: file, written: (p) => hasPath(raw, p) }));
+    problems.push(...kind.rules(schema.value));
+  }
   const toIssue = (p: Problem): RecipeIssue => {
     const key = p.path.join(".");
     const overridden = [...fromSet].some((s) => key === s || key.startsWith(s + "."));
@@ -110,9 +171,13 @@ export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
       ? { file: "--set", line: null, path: key, message: p.message }
       : { file: shown, line: lineOf(doc, lc, p.path, p.atKey ?? false), path: key, message: p.message };
   };
-  if (problems.length > 0) throw new RecipeError(problems.map(toIssue));
+  if (problems.length > 0) {
+    const other = kind.otherKind;
+    const misfit = other !== undefined && typeof raw === "object" && raw !== null && other.key in raw;
+    throw new RecipeError(problems.map(toIssue), misfit ? { hint: `${shown} looks like a ${other.kind} recipe (it has ${other.key}:): run ${other.command} ${shown}` } : {});
+  }
 
-  const resolved = resolveRecipe(schema.value, {
+  const resolved = kind.resolve(schema.value, {
     recipeFile: file,
     cwd: opts.cwd ?? process.cwd(),
     cpuCount: opts.cpuCount,
@@ -141,7 +206,7 @@ export function overrideResolved(recipe: Recipe, overrides: string[]): Recipe {
   }
   if (issues.length > 0) throw new RecipeError(issues);
   const { version: _v, ...rest } = obj;
-  const schema = checkSchema(rest);
+  const schema = checkSchema(rest, recipeSchema);
   const problems = schema.problems.length > 0 ? schema.problems : checkRules(schema.value);
   if (problems.length > 0) throw new RecipeError(problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));
   return { ...(schema.value as unknown as Recipe), version: recipe.version };

@@ -1,12 +1,12 @@
-// Fills in what depends on other keys, the recipe's location or the machine: name, run_dir, python,
-// torch_threads, the generator's timesteps. Input: a schema-checked object (validate.ts).
+// Fills in what depends on other keys, the recipe's location or the machine: name, run_dir or out, python,
+// torch_threads, the generator's timesteps. Input: a schema-checked object (validate.ts, files.ts).
 
 import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { RECIPE_SCHEMA_VERSION } from "./schema.js";
 import type { Problem } from "./validate.js";
-import type { Recipe } from "./types.js";
+import type { Recipe, TeacherRecipe } from "./types.js";
 import { workerLayout } from "../schedule/placement.js";
 
 export interface ResolveOptions {
@@ -22,18 +22,23 @@ export function defaultTimesteps(conditioning: number, steps: number): number[] 
   return Array.from({ length: steps }, (_, i) => conditioning - i * stride);
 }
 
+const defaultName = (recipeFile: string) => path.basename(recipeFile).replace(/\.(ya?ml)$/i, "").replace(/[^A-Za-z0-9_.-]/g, "_") || "run";
+
+/** The `python` key: a path with a slash is taken relative to the recipe's folder and must exist. */
+function resolvePythonKey(python: string | null, recipeFile: string, problems: Problem[]): string | null {
+  if (python === null) return null;
+  const p = path.isAbsolute(python) || !python.includes("/") ? python : path.resolve(path.dirname(path.resolve(recipeFile)), python);
+  if (p.includes("/") && !existsSync(p)) problems.push({ path: ["python"], message: `interpreter ${p} does not exist (fix the path, or drop the key to use the project's .venv)` });
+  return p;
+}
+
 export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions): { recipe: Recipe; problems: Problem[] } {
   const problems: Problem[] = [];
   const r = structuredClone(v) as unknown as Recipe;
   r.version = RECIPE_SCHEMA_VERSION;
-  const recipeDir = path.dirname(path.resolve(opts.recipeFile));
-  if (r.name === null) r.name = path.basename(opts.recipeFile).replace(/\.(ya?ml)$/i, "").replace(/[^A-Za-z0-9_.-]/g, "_") || "run";
+  if (r.name === null) r.name = defaultName(opts.recipeFile);
   r.run_dir = path.resolve(opts.cwd, (r.run_dir as string | null) ?? path.join("runs", r.name));
-  if (r.python !== null) {
-    const p = path.isAbsolute(r.python) || !r.python.includes("/") ? r.python : path.resolve(recipeDir, r.python);
-    if (p.includes("/") && !existsSync(p)) problems.push({ path: ["python"], message: `interpreter ${p} does not exist (fix the path, or drop the key to use the project's .venv)` });
-    r.python = p;
-  }
+  r.python = resolvePythonKey(r.python, opts.recipeFile, problems);
   if ((r.torch_threads as number | null) === null) {
     const cores = opts.cpuCount ?? os.availableParallelism();
     r.torch_threads = Math.max(1, Math.floor(cores / workerLayout(r.placement).length));
@@ -45,5 +50,15 @@ export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions):
   if (r.generator.timesteps.some((t) => t < 0)) {
     problems.push({ path: ["generator", "conditioning_timestep"], message: `too small for ${r.generator.steps} steps (timesteps would go below 0)` });
   }
+  return { recipe: r, problems };
+}
+
+export function resolveTeacherRecipe(v: Record<string, unknown>, opts: ResolveOptions): { recipe: TeacherRecipe; problems: Problem[] } {
+  const problems: Problem[] = [];
+  const r = { version: RECIPE_SCHEMA_VERSION, kind: "teacher", ...structuredClone(v) } as unknown as TeacherRecipe;
+  if (r.name === null) r.name = defaultName(opts.recipeFile);
+  r.out = path.resolve(opts.cwd, (r.out as string | null) ?? path.join("teachers", r.name));
+  r.python = resolvePythonKey(r.python, opts.recipeFile, problems);
+  if ((r.torch_threads as number | null) === null) r.torch_threads = opts.cpuCount ?? os.availableParallelism();
   return { recipe: r, problems };
 }

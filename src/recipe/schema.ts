@@ -1,13 +1,14 @@
-// The recipe schema as data (docs/recipe.md is its prose twin). Each leaf says its type, its range and its
-// default; validate.ts walks it once, collecting every problem, and fills in defaults.
+// The recipe schemas as data (docs/recipe.md and docs/pipeline.md §3 are their prose twins): a distillation
+// recipe and a teacher recipe, which share the data, diffusion and machine keys. Each leaf says its type, its
+// range and its default; validate.ts walks a schema once, collecting every problem, and fills in defaults.
 
 export type Leaf =
-  | { kind: "int"; min?: number; max?: number; default: number | null; nullable?: boolean }
+  | { kind: "int"; min?: number; max?: number; oneOf?: readonly number[]; default: number | null; nullable?: boolean }
   | { kind: "number"; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; default: number | null; nullable?: boolean }
   | { kind: "string"; pattern?: RegExp; patternHelp?: string; default: string | null; nullable?: boolean }
   | { kind: "enum"; values: readonly string[]; default: string }
   | { kind: "bool"; default: boolean }
-  | { kind: "path"; default: string | null; nullable?: boolean; mustExist?: boolean }
+  | { kind: "path"; default: string | null; nullable?: boolean }
   | { kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: number[] | null; nullable?: boolean }
   | { kind: "numberPair"; min?: number; max?: number; default: [number, number] };
 
@@ -21,29 +22,50 @@ const group = (fields: Record<string, Node>): Group => ({ kind: "group", fields 
 
 export const RECIPE_SCHEMA_VERSION = 1;
 
+const name: Leaf = { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: "letters, digits, '_', '.', '-'", default: null, nullable: true };
+const seed: Leaf = { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 };
+const python: Leaf = { kind: "path", default: null, nullable: true };
+const torchThreads: Leaf = { kind: "int", min: 1, max: 256, default: null, nullable: true };
+const device: Leaf = { kind: "string", pattern: /^(cpu|cuda(:\d+)?)$/, patternHelp: "cpu, cuda or cuda:N", default: "cpu" };
+
+/** Where real images come from (docs/pipeline.md §1). */
+export const dataSchema: Group = group({
+  source: { kind: "enum", values: ["gmm", "digits", "folder"], default: "gmm" },
+  gmm: group({
+    num_classes: { kind: "int", min: 2, max: 10, default: 4 },
+    image_size: { kind: "int", min: 4, max: 32, default: 8 },
+    std: { kind: "number", min: 0, exclusiveMin: true, max: 10, default: 0.1 },
+  }),
+  folder: group({
+    path: { kind: "path", default: null, nullable: true },
+    channels: { kind: "int", oneOf: [1, 3], default: 1 },
+  }),
+});
+
+export const diffusionSchema: Group = group({
+  num_train_timesteps: { kind: "int", min: 2, max: 100000, default: 1000 },
+  beta_schedule: { kind: "enum", values: ["linear", "scaled_linear"], default: "scaled_linear" },
+  beta_start: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.00085 },
+  beta_end: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.012 },
+  prediction_type: { kind: "enum", values: ["epsilon", "v_prediction", "sample"], default: "epsilon" },
+});
+
 export const recipeSchema: Group = group({
-  name: { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: "letters, digits, '_', '.', '-'", default: null, nullable: true },
-  seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 },
+  name,
+  seed,
   run_dir: { kind: "path", default: null, nullable: true },
   placement: { kind: "enum", values: ["per_role", "colocated"], default: "per_role" },
-  python: { kind: "path", default: null, nullable: true, mustExist: true },
-  torch_threads: { kind: "int", min: 1, max: 256, default: null, nullable: true },
+  python,
+  torch_threads: torchThreads,
   transport: { kind: "enum", values: ["ipc", "tcp"], default: "ipc" },
-  device: { kind: "string", pattern: /^(cpu|cuda(:\d+)?)$/, patternHelp: "cpu, cuda or cuda:N", default: "cpu" },
+  device,
   heartbeat: group({
     interval_s: { kind: "number", min: 0, exclusiveMin: true, max: 60, default: 0.5 },
     timeout_s: { kind: "number", min: 0, exclusiveMin: true, max: 3600, default: 30 },
   }),
-  data: group({
-    source: { kind: "enum", values: ["gmm"], default: "gmm" },
-    gmm: group({
-      num_classes: { kind: "int", min: 2, max: 10, default: 4 },
-      image_size: { kind: "int", min: 4, max: 32, default: 8 },
-      std: { kind: "number", min: 0, exclusiveMin: true, max: 10, default: 0.1 },
-    }),
-  }),
+  data: dataSchema,
   teacher: group({
-    source: { kind: "enum", values: ["builtin"], default: "builtin" },
+    source: { kind: "enum", values: ["builtin", "diffusers"], default: "builtin" },
     builtin: group({
       channels: { kind: "int", min: 8, max: 512, default: 16 },
       train_steps: { kind: "int", min: 1, default: 1500 },
@@ -51,14 +73,9 @@ export const recipeSchema: Group = group({
       lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 0.002 },
       label_dropout: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.1 },
     }),
+    path: { kind: "path", default: null, nullable: true },
   }),
-  diffusion: group({
-    num_train_timesteps: { kind: "int", min: 2, max: 100000, default: 1000 },
-    beta_schedule: { kind: "enum", values: ["linear", "scaled_linear"], default: "scaled_linear" },
-    beta_start: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.00085 },
-    beta_end: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.012 },
-    prediction_type: { kind: "enum", values: ["epsilon", "v_prediction", "sample"], default: "epsilon" },
-  }),
+  diffusion: diffusionSchema,
   generator: group({
     steps: { kind: "int", min: 1, max: 4, default: 1 },
     conditioning_timestep: { kind: "int", min: 0, default: null, nullable: true },
@@ -105,5 +122,33 @@ export const recipeSchema: Group = group({
   sample: group({
     num: { kind: "int", min: 1, max: 256, default: 16 },
     seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 1234 },
+  }),
+});
+
+/** `dmd2 train-teacher`'s recipe (docs/pipeline.md §3). */
+export const teacherRecipeSchema: Group = group({
+  name,
+  seed,
+  out: { kind: "path", default: null, nullable: true },
+  python,
+  torch_threads: torchThreads,
+  device,
+  data: dataSchema,
+  diffusion: diffusionSchema,
+  model: group({
+    block_out_channels: { kind: "intList", minLength: 1, maxLength: 5, min: 1, default: [32, 64] },
+    layers_per_block: { kind: "int", min: 1, max: 8, default: 1 },
+    norm_num_groups: { kind: "int", min: 1, max: 512, default: 8 },
+  }),
+  train: group({
+    steps: { kind: "int", min: 1, default: 5000 },
+    batch_size: { kind: "int", min: 1, max: 65536, default: 128 },
+    lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-3 },
+    warmup_steps: { kind: "int", min: 0, default: 100 },
+    weight_decay: { kind: "number", min: 0, max: 10, default: 0 },
+    grad_clip: { kind: "number", min: 0, exclusiveMin: true, default: 1 },
+    ema_decay: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.999 },
+    label_dropout: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.1 },
+    log_every: { kind: "int", min: 1, default: 100 },
   }),
 });

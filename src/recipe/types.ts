@@ -1,8 +1,29 @@
-// The resolved recipe: every key present (docs/recipe.md "Resolved form"). Workers receive this object.
+// The resolved recipes: every key present (docs/recipe.md "Resolved form", docs/pipeline.md §3). Workers receive
+// these objects; paths in them are absolute.
 
 export type Placement = "per_role" | "colocated";
 export type Role = "teacher" | "generator" | "fake_score" | "discriminator";
 export const ROLES: readonly Role[] = ["teacher", "generator", "fake_score", "discriminator"];
+
+export type DataSource = "gmm" | "digits" | "folder";
+
+/** docs/pipeline.md §1. `folder.path` is absolute (or null when unused). */
+export interface DataConfig {
+  source: DataSource;
+  gmm: { num_classes: number; image_size: number; std: number };
+  folder: { path: string | null; channels: 1 | 3 };
+}
+
+export type BetaSchedule = "linear" | "scaled_linear";
+export type PredictionType = "epsilon" | "v_prediction" | "sample";
+
+export interface DiffusionConfig {
+  num_train_timesteps: number;
+  beta_schedule: BetaSchedule;
+  beta_start: number;
+  beta_end: number;
+  prediction_type: PredictionType;
+}
 
 export interface Recipe {
   version: number;
@@ -15,18 +36,14 @@ export interface Recipe {
   transport: "ipc" | "tcp";
   device: string;
   heartbeat: { interval_s: number; timeout_s: number };
-  data: { source: "gmm"; gmm: { num_classes: number; image_size: number; std: number } };
+  data: DataConfig;
   teacher: {
-    source: "builtin";
+    source: "builtin" | "diffusers";
     builtin: { channels: number; train_steps: number; batch_size: number; lr: number; label_dropout: number };
+    /** the diffusers teacher folder (absolute); null with the built-in teacher */
+    path: string | null;
   };
-  diffusion: {
-    num_train_timesteps: number;
-    beta_schedule: "linear" | "scaled_linear";
-    beta_start: number;
-    beta_end: number;
-    prediction_type: "epsilon" | "v_prediction" | "sample";
-  };
+  diffusion: DiffusionConfig;
   generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number };
   fake_score: { lr: number };
   dmd: { weight: number; real_guidance_scale: number; min_t: number; max_t: number };
@@ -36,4 +53,31 @@ export interface Recipe {
   train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number; on_nonfinite: "stop" | "skip"; sample_every: number };
   restart: { max: number };
   sample: { num: number; seed: number };
+}
+
+/** `dmd2 train-teacher`'s resolved recipe (docs/pipeline.md §3). */
+export interface TeacherRecipe {
+  version: number;
+  kind: "teacher";
+  name: string;
+  seed: number;
+  /** the teacher folder to write (absolute) */
+  out: string;
+  python: string | null;
+  torch_threads: number;
+  device: string;
+  data: DataConfig;
+  diffusion: DiffusionConfig;
+  model: { block_out_channels: number[]; layers_per_block: number; norm_num_groups: number };
+  train: {
+    steps: number;
+    batch_size: number;
+    lr: number;
+    warmup_steps: number;
+    weight_decay: number;
+    grad_clip: number;
+    ema_decay: number;
+    label_dropout: number;
+    log_every: number;
+  };
 }

@@ -1,7 +1,8 @@
-// Checks a parsed recipe object against the schema, collecting every problem at once (never stopping at the
-// first), and fills in defaults. Pure: no file system, no YAML. load.ts adds file names and line numbers.
+// Checks a parsed recipe object against a schema, collecting every problem at once (never stopping at the
+// first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system, no YAML.
+// load.ts adds file names and line numbers.
 
-import { type Group, type Leaf, type Node, recipeSchema } from "./schema.js";
+import type { Group, Leaf, Node } from "./schema.js";
 
 export interface Problem {
   path: string[];
@@ -13,7 +14,7 @@ export interface Problem {
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === "object" && v !== null && !Array.isArray(v);
 
-function describe(v: unknown): string {
+export function describe(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "string") return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "..." : v)}`;
@@ -61,6 +62,7 @@ function checkLeaf(leaf: Leaf, v: unknown, path: string[], problems: Problem[]):
     case "number": {
       if (typeof v !== "number" || !Number.isFinite(v)) return bad(`expected a ${leaf.kind === "int" ? "whole number" : "number"}, got ${describe(v)}`);
       if (leaf.kind === "int" && !Number.isInteger(v)) return bad(`expected a whole number, got ${v}`);
+      if (leaf.kind === "int" && leaf.oneOf && !leaf.oneOf.includes(v)) return bad(`expected ${leaf.oneOf.join(" or ")}, got ${v}`);
       if (!checkRange(v, leaf)) return bad(`${v} is out of range (must be ${rangeText(leaf)})`);
       return v;
     }
@@ -133,23 +135,44 @@ function walk(g: Group, value: unknown, path: string[], problems: Problem[]): Ob
 
 /** Schema pass: types, ranges, unknown keys. Returns the object with defaults filled in (nulls where the
  * default depends on other keys; resolve.ts fills those). */
-export function checkSchema(raw: unknown): { value: Obj; problems: Problem[] } {
+export function checkSchema(raw: unknown, schema: Group): { value: Obj; problems: Problem[] } {
   const problems: Problem[] = [];
   if (raw !== undefined && raw !== null && !isObj(raw)) {
-    return { value: defaultOf(recipeSchema) as Obj, problems: [{ path: [], message: `a recipe must be a mapping of keys, got ${describe(raw)}` }] };
+    return { value: defaultOf(schema) as Obj, problems: [{ path: [], message: `a recipe must be a mapping of keys, got ${describe(raw)}` }] };
   }
-  const value = walk(recipeSchema, raw ?? {}, [], problems);
+  const value = walk(schema, raw ?? {}, [], problems);
   return { value, problems };
 }
 
-/** Rules across keys, run on the schema-checked object (after defaults). */
-export function checkRules(r: Obj): Problem[] {
+const getter = (r: Obj) => (p: string) => p.split(".").reduce<unknown>((o, k) => (isObj(o) ? o[k] : undefined), r);
+
+/** Rules on the data group (both recipe kinds, and `dmd2 eval --data-from`). */
+export function checkDataRules(r: Obj): Problem[] {
   const problems: Problem[] = [];
-  const g = (p: string) => p.split(".").reduce<unknown>((o, k) => (isObj(o) ? o[k] : undefined), r);
-  const T = g("diffusion.num_train_timesteps") as number;
+  const g = getter(r);
+  const size = g("data.gmm.image_size") as number;
+  if (size % 4 !== 0) problems.push({ path: ["data", "gmm", "image_size"], message: `must be a multiple of 4 (the UNet halves it twice), got ${size}` });
+  if (g("data.source") === "folder" && g("data.folder.path") === null) {
+    problems.push({ path: ["data", "folder", "path"], message: "required when data.source is folder (the folder of images to learn from)" });
+  }
+  return problems;
+}
+
+/** Rules on the keys both recipe kinds have: data and diffusion. */
+function checkDataAndDiffusion(r: Obj): Problem[] {
+  const problems = checkDataRules(r);
+  const g = getter(r);
   const bs = g("diffusion.beta_start") as number;
   const be = g("diffusion.beta_end") as number;
   if (be <= bs) problems.push({ path: ["diffusion", "beta_end"], message: `must be greater than diffusion.beta_start (${bs}), got ${be}` });
+  return problems;
+}
+
+/** Rules across keys of a distillation recipe, run on the schema-checked object (after defaults). */
+export function checkRules(r: Obj): Problem[] {
+  const problems = checkDataAndDiffusion(r);
+  const g = getter(r);
+  const T = g("diffusion.num_train_timesteps") as number;
   const minT = g("dmd.min_t") as number;
   const maxT = g("dmd.max_t") as number;
   if (maxT <= minT) problems.push({ path: ["dmd", "max_t"], message: `must be greater than dmd.min_t (${minT}), got ${maxT}` });
@@ -166,11 +189,42 @@ export function checkRules(r: Obj): Problem[] {
     if (ts.some((t) => t >= T)) problems.push({ path: ["generator", "timesteps"], message: `entries must be below diffusion.num_train_timesteps (${T})` });
     if (ct !== null && ts[0] !== ct) problems.push({ path: ["generator", "timesteps"], message: `first entry (${ts[0]}) must equal generator.conditioning_timestep (${ct}); drop one of the two keys` });
   }
-  const size = g("data.gmm.image_size") as number;
-  if (size % 4 !== 0) problems.push({ path: ["data", "gmm", "image_size"], message: `must be a multiple of 4 (the UNet halves it twice), got ${size}` });
+  const source = g("data.source") as string;
+  if (g("teacher.source") === "builtin" && source !== "gmm") {
+    problems.push({ path: ["data", "source"], message: `${source} needs a trained teacher: the built-in teacher learns only gmm data (set teacher.source: diffusers and teacher.path to a folder dmd2 train-teacher wrote)` });
+  }
+  if (g("teacher.source") === "diffusers" && g("teacher.path") === null) {
+    problems.push({ path: ["teacher", "path"], message: "required when teacher.source is diffusers (the folder dmd2 train-teacher writes)" });
+  }
   const gan = g("gan") as Obj;
   if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
     problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });
+  }
+  return problems;
+}
+
+/** The side of the images when the recipe says it without reading files (gmm: its image_size; digits: 8). */
+function knownImageSize(r: Obj): number | null {
+  const g = getter(r);
+  if (g("data.source") === "gmm") return g("data.gmm.image_size") as number;
+  if (g("data.source") === "digits") return 8;
+  return null;
+}
+
+/** Rules across keys of a teacher recipe (docs/pipeline.md §3). */
+export function checkTeacherRules(r: Obj): Problem[] {
+  const problems = checkDataAndDiffusion(r);
+  const g = getter(r);
+  const widths = g("model.block_out_channels") as number[];
+  const groups = g("model.norm_num_groups") as number;
+  const off = widths.filter((w) => w % groups !== 0);
+  if (off.length > 0) {
+    problems.push({ path: ["model", "block_out_channels"], message: `every width must be a multiple of model.norm_num_groups (${groups}), got [${widths.join(", ")}]` });
+  }
+  const size = knownImageSize(r);
+  const halvings = widths.length - 1;
+  if (size !== null && size % 2 ** halvings !== 0) {
+    problems.push({ path: ["model", "block_out_channels"], message: `${widths.length} levels halve the image ${halvings} times, but the ${size}x${size} images of data.source ${String(g("data.source"))} do not divide by ${2 ** halvings} (use fewer levels)` });
   }
   return problems;
 }

@@ -1,0 +1,141 @@
+// `npm run bench:quality` (node dist/src/bench/quality.js [--set key=value]... [--teacher-set key=value]...
+// [--n N] [--out DIR]): the digits benchmark of docs/pipeline.md, in one invocation and through the CLI as a
+// user runs it: (a) dmd2 train-teacher recipes/digits-teacher.yaml, (b) dmd2 distill recipes/digits.yaml from
+// that teacher, (c) dmd2 eval of the teacher at 1-50 DDIM steps and the student at 1, 2, 4 steps, with a
+// picture. Writes quality.md and quality.json (default docs/bench/) and the picture (default
+// docs/img/digits-compare.png; with --out, into that folder). Scratch: $DMD2_BENCH_DIR, else a new
+// temporary folder; it is kept (the teacher and the run are in it).
+
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { execa } from "execa";
+import { floorLine, textTable, type EvalResult } from "../eval/table.js";
+import { PROJECT_ROOT } from "../workers/python.js";
+import { describeMachine, loadAverage } from "./machine.js";
+import { qualityMarkdown, tableRows, type QualityResults, type Stage } from "./qualityReport.js";
+
+const TEACHER_STEPS = "1,2,4,10,25,50";
+const STUDENT_STEPS = "1,2,4";
+const cli = path.join(PROJECT_ROOT, "bin", "dmd2.js");
+
+function usage(): string {
+  return "usage: npm run bench:quality -- [--set key=value]... [--teacher-set key=value]... [--n N] [--out DIR]";
+}
+
+/** Runs `dmd2 <args>` in the project root, its progress on this terminal; returns its stdout (captured when asked). */
+async function dmd2(args: string[], captureStdout: boolean): Promise<string> {
+  const r = await execa("node", [cli, ...args], { cwd: PROJECT_ROOT, reject: false, stdin: "ignore", stdout: captureStdout ? "pipe" : "inherit", stderr: "inherit" });
+  if (r.exitCode !== 0) throw new Error(`dmd2 ${args.join(" ")} failed with exit code ${r.exitCode ?? r.signal}`);
+  return String(r.stdout ?? "");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        set: { type: "string", multiple: true, default: [] },
+        "teacher-set": { type: "string", multiple: true, default: [] },
+        n: { type: "string", default: "1000" },
+        out: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n${usage()}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${usage()}\n`);
+    return 0;
+  }
+  if (!/^\d+$/.test(values.n) || Number(values.n) < 2) {
+    process.stderr.write(`--n ${values.n}: expected a whole number >= 2\n${usage()}\n`);
+    return 2;
+  }
+  const outDir = path.resolve(values.out ?? path.join(PROJECT_ROOT, "docs", "bench"));
+  const picture = values.out === undefined ? path.join(PROJECT_ROOT, "docs", "img", "digits-compare.png") : path.join(outDir, "digits-compare.png");
+  const work = path.resolve(process.env.DMD2_BENCH_DIR ?? mkdtempSync(path.join(os.tmpdir(), "dmd2-quality-")));
+  const teacher = path.join(work, "teacher");
+  const run = path.join(work, "run");
+  const command = ["npm run bench:quality", ...(argv.length > 0 ? ["--", ...argv] : [])].join(" ");
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  // the stages run in the project root: paths below it are written relative to it
+  const fromRoot = (p: string) => (path.relative(PROJECT_ROOT, p).startsWith("..") ? p : path.relative(PROJECT_ROOT, p));
+  const asWork = (args: string[]) => `dmd2 ${args.join(" ").split(work).join("$WORK")}`;
+
+  const plan: Array<{ name: string; args: string[]; capture: boolean }> = [
+    {
+      name: "train teacher",
+      args: ["train-teacher", "recipes/digits-teacher.yaml", "--out", teacher, "--force", ...values["teacher-set"].flatMap((s) => ["--set", s])],
+      capture: false,
+    },
+    {
+      name: "distill",
+      args: ["distill", "recipes/digits.yaml", "--set", `run_dir=${run}`, "--set", `teacher.path=${teacher}`, ...values.set.flatMap((s) => ["--set", s])],
+      capture: false,
+    },
+    {
+      name: "evaluate",
+      args: ["eval", teacher, run, "--teacher-steps", TEACHER_STEPS, "--steps", STUDENT_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
+      capture: true,
+    },
+  ];
+
+  try {
+    const loadStart = loadAverage();
+    const machine = await describeMachine();
+    log(`dmd2 bench:quality: scratch ${work}`);
+    mkdirSync(path.dirname(picture), { recursive: true });
+    rmSync(run, { recursive: true, force: true }); // a run folder left from before would be resumed, not trained
+    const t0 = performance.now();
+    const stages: Stage[] = [];
+    let stdout = "";
+    for (const step of plan) {
+      log(`\n== ${step.name}: ${asWork(step.args)}`);
+      const t = performance.now();
+      stdout = await dmd2(step.args, step.capture);
+      stages.push({ name: step.name, command: asWork(step.args), seconds: (performance.now() - t) / 1000 });
+    }
+    const evaluation = JSON.parse(stdout) as EvalResult;
+    const results: QualityResults = {
+      format: "dmd2-bench-quality",
+      version: 1,
+      created: new Date().toISOString(),
+      command,
+      work_dir: work,
+      machine,
+      load: { start: loadStart, end: loadAverage() },
+      stages,
+      total_s: (performance.now() - t0) / 1000,
+      picture,
+      evaluation,
+      rows: tableRows(evaluation),
+    };
+    mkdirSync(outDir, { recursive: true });
+    const md = path.join(outDir, "quality.md");
+    writeFileSync(path.join(outDir, "quality.json"), JSON.stringify(results, null, 1) + "\n");
+    writeFileSync(md, qualityMarkdown(results, md));
+    process.stdout.write(`\n${textTable(evaluation)}\n${floorLine(evaluation)}\n\n`);
+    process.stdout.write(`${stages.map((s) => `${s.name} ${s.seconds.toFixed(0)} s`).join(", ")}; total ${results.total_s.toFixed(0)} s\n`);
+    process.stdout.write(`wrote ${path.relative(process.cwd(), md) || md}, quality.json and ${path.relative(process.cwd(), picture) || picture}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`bench:quality failed: ${(error as Error).message}\n(scratch kept: ${work})\n`);
+    return 1;
+  }
+}
+
+const invoked = process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname);
+if (invoked) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      process.stderr.write(`bench:quality failed: ${String(error)}\n`);
+      process.exit(1);
+    },
+  );
+}

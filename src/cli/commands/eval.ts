@@ -1,0 +1,71 @@
+// `dmd2 eval <path>... [--data-from recipe] [--steps list] [--teacher-steps list] [--n N] [--seed N]
+// [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
+// folders and distilled runs, scores them against held-out data (docs/pipeline.md §4) and prints a table (or,
+// with --json, the result object). Returns the exit status (130 when interrupted).
+
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { UsageError } from "../../errors.js";
+import { loadDataGroup } from "../../recipe/load.js";
+import { buildSpec, type Features } from "../../eval/spec.js";
+import { floorLine, textTable, type EvalResult } from "../../eval/table.js";
+import { chooseData, readTarget } from "../../eval/targets.js";
+import { runPythonJob } from "../../run/pythonJob.js";
+import type { Reporter } from "../../run/reporter.js";
+import { resolvePython } from "../../workers/python.js";
+import { onInterrupt } from "../interrupt.js";
+
+export interface EvalFlags {
+  dataFrom?: string;
+  steps: number[];
+  teacherSteps: number[];
+  n: number;
+  seed: number;
+  features: Features;
+  picture?: string;
+  device: string;
+  torchThreads: number;
+  json?: boolean;
+}
+
+export async function evalCommand(paths: string[], flags: EvalFlags, reporter: Reporter): Promise<number> {
+  const targets = paths.map(readTarget);
+  const data = chooseData(targets, flags.dataFrom === undefined ? null : loadDataGroup(flags.dataFrom));
+  if (flags.features.kind === "torchscript" && !existsSync(flags.features.path)) {
+    throw new UsageError(`--features: ${flags.features.path} does not exist (give a TorchScript module saved with torch.jit.save)`);
+  }
+  const spec = buildSpec(targets, {
+    data,
+    n: flags.n,
+    seed: flags.seed,
+    device: flags.device,
+    torchThreads: flags.torchThreads,
+    features: flags.features,
+    studentSteps: flags.steps,
+    teacherSteps: flags.teacherSteps,
+    picture: flags.picture === undefined ? null : path.resolve(flags.picture),
+  });
+  reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]`).join(", ")}; ${spec.n} samples each on ${data.source} data`);
+  const interrupt = onInterrupt(reporter, "the evaluation");
+  try {
+    const outcome = await runPythonJob({
+      python: resolvePython(null),
+      module: "dmd2_worker.evaluate",
+      spec,
+      finalEvent: "result",
+      signal: interrupt.signal,
+      onEvent: (e) => (e.event === "progress" ? reporter.info(String(e.message)) : reporter.debug(JSON.stringify(e))),
+      onText: (line) => reporter.debug(line),
+    });
+    if (outcome.interrupted) {
+      reporter.info("interrupted: nothing evaluated");
+      return 130;
+    }
+    const { event: _event, ...result } = outcome.final;
+    if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
+    else process.stdout.write(`${textTable(result as unknown as EvalResult)}\n${floorLine(result as unknown as EvalResult)}\n`);
+    return 0;
+  } finally {
+    interrupt.dispose();
+  }
+}

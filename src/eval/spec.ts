@@ -1,0 +1,97 @@
+// The spec `python -m dmd2_worker.evaluate` reads (docs/pipeline.md §4), built from the targets and the
+// command's options.
+
+import { existsSync, readdirSync, statSync } from "node:fs";
+import path from "node:path";
+import type { DataConfig } from "../recipe/types.js";
+import type { Target } from "./targets.js";
+
+export type Features = { kind: "classifier" } | { kind: "torchscript"; path: string };
+
+type EvalModel =
+  | { label: string; kind: "teacher"; path: string; steps: number[]; guidance_scale: number }
+  | { label: string; kind: "student"; run_dir: string; steps: number[] };
+
+/** A picture row: ["real"] or [label, steps]. */
+type PictureRow = ["real"] | [string, number];
+
+export interface EvalSpec {
+  data: DataConfig;
+  n: number;
+  seed: number;
+  batch_size: number;
+  device: string;
+  torch_threads: number;
+  features: Features;
+  cache_dir: string | null;
+  models: EvalModel[];
+  picture: { path: string; rows: PictureRow[]; classes: number[] | null } | null;
+}
+
+export interface SpecOptions {
+  data: DataConfig;
+  n: number;
+  seed: number;
+  device: string;
+  torchThreads: number;
+  features: Features;
+  studentSteps: number[];
+  teacherSteps: number[];
+  /** the PNG to write, absolute */
+  picture: string | null;
+}
+
+const MAX_BATCH = 500;
+
+/** "teacher" / "student" when a kind has one target, else the folder names (made unique). */
+function labels(targets: readonly Target[]): string[] {
+  const count = (kind: Target["kind"]) => targets.filter((t) => t.kind === kind).length;
+  const seen = new Map<string, number>();
+  return targets.map((t) => {
+    const base = count(t.kind) === 1 ? t.kind : path.basename(t.dir);
+    const n = (seen.get(base) ?? 0) + 1;
+    seen.set(base, n);
+    return n === 1 ? base : `${base}-${n}`;
+  });
+}
+
+/** The classes a picture shows, one column each; null for unconditional data (a folder without subfolders). */
+function pictureClasses(data: DataConfig): number[] | null {
+  const range = (k: number) => Array.from({ length: k }, (_, i) => i);
+  if (data.source === "gmm") return range(data.gmm.num_classes);
+  if (data.source === "digits") return range(10);
+  const dir = data.folder.path!;
+  const classes = existsSync(dir) ? readdirSync(dir).filter((f) => statSync(path.join(dir, f)).isDirectory()).length : 0;
+  return classes > 0 ? range(classes) : null;
+}
+
+/** Real images, each teacher at its most steps, each student at its fewest and most. */
+function pictureRows(models: readonly EvalModel[]): PictureRow[] {
+  const rows: PictureRow[] = [["real"]];
+  for (const m of models) {
+    const steps = m.kind === "teacher" ? [Math.max(...m.steps)] : [...new Set([Math.min(...m.steps), Math.max(...m.steps)])];
+    for (const s of steps) rows.push([m.label, s]);
+  }
+  return rows;
+}
+
+export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec {
+  const names = labels(targets);
+  const models = targets.map((t, i): EvalModel =>
+    t.kind === "teacher"
+      ? { label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }
+      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps },
+  );
+  return {
+    data: o.data,
+    n: o.n,
+    seed: o.seed,
+    batch_size: Math.min(o.n, MAX_BATCH),
+    device: o.device,
+    torch_threads: o.torchThreads,
+    features: o.features,
+    cache_dir: null,
+    models,
+    picture: o.picture === null ? null : { path: o.picture, rows: pictureRows(models), classes: pictureClasses(o.data) },
+  };
+}

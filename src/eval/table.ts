@@ -1,0 +1,65 @@
+// The evaluation's result (docs/pipeline.md §4) as a table: one row per model and step count, with the
+// speed-up over the teacher's 50 steps when a teacher was run at 50. Used by `dmd2 eval` (text) and by the
+// quality benchmark (markdown).
+
+export interface EvalRow {
+  label: string;
+  kind: "teacher" | "student";
+  steps: number;
+  fd: number;
+  /** null with torchscript features */
+  accuracy: number | null;
+  images_per_s: number;
+  seconds: number;
+}
+
+export interface EvalResult {
+  noise_floor: number;
+  heldout_accuracy: number | null;
+  features: string;
+  n: number;
+  rows: EvalRow[];
+}
+
+const REFERENCE_STEPS = 50;
+
+const COLUMNS = ["model", "steps", "FD", "class accuracy", `images/s`, `speed-up over teacher ${REFERENCE_STEPS} steps`] as const;
+
+/** images/s of each row over those of the first teacher row at 50 steps; null without one. */
+export function speedups(rows: readonly EvalRow[]): Array<number | null> {
+  const ref = rows.find((r) => r.kind === "teacher" && r.steps === REFERENCE_STEPS);
+  return rows.map((r) => (ref === undefined ? null : r.images_per_s / ref.images_per_s));
+}
+
+const percent = (x: number | null) => (x === null ? "-" : `${(x * 100).toFixed(1)}%`);
+
+/** The table's cells, as text, one array per row. */
+function cells(result: EvalResult): string[][] {
+  const ups = speedups(result.rows);
+  return result.rows.map((r, i) => [
+    r.label,
+    String(r.steps),
+    r.fd >= 1000 ? r.fd.toFixed(0) : r.fd.toPrecision(4),
+    percent(r.accuracy),
+    r.images_per_s >= 100 ? r.images_per_s.toFixed(0) : r.images_per_s.toPrecision(3),
+    ups[i] === null ? "-" : `${ups[i]!.toFixed(1)}x`,
+  ]);
+}
+
+/** What a perfect model would score at this sample size. */
+export function floorLine(result: EvalResult): string {
+  const acc = result.heldout_accuracy === null ? "" : `; the classifier's accuracy on held-out images: ${percent(result.heldout_accuracy)}`;
+  return `Noise floor (train vs held-out images, ${result.features} features): FD ${result.noise_floor.toPrecision(4)}${acc}`;
+}
+
+export function textTable(result: EvalResult): string {
+  const rows = [[...COLUMNS], ...cells(result)];
+  const widths = COLUMNS.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  const line = (r: string[]) => r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("  ");
+  return [line(rows[0]!), ...rows.slice(1).map(line)].join("\n");
+}
+
+export function markdownTable(result: EvalResult): string {
+  const line = (r: readonly string[]) => `| ${r.join(" | ")} |`;
+  return [line(COLUMNS), line(COLUMNS.map((_, c) => (c === 0 ? "---" : "---:"))), ...cells(result).map(line)].join("\n");
+}

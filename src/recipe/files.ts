@@ -1,0 +1,76 @@
+// The checks that read the disk: folders a recipe names (data.folder.path, teacher.path) must exist and are made
+// absolute (relative ones start at the recipe's folder), and a diffusers teacher's scheduler fills the
+// `diffusion` group. Runs after the schema pass, before the rules (so that they see the teacher's settings).
+
+import { existsSync, statSync } from "node:fs";
+import path from "node:path";
+import { readTeacherDiffusion, SCHEDULER_CONFIG } from "./teacherFolder.js";
+import type { Problem } from "./validate.js";
+
+type Obj = Record<string, unknown>;
+
+export interface FileContext {
+  /** the recipe file as given */
+  recipeFile: string;
+  /** whether the user wrote this key (in the file or with --set), as opposed to taking its default */
+  written: (keyPath: string[]) => boolean;
+}
+
+/** How paths appear in messages: relative to the current directory when below it. */
+export function showPath(p: string): string {
+  const rel = path.relative(process.cwd(), p);
+  return rel !== "" && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : p;
+}
+
+const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
+
+/** data.folder.path: absolute; with data.source folder it must be a folder. */
+export function checkDataFolder(data: Obj, ctx: FileContext): Problem[] {
+  const folder = data.folder as { path: string | null };
+  if (folder.path === null) return [];
+  const written = folder.path;
+  folder.path = path.resolve(path.dirname(path.resolve(ctx.recipeFile)), written);
+  if (data.source !== "folder") return [];
+  const at = ["data", "folder", "path"];
+  if (!existsSync(folder.path)) return [{ path: at, message: `${written} does not exist (${showPath(folder.path)}; a relative path starts at the recipe's folder)` }];
+  if (!isDir(folder.path)) return [{ path: at, message: `${written} is not a folder (give the folder that holds the images)` }];
+  return [];
+}
+
+/** The teacher recipe a "train it first" hint names: `<folder name>-teacher.yaml` or `<recipe name>-teacher.yaml` next to the recipe. */
+function teacherRecipeFor(teacherDir: string, recipeFile: string): string {
+  const dir = path.dirname(recipeFile);
+  const stem = path.basename(recipeFile).replace(/\.ya?ml$/i, "");
+  const found = [path.basename(teacherDir), stem].map((n) => path.join(dir, `${n}-teacher.yaml`)).find((f) => existsSync(f));
+  return found === undefined ? "<teacher recipe>" : showPath(path.resolve(found));
+}
+
+/** teacher.path (with teacher.source diffusers): absolute, a diffusers teacher folder, and the source of `diffusion`. */
+export function checkTeacherFolder(r: Obj, ctx: FileContext): Problem[] {
+  const teacher = r.teacher as { source: string; path: string | null };
+  if (teacher.path === null) return [];
+  const written = teacher.path;
+  teacher.path = path.resolve(path.dirname(path.resolve(ctx.recipeFile)), written);
+  if (teacher.source !== "diffusers") return [];
+  const at = ["teacher", "path"];
+  if (!existsSync(teacher.path)) {
+    const fix = `dmd2 train-teacher ${teacherRecipeFor(teacher.path, ctx.recipeFile)} --out ${showPath(teacher.path)}`;
+    return [{ path: at, message: `${written} does not exist (train it first: ${fix})` }];
+  }
+  if (!isDir(teacher.path)) return [{ path: at, message: `${written} is not a folder (give a diffusers teacher folder, e.g. one dmd2 train-teacher wrote)` }];
+  const read = readTeacherDiffusion(teacher.path, showPath);
+  if ("problems" in read) return read.problems.map((message) => ({ path: at, message }));
+
+  const problems: Problem[] = [];
+  const diffusion = r.diffusion as Obj;
+  for (const [key, value] of Object.entries(read.diffusion)) {
+    if (ctx.written(["diffusion", key]) && diffusion[key] !== value) {
+      problems.push({
+        path: ["diffusion", key],
+        message: `${String(diffusion[key])} differs from the teacher's ${String(value)} (${showPath(path.join(teacher.path, SCHEDULER_CONFIG))}): drop the key to take the teacher's value`,
+      });
+    }
+    diffusion[key] = value;
+  }
+  return problems;
+}

@@ -1,0 +1,54 @@
+// The quality benchmark's report (src/bench/qualityReport.ts): the table with the speed-up over the teacher's
+// 50 steps, the noise floor, the picture linked relative to the markdown file, the stages' wall times.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { qualityMarkdown, tableRows, type QualityResults } from "../src/bench/qualityReport.js";
+import type { EvalResult } from "../src/eval/table.js";
+
+const evaluation: EvalResult = {
+  noise_floor: 0.5,
+  heldout_accuracy: 0.98,
+  features: "classifier",
+  n: 1000,
+  rows: [
+    { label: "teacher", kind: "teacher", steps: 1, fd: 250.5, accuracy: 0.1, images_per_s: 2000, seconds: 0.5 },
+    { label: "teacher", kind: "teacher", steps: 50, fd: 1.25, accuracy: 0.97, images_per_s: 40, seconds: 25 },
+    { label: "student", kind: "student", steps: 4, fd: 2.5, accuracy: 0.95, images_per_s: 500, seconds: 2 },
+  ],
+};
+
+const results: QualityResults = {
+  format: "dmd2-bench-quality",
+  version: 1,
+  created: "2026-01-01T00:00:00.000Z",
+  command: "npm run bench:quality",
+  work_dir: "/tmp/w",
+  machine: { cores: 2, cpu_model: "CPU X", memory_gib: 8, os: "Linux", node: "v20", zeromq_js: "6", python: { python: "3.11", torch: "2.5", pyzmq: "26", libzmq: "4.3", torch_parallel: "OpenMP" } },
+  load: { start: [0.1, 0.2, 0.3], end: [1, 1, 1] },
+  stages: [
+    { name: "train teacher", command: "dmd2 train-teacher recipes/digits-teacher.yaml --out $WORK/teacher --force", seconds: 300 },
+    { name: "distill", command: "dmd2 distill recipes/digits.yaml", seconds: 90 },
+  ],
+  total_s: 400,
+  picture: "/p/docs/img/digits-compare.png",
+  evaluation,
+  rows: tableRows(evaluation),
+};
+
+test("table rows carry the speed-up over the teacher at 50 steps", () => {
+  assert.deepEqual(results.rows.map((r) => [r.model, r.steps, r.speed_up]), [["teacher", 1, 50], ["teacher", 50, 1], ["student", 4, 12.5]]);
+  assert.deepEqual(tableRows({ ...evaluation, rows: [evaluation.rows[2]!] }).map((r) => r.speed_up), [null], "no teacher at 50 steps: no speed-up");
+});
+
+test("quality.md: the table, the noise floor, the picture relative to the file, machine and wall times", () => {
+  const md = qualityMarkdown(results, "/p/docs/bench/quality.md");
+  assert.ok(md.includes("| model | steps | FD | class accuracy | images/s | speed-up over teacher 50 steps |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"), md);
+  assert.ok(md.includes("| teacher | 1 | 250.5 | 10.0% | 2000 | 50.0x |\n| teacher | 50 | 1.250 | 97.0% | 40.0 | 1.0x |\n| student | 4 | 2.500 | 95.0% | 500 | 12.5x |\n"), md);
+  assert.ok(md.includes("Noise floor (train vs held-out images, classifier features): FD 0.5000; the classifier's accuracy on held-out images: 98.0%."), md);
+  assert.ok(md.includes("](../img/digits-compare.png)"), md);
+  assert.ok(md.includes("| CPU | CPU X, 2 cores |"), md);
+  assert.ok(md.includes("| train teacher | `dmd2 train-teacher recipes/digits-teacher.yaml --out $WORK/teacher --force` | 5.0 min |"), md);
+  assert.ok(md.includes("| distill | `dmd2 distill recipes/digits.yaml` | 90 s |"), md);
+  assert.ok(md.includes("| total | `npm run bench:quality` | 6.7 min |"), md);
+  assert.ok(md.includes("`$WORK` was /tmp/w."), md);
+});
