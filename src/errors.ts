@@ -324,3 +324,42 @@ export class UsageError extends DmdError {
     super(message, { code: options.code ?? "USAGE", exitCode: 2, hint: options.hint, cause: options.cause });
   }
 }
+
+/** errno codes that mean the run folder's storage refused a write (full disk, quota, read-only, permissions). */
+const STORAGE_CODES: Record<string, string> = {
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EROFS: "read-only file system",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+};
+const PY_STORAGE_ERRNO: Record<string, string> = { "28": "ENOSPC", "122": "EDQUOT", "30": "EROFS", "13": "EACCES", "1": "EPERM" };
+
+/** The errno code of a storage fault, from a Node system error or a worker's OSError reply; null otherwise. */
+export function storageFaultCode(error: unknown): string | null {
+  const code = (error as NodeJS.ErrnoException | null)?.code;
+  if (typeof code === "string" && code in STORAGE_CODES) return code;
+  if (error instanceof WorkerError && /Error$/.test(error.ename)) {
+    const m = /\[Errno (\d+)\]/.exec(error.evalue);
+    if (m && m[1]! in PY_STORAGE_ERRNO) return PY_STORAGE_ERRNO[m[1]!]!;
+  }
+  return null;
+}
+
+/** A write into the run folder failed (full disk, quota, read-only): exit 1, the last complete checkpoint named. */
+export class StorageError extends DmdError {
+  readonly errno: string;
+  constructor(runDir: string, errno: string, lastCheckpoint: string | null, cause: unknown) {
+    const what = STORAGE_CODES[errno] ?? errno;
+    super(`cannot write to the run folder ${runDir}: ${what} (${errno})`, {
+      code: "STORAGE",
+      exitCode: 1,
+      cause,
+      hint:
+        (lastCheckpoint ? `the last complete checkpoint ${lastCheckpoint} is intact; ` : "no checkpoint was completed; ") +
+        (errno === "ENOSPC" || errno === "EDQUOT" ? "free some space" : "make the folder writable") +
+        " and run the same command again to resume",
+    });
+    this.errno = errno;
+  }
+}

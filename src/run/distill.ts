@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { accessSync, appendFileSync, constants as fsc, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { DmdError, UsageError } from "../errors.js";
+import { DmdError, StorageError, storageFaultCode, UsageError } from "../errors.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../schedule/placement.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
@@ -113,8 +113,17 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       reporter.event("done", { run_dir: runDir, steps: done, checkpoint: lastCheckpoint, grid }, `done: ${done} steps, checkpoint ${path.relative(process.cwd(), lastCheckpoint)}, samples ${path.relative(process.cwd(), grid)}`);
       return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid, pids: cluster.pids(), interrupted: false };
     });
+  } catch (e) {
+    const errno = storageFaultCode(e);
+    if (errno === null || e instanceof StorageError) throw e;
+    const last = listCheckpoints(runDir).at(-1)?.dir ?? null;
+    throw new StorageError(runDir, errno, last, e);
   } finally {
-    watch.close();
+    try {
+      watch.close();
+    } catch (e) {
+      if (storageFaultCode(e) === null) throw e; // a full disk was already reported; closing files may fail again
+    }
     reporter.endSteps();
     await cluster.close();
   }
