@@ -370,9 +370,16 @@ def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
         raise RecipeError(problems)
     if r.version != SCHEMA_VERSION:
         problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
-    if not r.model.block_out_channels or any(c < 1 or c % r.model.norm_num_groups for c in r.model.block_out_channels):
+    positive = {"model.layers_per_block": r.model.layers_per_block, "model.norm_num_groups": r.model.norm_num_groups,
+                "train.steps": r.train.steps, "train.batch_size": r.train.batch_size,
+                "train.log_every": r.train.log_every}
+    problems += [f"{key}: must be >= 1, got {value}" for key, value in positive.items() if value < 1]
+    if r.model.norm_num_groups >= 1 and (not r.model.block_out_channels or any(
+            c < 1 or c % r.model.norm_num_groups for c in r.model.block_out_channels)):
         problems.append(f"model.block_out_channels: need at least one width, each a multiple of model.norm_num_groups "
                         f"({r.model.norm_num_groups}), got {r.model.block_out_channels}")
+    if r.train.warmup_steps < 0:
+        problems.append(f"train.warmup_steps: must be >= 0, got {r.train.warmup_steps}")
     if not 0 <= r.train.ema_decay < 1:
         problems.append(f"train.ema_decay: must be in [0, 1), got {r.train.ema_decay}")
     if not 0 <= r.train.label_dropout < 1:

@@ -35,6 +35,15 @@ def warmup_lr(base_lr: float, update_index: int, warmup_steps: int) -> float:
     return float(base_lr) * min(1.0, (update_index + 1) / warmup_steps)
 
 
+def warmup_cosine_lr(base_lr: float, step: int, steps: int, warmup_steps: int) -> float:
+    """Linear warm-up over `warmup_steps` (`lr * (step + 1) / warmup_steps`), then cosine decay from `lr` towards 0
+    at `steps` (0-based `step`); the teachers' schedule (docs/pipeline.md §3)."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / span))
+
+
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm at `max_norm`; return the norm before clipping."""
     params = [p for p in params if p.grad is not None]

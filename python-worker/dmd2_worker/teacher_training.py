@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
@@ -25,7 +24,7 @@ from .config import SALT_TEACHER_DATA, SALT_TEACHER_INIT, Recipe, op_seed
 from .data.gmm import GaussianMixture
 from .diffusion import NoiseSchedule
 from .models.tiny_unet import ARCH_NAME, TinyUNet, default_arch_config
-from .optim import clip_grad_norm
+from .optim import clip_grad_norm, warmup_cosine_lr
 
 TEACHER_FORMAT = 1  # bump whenever a change here would change the trained weights
 CONFIG_KEYS = {"arch", "arch_config", "diffusion", "num_classes", "image_shape"}
@@ -39,7 +38,10 @@ def cache_root() -> Path:
 
 
 def teacher_config(recipe: Recipe) -> dict[str, Any]:
-    """The `config.json` of the built-in teacher for this recipe."""
+    """The `config.json` of the built-in teacher for this recipe (which must use GMM data)."""
+    if recipe.data.source != "gmm":
+        raise ValueError("teacher.source builtin trains on data.source gmm only; train a teacher with "
+                         "dmd2 train-teacher and set teacher.source: diffusers")
     gmm = recipe.data.gmm
     return {
         "arch": ARCH_NAME,
@@ -69,14 +71,6 @@ def build_network(config: dict[str, Any]) -> TinyUNet:
     return TinyUNet(config["arch_config"])
 
 
-def _lr_at(step: int, steps: int, lr: float) -> float:
-    """Linear warm-up over WARMUP_STEPS, then cosine decay to 0 at the last step."""
-    if step < WARMUP_STEPS:
-        return lr * (step + 1) / WARMUP_STEPS
-    span = max(1, steps - WARMUP_STEPS)
-    return lr * 0.5 * (1 + math.cos(math.pi * (step - WARMUP_STEPS) / span))
-
-
 def loss_weights(schedule: NoiseSchedule) -> torch.Tensor:
     """Per-timestep weights of the teacher's denoising loss, float32 (T,), mean 1.
 
@@ -92,7 +86,8 @@ def loss_weights(schedule: NoiseSchedule) -> torch.Tensor:
     return (w / w.mean()).to(torch.float32)
 
 
-def _weighted_denoising_loss(net, x0, t, noise, labels, schedule: NoiseSchedule, weights: torch.Tensor) -> torch.Tensor:
+def weighted_denoising_loss(net, x0, t, noise, labels, schedule: NoiseSchedule, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of `weights[t]` times the per-sample MSE between `net(x_t, t, labels)` and the target."""
     x_t = schedule.add_noise(x0, t, noise)
     target = schedule.denoising_target(x0, noise, t)
     per_sample = (net(x_t, t, labels) - target).pow(2).flatten(1).mean(1)
@@ -122,9 +117,9 @@ def train_teacher(recipe: Recipe, log: Callable[[str], None] | None = None) -> t
         labels = torch.where(drop, torch.full_like(labels, null), labels)
         t = torch.randint(0, T, (cfg.batch_size,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        loss = _weighted_denoising_loss(net, x0, t, noise, labels, schedule, weights)
+        loss = weighted_denoising_loss(net, x0, t, noise, labels, schedule, weights)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg.train_steps, cfg.lr)
+            group["lr"] = warmup_cosine_lr(cfg.lr, step, cfg.train_steps, WARMUP_STEPS)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clip_grad_norm(net.parameters(), GRAD_CLIP)
@@ -166,6 +161,12 @@ def is_teacher_dir(directory: Path) -> bool:
     return (Path(directory) / "config.json").is_file() and (Path(directory) / "model.safetensors").is_file()
 
 
+def is_diffusers_teacher_dir(directory: Path) -> bool:
+    """Whether `directory` is meant as a diffusers teacher folder (docs/pipeline.md §2): it has model_index.json or
+    unet/, the CLI's rule too."""
+    return (Path(directory) / "model_index.json").is_file() or (Path(directory) / "unet").is_dir()
+
+
 def ensure_cached_teacher(recipe: Recipe, log: Callable[[str], None] | None = None) -> Path:
     """The cached teacher folder for this recipe, training it first on a miss."""
     if recipe.teacher.source != "builtin":
@@ -202,7 +203,8 @@ def install_teacher(recipe: Recipe, run_dir: Path, log: Callable[[str], None] | 
 def load_teacher_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     if not is_teacher_dir(directory):
-        raise ValueError(f"{directory} is not a teacher folder (needs config.json and model.safetensors)")
+        raise ValueError(f"{directory} is not a teacher folder (a diffusers folder has model_index.json or unet/, "
+                         f"a built-in one config.json and model.safetensors)")
     config = read_json(directory / "config.json")
     missing = CONFIG_KEYS - set(config)
     if missing:
@@ -210,9 +212,16 @@ def load_teacher_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_network(directory: str | Path, device: torch.device | str = "cpu") -> tuple[TinyUNet, dict[str, Any]]:
-    """Build the network described by `directory/config.json` and load `model.safetensors` into it (float32)."""
+def load_network(directory: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The teacher network in `directory` (float32, on `device`) and its config dict, which has at least
+    "diffusion" (dataclasses.asdict(DiffusionConfig) form), "num_classes" and "image_shape" [C, H, W].
+
+    A diffusers teacher folder (model_index.json or unet/, docs/pipeline.md §2) gives a UNet2DNet; a built-in teacher
+    folder (config.json + model.safetensors) gives a TinyUNet and its config.json."""
     directory = Path(directory)
+    if is_diffusers_teacher_dir(directory):
+        from .teacher_folder import load_teacher_folder  # imports diffusers (seconds): only for such a folder
+        return load_teacher_folder(directory, device)
     config = load_teacher_config(directory)
     net = build_network(config)
     load_module(directory / "model.safetensors", net)

@@ -54,6 +54,15 @@ def dmd2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on 1 thread for the test: tiny convolutions on 2 threads crawl when the machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Recipe:
     return make_tiny_recipe(tmp_path / "run")
 

@@ -13,8 +13,8 @@ from . import check_fault
 from .base import TensorStore, WorkerContext
 from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
 from ..config import Recipe
+from ..data import build_data_source
 from ..diffusion import NoiseSchedule
-from ..models.tiny_unet import TinyUNet
 from ..teacher_training import load_network
 
 OpHandler = Callable[["Args", TensorStore, WorkerContext, "int | None"], dict[str, float]]
@@ -153,7 +153,7 @@ def param_count(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tuple[TinyUNet, NoiseSchedule]:
+def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tuple[torch.nn.Module, NoiseSchedule]:
     """Build a trainable copy of the teacher from `teacher_dir` (generator, fake score) and its schedule."""
     if not isinstance(teacher_dir, str) or not teacher_dir:
         raise ValueError(f"{where}: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
@@ -165,12 +165,17 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tu
 
 
 def check_teacher_fits(config: dict[str, Any], recipe: Recipe, where: Any) -> None:
+    """The teacher (its load_network config) has the recipe's diffusion config and the data's classes and shape."""
     want = dataclasses.asdict(recipe.diffusion)
     if config["diffusion"] != want:
         raise ValueError(f"{where}: the teacher's diffusion config {config['diffusion']} differs from the recipe's {want}")
-    k = recipe.data.gmm.num_classes
-    if config["num_classes"] != k:
-        raise ValueError(f"{where}: the teacher has num_classes {config['num_classes']}, the recipe's data has {k}")
+    data = build_data_source(recipe.data, "train")
+    if config["num_classes"] != data.num_classes:
+        raise ValueError(f"{where}: the teacher has num_classes {config['num_classes']}, the recipe's data "
+                         f"({recipe.data.source}) has {data.num_classes}")
+    if tuple(config["image_shape"]) != tuple(data.image_shape):
+        raise ValueError(f"{where}: the teacher makes images of shape {list(config['image_shape'])}, the recipe's "
+                         f"data ({recipe.data.source}) has {list(data.image_shape)}")
 
 
 def x0_function(net: torch.nn.Module, schedule: NoiseSchedule) -> Callable:

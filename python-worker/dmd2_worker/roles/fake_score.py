@@ -4,8 +4,10 @@ The two roles share one backbone and one AdamW optimizer: `discriminator.setup` 
 the fake score's optimizer as a second param group, and `fake_score.update` takes one step over both.
 
 Random draws, in order:
-- fake_score.update: t (uniform in [0, T)), noise; then if gan_weight > 0: the real batch (labels, noise), and
-  with `gan.diffusion_gan` D's t and noise for the fake batch, then for the real batch.
+- fake_score.update: t (uniform in [0, T)), noise; then if gan_weight > 0: the real batch
+  (`DataSource.sample(B, g)` on the data's train split, docs/pipeline.md §1: gmm draws labels then noise, digits
+  and folder draw indices), and with `gan.diffusion_gan` D's t and noise for the fake batch, then for the real
+  batch.
 - discriminator.generator_gan_grad: with `gan.diffusion_gan`: t (uniform in [0, T)), noise.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .common import (Args, RoleBase, TrainedNetworkState, cond_input, image_inpu
                      param_count, randint, randn, seeded_generator)
 from ..checkpoint import load_module, save_module
 from ..config import SALT_HEAD_INIT, op_seed
-from ..data.gmm import GaussianMixture
+from ..data import build_data_source
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
@@ -36,7 +38,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         self.schedule = schedule
         self.recipe = ctx.recipe
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
-        self.data = GaussianMixture.from_config(ctx.recipe.data.gmm)
+        self.data = build_data_source(ctx.recipe.data, "train")
         self.optimizer = build_adamw(net.parameters(), ctx.recipe.fake_score.lr, ctx.recipe.optim)
         self.updates = 0
         self.ready = True
@@ -81,7 +83,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         if disc is not None:
             x_real, labels_real = self.data.sample(B, g)
             x_real = x_real.to(dev)
-            cond_real = labels_real.to(dev) if cond is not None else None
+            cond_real = None if labels_real is None else labels_real.to(dev)  # None: unconditional data
             logits_fake = disc.logits(x, cond, g, dev)
             logits_real = disc.logits(x_real, cond_real, g, dev)
             loss_d = gan_discriminator_loss(logits_real, logits_fake)

@@ -18,15 +18,23 @@ class TeacherRole(RoleBase):
     OP_ARGS = {"predict_x0": {"guidance_scale"}}
 
     def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
-        """Train the built-in teacher (or take it from the cache), copy it to <run_dir>/teacher/, load it frozen."""
-        teacher_dir = install_teacher(ctx.recipe, Path(ctx.run_dir), log=log)
+        """Load the teacher frozen: `teacher.source: diffusers` from `teacher.path` itself (docs/pipeline.md §2);
+        the built-in one trained (or taken from the cache) and copied to <run_dir>/teacher/ first."""
+        recipe = ctx.recipe
+        if recipe.teacher.source == "diffusers":
+            teacher_dir = Path(recipe.teacher.path)
+        else:
+            teacher_dir = install_teacher(recipe, Path(ctx.run_dir), log=log)
         net, config = load_network(teacher_dir, ctx.device)
-        check_teacher_fits(config, ctx.recipe, teacher_dir)
+        check_teacher_fits(config, recipe, teacher_dir)
+        if net.num_classes is not None and net.null_class is None and recipe.dmd.real_guidance_scale != 1:
+            raise ValueError(f"{teacher_dir}: the teacher has no null class (no dmd2_teacher.json), so "
+                             f"dmd.real_guidance_scale must be 1, got {recipe.dmd.real_guidance_scale}")
         net.requires_grad_(False)
         net.eval()
         self.net = net
         self.config = config
-        self.schedule = NoiseSchedule.from_config(ctx.recipe.diffusion)
+        self.schedule = NoiseSchedule.from_config(recipe.diffusion)
         self.image_shape = tuple(config["image_shape"])
         self.ready = True
         return {"teacher_dir": str(teacher_dir), "params": param_count(net)}
@@ -45,7 +53,7 @@ class TeacherRole(RoleBase):
         return {}
 
     def save(self, directory: Path) -> list[Path]:
-        """The teacher is frozen; its weights are in <run_dir>/teacher/. Nothing to write."""
+        """The teacher is frozen; its weights are in its folder (teacher_dir). Nothing to write."""
         return []
 
     def restore(self, directory: Path) -> None:
