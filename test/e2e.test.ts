@@ -1,11 +1,12 @@
 // End to end: the CLI as a user runs it, with real Python worker processes, on the tiny recipe.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { cliEntry, isAlive, maxAbsDiff, projectRoot, readSafetensors } from "./helpers.js";
+import { loadRecipe } from "../src/recipe/load.js";
+import { cliEntry, fakeTeacher, isAlive, maxAbsDiff, projectRoot, readSafetensors } from "./helpers.js";
 
 const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-e2e-"));
 const cache = path.join(os.tmpdir(), "dmd2-test-cache"); // the built-in teacher, trained once for all tests
@@ -154,6 +155,53 @@ test("sample: N images and a grid from the latest checkpoint, 1 and 2 steps", as
   const bad = await dmd2(["sample", path.join(work, "nope")]);
   assert.equal(bad.exitCode, 2);
   assert.match(bad.stderr, /does not exist/);
+});
+
+test("sample: --classes is checked against the run's classes: gmm's, digits' 10, a folder's from its teacher", async () => {
+  // run folders with only recipe.resolved.json: the classes are checked before a checkpoint is looked for, so a
+  // class the run has gets as far as "no complete checkpoint yet" and one it has not is refused; no worker starts
+  const teacher = (name: string, meta: Record<string, unknown> | null) => {
+    const dir = fakeTeacher(path.join(work, "sample-teachers", name), {});
+    if (meta !== null) writeFileSync(path.join(dir, "dmd2_teacher.json"), JSON.stringify({ format: 1, ...meta }));
+    return dir;
+  };
+  const images = path.join(work, "sample-images");
+  mkdirSync(images, { recursive: true });
+  const runFolder = (name: string, file: string, sets: string[]) => {
+    const dir = path.join(work, "sample-classes", name);
+    const r = loadRecipe(file, { cwd: work, cpuCount: 2, overrides: [`run_dir=${dir}`, ...sets] });
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(dir, "recipe.resolved.json"), JSON.stringify(r));
+    return dir;
+  };
+  const digits = path.join(projectRoot, "recipes", "digits.yaml");
+  const folder = (t: string) => [`teacher.path=${t}`, "data.source=folder", `data.folder.path=${images}`];
+  const cases: { name: string; dir: string; ok: string; bad: string; range: string }[] = [
+    { name: "gmm", dir: runFolder("gmm", tiny, ["data.gmm.num_classes=6"]), ok: "5", bad: "6", range: "0..5" },
+    { name: "digits", dir: runFolder("digits", digits, [`teacher.path=${teacher("digits", { num_classes: 10, null_class: 10 })}`]), ok: "0,9", bad: "10", range: "0..9" },
+    { name: "folder", dir: runFolder("folder", digits, folder(teacher("three", { num_classes: 3, null_class: 3 }))), ok: "2", bad: "3", range: "0..2" },
+  ];
+  for (const c of cases) {
+    const ok = await dmd2(["sample", c.dir, "--classes", c.ok]);
+    assert.equal(ok.exitCode, 2, `${c.name}: ${ok.stderr}`);
+    assert.match(ok.stderr, /has no complete checkpoint yet/, c.name);
+    const bad = await dmd2(["sample", c.dir, "--classes", c.bad]);
+    assert.equal(bad.exitCode, 2, c.name);
+    assert.equal(bad.stderr.trim(), `error: --classes: ${c.bad} is not a class of this run (${c.range})`, c.name);
+  }
+  // a folder without class subfolders: an unconditional teacher (num_classes null), so no --classes at all
+  const flat = runFolder("flat", digits, folder(teacher("flat", { num_classes: null, null_class: null })));
+  const none = await dmd2(["sample", flat, "--classes", "0"]);
+  assert.equal(none.exitCode, 2);
+  assert.match(none.stderr, /--classes: this run's generator is unconditional/);
+  assert.match((await dmd2(["sample", flat])).stderr, /has no complete checkpoint yet/);
+  // the teacher folder of a diffusers run must still be there: the generator is built from it
+  const gone = runFolder("gone", digits, folder(teacher("gone", { num_classes: 3, null_class: 3 })));
+  const moved = path.join(work, "sample-teachers", "gone");
+  renameSync(moved, moved + "-moved");
+  const lost = await dmd2(["sample", gone]);
+  assert.equal(lost.exitCode, 2);
+  assert.match(lost.stderr, /the run's teacher folder \S+ does not exist/);
 });
 
 test("bad recipe: exit 2, every problem on its own line, no stack trace", async () => {

@@ -1,27 +1,97 @@
 // dmd2 plan: the plan of every shipped recipe agrees with the run loop's own functions, the parameter counts
-// agree with the Python model classes, and the CLI prints JSON or fails on a bad --set exactly like distill.
+// agree with the Python model classes (the built-in TinyUNet live, diffusers' UNet2DModel against stored
+// counts), diffusers teachers and non-gmm data are sized honestly, and the CLI prints JSON or fails on a bad
+// --set exactly like distill.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
+import { parse } from "yaml";
+import { UsageError } from "../src/errors.js";
 import { formatPlan } from "../src/plan/format.js";
 import { headBlocks, headParams, unetArch, unetParams, type UNetArch } from "../src/plan/params.js";
-import { buildPlan, scheduleRowSteps, type Plan } from "../src/plan/plan.js";
+import { buildPlan, loadPlanRecipe, scheduleRowSteps, type Plan } from "../src/plan/plan.js";
+import { unet2dActivationsPerSample, unet2dArch, unet2dParams } from "../src/plan/unet2d.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import { ROLES, type Recipe } from "../src/recipe/types.js";
 import { checkpointName } from "../src/run/checkpoints.js";
 import { isCheckpointStep } from "../src/schedule/schedule.js";
 import { planStep } from "../src/schedule/stepPlan.js";
-import { cliEntry, projectPython, projectRoot } from "./helpers.js";
+import { cliEntry, fakeTeacher, projectPython, projectRoot } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-plan-"));
 const recipesDir = path.join(projectRoot, "recipes");
 const tinyFile = path.join(recipesDir, "tiny.yaml");
 const load = (file: string, overrides: string[] = []): Recipe => loadRecipe(file, { cwd: tmp, cpuCount: 2, overrides });
 const plan = (r: Recipe, file = tinyFile): Plan => buildPlan(r, file, { cpuCount: 2 });
+
+/**
+ * UNet2DModel configs with the counts diffusers gave for them, obtained once (diffusers 0.42.1, torch 2.13 CPU):
+ *   u = UNet2DModel(**config); params = sum(p.numel() for p in u.parameters())
+ * and, for `saved` / `savedEncoder`, the float32 values per sample autograd saved in a training-mode forward
+ * at batch 2 (all of it / up to the mid block's output), counted once per storage with
+ * torch.autograd.graph.saved_tensors_hooks, parameters excluded.
+ */
+const UNET2D_FIXTURES: { name: string; config: Record<string, unknown>; params: number; saved: number; savedEncoder: number }[] = [
+  {
+    // what dmd2 train-teacher writes for recipes/digits-teacher.yaml (UNet2DModel.save_pretrained's config.json)
+    name: "digits teacher",
+    config: {
+      _class_name: "UNet2DModel", _diffusers_version: "0.42.1", act_fn: "silu", add_attention: false, attention_head_dim: 8, attn_norm_num_groups: null,
+      block_out_channels: [32, 64], center_input_sample: false, class_embed_type: null, down_block_types: ["DownBlock2D", "DownBlock2D"],
+      downsample_padding: 1, downsample_type: "conv", dropout: 0, flip_sin_to_cos: true, freq_shift: 0, in_channels: 1, layers_per_block: 1,
+      mid_block_scale_factor: 1, mid_block_type: "UNetMidBlock2D", norm_eps: 0.00001, norm_num_groups: 8, num_class_embeds: 11,
+      num_train_timesteps: null, out_channels: 1, resnet_time_scale_shift: "default", sample_size: 8, time_embedding_dim: null,
+      time_embedding_type: "positional", up_block_types: ["UpBlock2D", "UpBlock2D"], upsample_type: "conv",
+    },
+    params: 635681,
+    saved: 103154,
+    savedEncoder: 32354,
+  },
+  {
+    name: "3 levels, 2 layers, mid attention, RGB, unconditional",
+    config: {
+      sample_size: 16, in_channels: 3, out_channels: 3, block_out_channels: [16, 32, 64], layers_per_block: 2, norm_num_groups: 8,
+      down_block_types: ["DownBlock2D", "DownBlock2D", "DownBlock2D"], up_block_types: ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+      add_attention: true, attention_head_dim: 8, num_class_embeds: null,
+    },
+    params: 905955,
+    saved: 343760,
+    savedEncoder: 110944,
+  },
+  {
+    name: "attention blocks, scale_shift, own time embedding width, resnet resamplers",
+    config: {
+      sample_size: 8, in_channels: 1, out_channels: 1, block_out_channels: [24, 48], layers_per_block: 1, norm_num_groups: 4,
+      down_block_types: ["AttnDownBlock2D", "AttnDownBlock2D"], up_block_types: ["AttnUpBlock2D", "AttnUpBlock2D"], add_attention: true,
+      attention_head_dim: null, resnet_time_scale_shift: "scale_shift", time_embedding_dim: 96, downsample_type: "resnet", upsample_type: "resnet",
+      num_class_embeds: 5,
+    },
+    params: 473881,
+    saved: 179986,
+    savedEncoder: 59226,
+  },
+  {
+    // every other key at UNet2DModel's defaults (4 levels 224-896, attention blocks)
+    name: "diffusers' defaults",
+    config: { sample_size: 32 },
+    params: 274056163,
+    saved: 26947232,
+    savedEncoder: 8476704,
+  },
+];
+
+/** A diffusers teacher folder with no weights: fakeTeacher's scheduler, `unetConfig` and, unless null, dmd2_teacher.json. */
+function standInTeacher(name: string, unetConfig: Record<string, unknown>, meta: Record<string, unknown> | null): string {
+  const dir = fakeTeacher(path.join(tmp, "teachers", name), {});
+  writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify(unetConfig));
+  if (meta !== null) writeFileSync(path.join(dir, "dmd2_teacher.json"), JSON.stringify({ format: 1, ...meta }));
+  return dir;
+}
+const digitsTeacher = standInTeacher("digits", UNET2D_FIXTURES[0]!.config, { num_classes: 10, null_class: 10, data: { source: "digits" } });
 
 function checkPlan(p: Plan, r: Recipe, label: string) {
   assert.deepEqual(JSON.parse(JSON.stringify(p)), p, `${label}: the plan is plain JSON`);
@@ -42,7 +112,12 @@ function checkPlan(p: Plan, r: Recipe, label: string) {
   assert.deepEqual(p.checkpoints.keptAtEnd, all.slice(-r.train.keep_last).map(checkpointName));
   assert.deepEqual(p.checkpoints.first, all.slice(0, 3).map(checkpointName));
   // memory: trained roles hold weights, grads and two AdamW moments; the teacher only weights
-  assert.equal(p.memory.params.unet, unetParams(unetArch(r)));
+  if (r.teacher.source === "builtin") assert.equal(p.memory.params.unet, unetParams(unetArch(r)));
+  else {
+    const a = unet2dArch(JSON.parse(readFileSync(path.join(r.teacher.path!, "unet", "config.json"), "utf8")));
+    assert.equal(p.memory.params.unet, "arch" in a ? unet2dParams(a.arch) : null, `${label}: the teacher's UNet2DModel`);
+  }
+  assert.equal(p.memory.workers.length === 0, p.memory.unknown !== null, `${label}: an estimate, or why there is none`);
   for (const m of p.memory.workers.flatMap((w) => w.roles)) {
     assert.equal(m.weightsBytes, m.params * 4);
     assert.equal(m.gradsBytes, m.trained ? m.weightsBytes : 0);
@@ -55,14 +130,22 @@ function checkPlan(p: Plan, r: Recipe, label: string) {
 test("plan: every recipe in recipes/ plans, per_role and colocated, consistent with the run loop", () => {
   const files = readdirSync(recipesDir).filter((f) => f.endsWith(".yaml"));
   assert.ok(files.length >= 1);
-  for (const f of files) {
+  // teacher recipes (*-teacher.yaml) are dmd2 train-teacher's: plan refuses them with one line naming that command
+  for (const f of files.filter((f) => f.endsWith("-teacher.yaml"))) {
+    assert.throws(() => loadPlanRecipe(path.join(recipesDir, f), []), (e: unknown) => e instanceof UsageError && e.exitCode === 2 && /is a teacher recipe/.test(e.message) && /dmd2 train-teacher/.test(e.hint ?? ""));
+  }
+  // a distillation recipe with a diffusers teacher gets a stand-in folder (what train-teacher writes, without weights)
+  for (const f of files.filter((f) => !f.endsWith("-teacher.yaml"))) {
+    const diffusers = (parse(readFileSync(path.join(recipesDir, f), "utf8")) as { teacher?: { source?: string } }).teacher?.source === "diffusers";
     for (const placement of ["per_role", "colocated"]) {
-      const r = load(path.join(recipesDir, f), [`placement=${placement}`]);
+      const r = load(path.join(recipesDir, f), [`placement=${placement}`, ...(diffusers ? [`teacher.path=${digitsTeacher}`] : [])]);
       const p = plan(r, path.join(recipesDir, f));
       checkPlan(p, r, `${f} ${placement}`);
       const moved = p.traffic.kinds.flatMap((k) => k.transfers);
       if (placement === "colocated") assert.equal(moved.length, 0, "one process: nothing travels");
       else assert.ok(moved.length > 0);
+      assert.deepEqual(p.problems.filter((x) => x.subject !== "python"), [], `${f}: no problem with the recipe's networks`);
+      assert.equal(p.memory.unknown, null, `${f}: every shipped recipe is sized`);
     }
   }
 });
@@ -165,6 +248,82 @@ print(json.dumps(out))
   assert.deepEqual([1, 2, 3, 4, 8].map(headBlocks), [0, 1, 1, 2, 3]);
 });
 
+test("plan: the UNet2DModel formulas equal what diffusers counted for the fixture configs", () => {
+  for (const f of UNET2D_FIXTURES) {
+    const a = unet2dArch(f.config);
+    assert.ok("arch" in a, `${f.name}: ${"unknown" in a ? a.unknown : ""}`);
+    assert.equal(unet2dParams(a.arch), f.params, `${f.name}: parameters`);
+    // the activations are an estimate: within 10% of what autograd saved (it was 94-102% when written)
+    const size = a.arch.imageSize!;
+    for (const [est, real, what] of [[unet2dActivationsPerSample(a.arch, size), f.saved, "forward"], [unet2dActivationsPerSample(a.arch, size, true), f.savedEncoder, "encoder"]] as const) {
+      assert.ok(Math.abs(est / real - 1) < 0.1, `${f.name}: ${what} activations ${est} vs ${real} saved`);
+    }
+  }
+});
+
+test("plan: a diffusers teacher on digits is sized from its unet/config.json; a folder's images are unknown until the worker reads them", () => {
+  const digitsFile = path.join(recipesDir, "digits.yaml");
+  const p = plan(load(digitsFile, [`teacher.path=${digitsTeacher}`]), digitsFile);
+  assert.deepEqual(p.data, { source: "digits", imageShape: [1, 8, 8], numClasses: 10, classesKnown: true, note: "scikit-learn's load_digits()" });
+  const n = p.memory.network;
+  assert.deepEqual([n.kind, n.imageShape, n.numClasses, n.nullClass, n.params], ["diffusers", [1, 8, 8], 10, true, 635681]);
+  assert.deepEqual(n.features, { channels: 64, size: 4 }); // the mid block's output: 8 / 2^(2 - 1)
+  assert.deepEqual(p.memory.params, { unet: 635681, discriminatorHead: headParams(64, 4) });
+  const x = p.traffic.kinds[0]!.transfers.find((t) => t.tensor === "x_gen")!;
+  assert.deepEqual(x.shape, [64, 1, 8, 8]);
+  // the teacher is read where it is, not copied into the run folder
+  const trained = p.memory.workers.flatMap((w) => w.roles).filter((m) => m.role !== "teacher");
+  assert.equal(p.checkpoints.diskBytes, 2 * trained.reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0));
+  const text = formatPlan(p);
+  assert.match(text, /data +digits, 1x8x8, 10 classes/);
+  assert.match(text, /UNet2DModel\(blocks \[32, 64\], 1 layer per block, 10 classes \+ null class, 1x8x8\) 635,681 params/);
+  assert.match(text, /the teacher stays in its folder/);
+
+  // folder data: the CLI does not read images; the teacher says what the workers will insist on
+  const images = path.join(tmp, "images");
+  mkdirSync(images, { recursive: true });
+  const f = plan(load(digitsFile, [`teacher.path=${digitsTeacher}`, "data.source=folder", `data.folder.path=${images}`]), digitsFile);
+  assert.deepEqual([f.data.imageShape, f.data.numClasses, f.data.classesKnown], [null, null, false]);
+  assert.deepEqual(f.memory.network.imageShape, [1, 8, 8]);
+  assert.deepEqual(f.problems.filter((x) => x.subject !== "python"), []);
+  assert.match(formatPlan(f), /data +folder \S+: image size and classes unknown until the worker reads it; the teacher expects 1x8x8, 10 classes/);
+
+  // a teacher trained on other data is a problem line, as the workers would refuse it
+  const rgb = standInTeacher("rgb16", UNET2D_FIXTURES[1]!.config, null);
+  const m = plan(load(digitsFile, [`teacher.path=${rgb}`]), digitsFile);
+  assert.deepEqual(m.memory.network.numClasses, null); // no dmd2_teacher.json, no class embedding: unconditional
+  assert.deepEqual(m.problems.filter((x) => x.subject === "teacher").map((x) => x.message), [
+    "the teacher makes 3x16x16 images but data.source digits has 1x8x8; the workers will refuse it",
+    "the teacher has no classes but data.source digits has 10; the workers will refuse it",
+  ]);
+  assert.equal(m.memory.params.unet, 905955);
+});
+
+test("plan: a UNet2DModel with block types the plan does not model is unknown, not a wrong number", () => {
+  const digitsFile = path.join(recipesDir, "digits.yaml");
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ ...UNET2D_FIXTURES[0]!.config, down_block_types: ["CrossAttnDownBlock2D", "DownBlock2D"] }, /block type CrossAttnDownBlock2D is not modelled/],
+    [{ ...UNET2D_FIXTURES[0]!.config, mid_block_type: "UNetMidBlock2DCrossAttn" }, /block type UNetMidBlock2DCrossAttn is not modelled/],
+    [{ ...UNET2D_FIXTURES[0]!.config, time_embedding_type: "fourier" }, /time_embedding_type fourier is not modelled/],
+    [{ ...UNET2D_FIXTURES[0]!.config, block_out_channels: "wide" }, /block_out_channels is "wide", expected a non-empty list/],
+  ];
+  cases.forEach(([config, why], i) => {
+    const dir = standInTeacher(`odd-${i}`, config, { num_classes: 10, null_class: 10 });
+    const p = plan(load(digitsFile, [`teacher.path=${dir}`]), digitsFile);
+    assert.deepEqual(p.memory.params, { unet: null, discriminatorHead: null });
+    assert.deepEqual(p.memory.workers, []);
+    assert.match(p.memory.unknown ?? "", why);
+    assert.equal(p.checkpoints.bytesEach, null);
+    assert.deepEqual(p.memory.network.numClasses, 10, "the classes still come from dmd2_teacher.json");
+    const text = formatPlan(p);
+    assert.match(text, /size unknown/);
+    assert.match(text, /unknown: .*not modelled|unknown: .*expected/);
+    assert.ok(!/ params;/.test(text.split("Memory per worker")[1]!), "no parameter count is shown");
+    // the plan's other sections are unaffected
+    checkPlan(p, load(digitsFile, [`teacher.path=${dir}`]), `odd ${i}`);
+  });
+});
+
 async function cli(args: string[]) {
   const r = await execa("node", [cliEntry, ...args], { cwd: projectRoot, reject: false, env: { NO_COLOR: "1" }, timeout: 30_000 });
   return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
@@ -179,6 +338,16 @@ test("plan CLI: --json prints one JSON object; nothing is started", async () => 
   assert.deepEqual(p.schedule.rows[0]!.phases.flat(), ["generator.generate", "teacher.predict_x0", "fake_score.predict_x0", "discriminator.generator_gan_grad", "generator.update", "fake_score.update"]);
   assert.equal(p.memory.params.unet, 45733);
   assert.equal(r.stderr, "");
+});
+
+test("plan CLI: a teacher recipe is refused in one line naming dmd2 train-teacher", async () => {
+  const r = await cli(["plan", "recipes/digits-teacher.yaml"]);
+  assert.equal(r.exitCode, 2);
+  assert.equal(r.stdout, "");
+  assert.deepEqual(r.stderr.trim().split("\n"), [
+    "error: recipes/digits-teacher.yaml is a teacher recipe (it has model:): dmd2 plan covers distillation recipes",
+    "train the teacher with dmd2 train-teacher recipes/digits-teacher.yaml, then plan a distillation recipe that uses it (teacher.source: diffusers, e.g. recipes/digits.yaml)",
+  ]);
 });
 
 test("plan CLI: a bad --set exits 2 with distill's one-line message", async () => {

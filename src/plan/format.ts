@@ -3,6 +3,7 @@
 import path from "node:path";
 import { stdoutColor as chalk } from "../colors.js";
 import { formatBytes, formatCount, formatRate, table } from "../text.js";
+import type { NetworkPlan } from "./network.js";
 import type { Plan, Ramp, StepRow } from "./plan.js";
 
 const ROLE_SHORT: Record<string, string> = { generator: "G", teacher: "T", fake_score: "F", discriminator: "D" };
@@ -17,6 +18,18 @@ const shown = (p: string) => {
   return rel !== "" && !rel.startsWith("..") ? rel : p;
 };
 const heading = (title: string, rest = "") => chalk.bold(title) + (rest === "" ? "" : `  ${rest}`);
+const bytes = (b: number | null) => (b === null ? "? (image size unknown)" : formatBytes(b));
+const classes = (k: number | null) => (k === null ? "unconditional" : `${k} classes`);
+
+/** The data line of the header: what the data source has, or what is unknown and what the teacher expects. */
+function dataText(plan: Plan): string {
+  const d = plan.data;
+  const n = plan.memory.network;
+  if (d.imageShape !== null) return `${d.source}, ${d.imageShape.join("x")}, ${classes(d.numClasses)}`;
+  const expects = n.imageShape === null ? "" : `; the teacher expects ${n.imageShape.join("x")}, ${classes(n.numClasses)} (the workers refuse a folder that differs)`;
+  const folder = plan.recipe.resolved.data.folder.path;
+  return `${d.source}${folder === null ? "" : ` ${shown(folder)}`}: image size and classes unknown until the worker reads it${expects}`;
+}
 
 function placementLines(plan: Plan): string[] {
   const p = plan.placement;
@@ -91,7 +104,7 @@ function trafficLines(plan: Plan): string[] {
       lines.push(`  ${k.kind} (${steps}): nothing (the roles that exchange tensors share a process)`);
       continue;
     }
-    lines.push(`  ${k.kind} (${steps}): ${formatBytes(k.returnedBytes)} returned, ${formatBytes(k.attachedBytes)} sent on`);
+    lines.push(`  ${k.kind} (${steps}): ${bytes(k.returnedBytes)} returned, ${bytes(k.attachedBytes)} sent on`);
     lines.push(
       ...table(
         k.transfers.map((x) => [
@@ -105,7 +118,7 @@ function trafficLines(plan: Plan): string[] {
       ),
     );
   }
-  lines.push(`  whole run: ${formatBytes(t.runBytes)} through the coordinator`);
+  lines.push(`  whole run: ${bytes(t.runBytes)} through the coordinator`);
   return lines;
 }
 
@@ -121,14 +134,37 @@ function checkpointLines(plan: Plan): string[] {
     ...table([
       ["written", `${written} (${c.count} in all; Ctrl-C writes one more)`],
       ["kept", c.keptAtEnd.join(", ")],
-      ["size", `~${formatBytes(c.bytesEach)} each; ~${formatBytes(c.diskBytes)} at the end with the teacher (estimate)`],
+      [
+        "size",
+        c.bytesEach === null || c.diskBytes === null
+          ? "unknown (the networks' sizes are unknown, see Memory)"
+          : `~${formatBytes(c.bytesEach)} each; ~${formatBytes(c.diskBytes)} at the end${plan.recipe.resolved.teacher.source === "builtin" ? " with the teacher's copy" : " (the teacher stays in its folder)"} (estimate)`,
+      ],
       ["existing", existing],
     ]),
   ];
 }
 
+/** One line on the networks: the architecture, its size, where it comes from. */
+function networkText(n: NetworkPlan): string {
+  const count = (x: number | null) => (x === null ? "unknown" : formatCount(x));
+  const shape = n.imageShape === null ? "image size unknown" : n.imageShape.join("x");
+  if (n.tiny !== null) {
+    const a = n.tiny;
+    return `TinyUNet(channels ${a.channels}, mult [${a.channelMult.join(", ")}], ${a.numClasses ?? "no"} classes, ${shape}) ${count(n.params)} params; discriminator head ${count(n.discriminatorHeadParams)}`;
+  }
+  const a = n.unet2d;
+  const from = `from ${shown(n.from)}`;
+  if (a === null) return `diffusers UNet2DModel ${from}: size unknown`;
+  const attn = a.addAttention && a.midBlockType !== null ? ", mid attention" : "";
+  const cls = n.numClasses === null ? "unconditional" : `${n.numClasses} classes${n.nullClass ? " + null class" : ""}`;
+  return `UNet2DModel(blocks [${a.blockOutChannels.join(", ")}], ${a.layersPerBlock} layer${a.layersPerBlock === 1 ? "" : "s"} per block${attn}, ${cls}, ${shape}) ${count(n.params)} params; discriminator head ${count(n.discriminatorHeadParams)}; ${from}`;
+}
+
 function memoryLines(plan: Plan): string[] {
   const m = plan.memory;
+  const head = heading("Memory per worker", `an estimate, float32, on ${plan.placement.device}`);
+  if (m.unknown !== null) return [head, `  networks: ${networkText(m.network)}`, `  unknown: ${m.unknown}`];
   const dash = (b: number) => (b === 0 ? "-" : formatBytes(b));
   const rows: string[][] = [["worker", "role", "params", "weights", "grads", "AdamW", "activations", "total"]];
   for (const w of m.workers) {
@@ -136,10 +172,9 @@ function memoryLines(plan: Plan): string[] {
       rows.push([i === 0 ? w.worker : "", r.role, formatCount(r.params), formatBytes(r.weightsBytes), dash(r.gradsBytes), dash(r.optimizerBytes), dash(r.activationBytes), formatBytes(r.totalBytes)]);
     });
   }
-  const a = m.arch;
   return [
-    heading("Memory per worker", `an estimate, float32, on ${plan.placement.device}`),
-    `  networks: TinyUNet(channels ${a.channels}, mult [${a.channelMult.join(", ")}], ${a.numClasses ?? "no"} classes, ${a.inChannels}x${a.imageSize}x${a.imageSize}) ${formatCount(m.params.unet)} params; discriminator head ${formatCount(m.params.discriminatorHead)}`,
+    head,
+    `  networks: ${networkText(m.network)}`,
     ...table(rows),
     `  per worker: ${m.workers.map((w) => `${w.worker} ~${formatBytes(w.totalBytes)}`).join(", ")}`,
     "  trained networks: weights + grads + AdamW's 2 moments; activations: what one forward keeps for the backward",
@@ -164,6 +199,8 @@ export function formatPlan(plan: Plan): string {
       ...table([
         ["name", r.name],
         ["run folder", shown(r.run_dir)],
+        ["data", dataText(plan)],
+        ["teacher", r.teacher.source === "builtin" ? "built-in TinyUNet (teacher.builtin), trained and cached at set-up" : `diffusers folder ${shown(r.teacher.path!)}`],
         ["generator", `${r.generator.steps} step${r.generator.steps === 1 ? "" : "s"}, timesteps [${r.generator.timesteps.join(", ")}]`],
         ["training", `${r.train.steps} steps, batch ${r.train.batch_size}, seed ${r.seed}`],
       ]),

@@ -1,4 +1,5 @@
-// An estimate of each worker's memory for a recipe, from the parameter counts and layer sizes (params.ts).
+// An estimate of each worker's memory for a recipe, from the networks' parameter counts and activation sizes
+// (network.ts: the built-in TinyUNet, params.ts, or a diffusers teacher's UNet2DModel, unet2d.ts).
 // Everything is float32. A trained network holds weights, gradients and AdamW's two moment buffers (4x its
 // weights); a frozen one holds weights only. Activations: the values autograd keeps for a backward pass
 // (unetActivationsPerSample) times the batch, times 2 for the gradients the backward pass makes alongside
@@ -7,7 +8,7 @@
 
 import type { Recipe, Role } from "../recipe/types.js";
 import type { WorkerSpec } from "../schedule/placement.js";
-import { headParams, unetActivationsPerSample, unetArch, unetFeatures, unetParams } from "./params.js";
+import type { NetworkPlan } from "./network.js";
 
 const FLOAT32 = 4;
 /** The backward pass makes a gradient for each kept activation. */
@@ -36,20 +37,24 @@ export interface WorkerMemory {
   totalBytes: number;
 }
 
-function roleMemory(role: Role, r: Recipe): RoleMemory {
-  const arch = unetArch(r);
+/** The sizes memory needs, or null when the network is not fully known. */
+function sizes(n: NetworkPlan): { params: number; head: number; perSample: number; encoderPerSample: number } | null {
+  if (n.params === null || n.discriminatorHeadParams === null || n.activationsPerSample === null || n.encoderActivationsPerSample === null) return null;
+  return { params: n.params, head: n.discriminatorHeadParams, perSample: n.activationsPerSample, encoderPerSample: n.encoderActivationsPerSample };
+}
+
+function roleMemory(role: Role, r: Recipe, n: NetworkPlan, z: NonNullable<ReturnType<typeof sizes>>): RoleMemory {
   const B = r.train.batch_size;
-  const full = unetActivationsPerSample(arch) * B * FLOAT32;
-  const encoder = unetActivationsPerSample(arch, true) * B * FLOAT32;
-  const feat = unetFeatures(arch);
-  let params = unetParams(arch);
+  const full = z.perSample * B * FLOAT32;
+  const encoder = z.encoderPerSample * B * FLOAT32;
+  let params = z.params;
   let trained = true;
   let activationBytes: number;
   let activationBasis: string;
   switch (role) {
     case "teacher": {
       // predict_x0 without a graph; classifier-free guidance runs the conditional and the null class together
-      const cfg = r.dmd.real_guidance_scale !== 1 && arch.numClasses !== null ? 2 : 1;
+      const cfg = r.dmd.real_guidance_scale !== 1 && n.numClasses !== null ? 2 : 1;
       trained = false;
       activationBytes = full * cfg;
       activationBasis = `one forward without a graph at batch ${B * cfg}${cfg === 2 ? " (guidance)" : ""}`;
@@ -67,7 +72,7 @@ function roleMemory(role: Role, r: Recipe): RoleMemory {
     case "discriminator": {
       // fake_score.update runs the backbone's encoder on the fake and the real batch for D's loss
       const ganOn = r.gan.enabled;
-      params = headParams(feat.channels, feat.size);
+      params = z.head;
       trained = ganOn && r.gan.discriminator_weight > 0;
       activationBytes = ganOn ? 2 * encoder * BACKWARD_FACTOR : 0;
       activationBasis = ganOn ? `two encoder forwards + backward at batch ${B} (real and fake)` : "none (gan.enabled is false)";
@@ -90,9 +95,12 @@ function roleMemory(role: Role, r: Recipe): RoleMemory {
   };
 }
 
-export function memoryEstimate(layout: WorkerSpec[], r: Recipe): WorkerMemory[] {
+/** Each worker's memory; null when the network's sizes are unknown (NetworkPlan.unknown says why). */
+export function memoryEstimate(layout: WorkerSpec[], r: Recipe, network: NetworkPlan): WorkerMemory[] | null {
+  const z = sizes(network);
+  if (z === null) return null;
   return layout.map((w) => {
-    const roles = w.roles.map((role) => roleMemory(role, r));
+    const roles = w.roles.map((role) => roleMemory(role, r, network, z));
     return { worker: w.name, roles, totalBytes: roles.reduce((s, m) => s + m.totalBytes, 0) };
   });
 }

@@ -1,10 +1,15 @@
 // `dmd2 plan`: everything `distill` would do with a recipe, worked out without starting a process: the
 // placement, the step schedule, the tensors that travel, the checkpoints and a memory estimate. Built from
 // the same functions the run loop uses (schedule/, run/checkpoints.ts), so the plan cannot drift from the run.
+// The networks are sized from the recipe (the built-in teacher) or the diffusers teacher's unet/config.json
+// (network.ts); what only a worker can find out (a folder's images) is reported as unknown.
 
+import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { isDmdError } from "../errors.js";
+import { parse } from "yaml";
+import { isDmdError, UsageError } from "../errors.js";
+import { loadRecipe } from "../recipe/load.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import { checkpointName, checkpointsDir, listCheckpoints } from "../run/checkpoints.js";
 import { roleHome, workerLayout } from "../schedule/placement.js";
@@ -19,7 +24,7 @@ import {
 import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
 import { resolvePython } from "../workers/python.js";
 import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
-import { headParams, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
+import { dataPlan, imageShapeOf, networkPlan, type DataPlan, type NetworkPlan, type Shape } from "./network.js";
 import { stepTraffic, type StepTraffic } from "./tensors.js";
 
 export interface PlanProblem {
@@ -89,8 +94,8 @@ export interface TrafficPlan {
   batchSize: number;
   /** distinct kinds of step, each with an example step and how many steps of the run are of that kind */
   kinds: ({ kind: string; example: number; count: number } & StepTraffic)[];
-  /** bytes through the coordinator over the whole run (returned + attached) */
-  runBytes: number;
+  /** bytes through the coordinator over the whole run (returned + attached); null when the image size is unknown */
+  runBytes: number | null;
 }
 
 export interface CheckpointPlan {
@@ -103,10 +108,11 @@ export interface CheckpointPlan {
   first: string[];
   /** the folders left at the end (keep_last newest) */
   keptAtEnd: string[];
-  /** estimated size of one checkpoint (trained roles' weights and optimizer state) */
-  bytesEach: number;
-  /** estimated disk use of the run folder at the end: keep_last checkpoints and the teacher */
-  diskBytes: number;
+  /** estimated size of one checkpoint (trained roles' weights and optimizer state); null: unknown */
+  bytesEach: number | null;
+  /** estimated disk use of the run folder at the end: keep_last checkpoints and the built-in teacher's copy
+   * (a diffusers teacher stays in its folder); null: unknown */
+  diskBytes: number | null;
   /** complete checkpoints already in the run folder */
   existing: string[];
   /** the step distill would resume from, or null for a fresh start */
@@ -115,14 +121,21 @@ export interface CheckpointPlan {
 
 export interface MemoryPlan {
   estimate: true;
-  arch: UNetArch;
-  params: { unet: number; discriminatorHead: number };
+  /** the networks sized (network.ts): the teacher's, which generator and fake score copy */
+  network: NetworkPlan;
+  /** null: unknown (network.unknown says why) */
+  params: { unet: number | null; discriminatorHead: number | null };
+  /** empty when the sizes are unknown (see unknown) */
   workers: WorkerMemory[];
+  /** why there is no estimate; null when there is one */
+  unknown: string | null;
   note: string;
 }
 
 export interface Plan {
   recipe: { file: string; name: string; runDir: string; resolved: Recipe };
+  /** the data source's images and classes, as far as they are known before a worker reads the data */
+  data: DataPlan;
   placement: PlacementPlan;
   schedule: SchedulePlan;
   traffic: TrafficPlan;
@@ -229,12 +242,12 @@ function schedulePlan(r: Recipe): SchedulePlan {
   };
 }
 
-function trafficPlan(r: Recipe): TrafficPlan {
+function trafficPlan(r: Recipe, shape: Shape | null): TrafficPlan {
   const home = roleHome(workerLayout(r.placement));
   const steps = r.train.steps;
   const ratio = r.ttur.ratio;
   const G = generatorUpdatesBefore(steps, ratio);
-  const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r);
+  const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r, shape);
   const kinds: TrafficPlan["kinds"] = [{ kind: "generator step", example: 0, count: 1, ...traffic(0) }];
   if (G > 1) {
     // later generator steps differ from step 0 only when G's GAN weight warms up from 0 (no gan_grad at step 0)
@@ -246,10 +259,11 @@ function trafficPlan(r: Recipe): TrafficPlan {
     }
   }
   if (steps > G) kinds.push({ kind: "fake-score-only step", example: 1, count: steps - G, ...traffic(1) });
+  const known = kinds.every((k) => k.returnedBytes !== null && k.attachedBytes !== null);
   return {
     batchSize: r.train.batch_size,
     kinds,
-    runBytes: kinds.reduce((s, k) => s + k.count * (k.returnedBytes + k.attachedBytes), 0),
+    runBytes: known ? kinds.reduce((s, k) => s + k.count * (k.returnedBytes! + k.attachedBytes!), 0) : null,
   };
 }
 
@@ -266,14 +280,15 @@ function checkpointSteps(r: Recipe, which: "first" | "last", n: number): number[
   return (which === "first" ? list.slice(0, n) : list.slice(-n)).filter((done) => isCheckpointStep(done - 1, r));
 }
 
-function checkpointPlan(r: Recipe, memory: WorkerMemory[]): CheckpointPlan {
+function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null): CheckpointPlan {
   const every = r.train.checkpoint_every;
   const steps = r.train.steps;
   const count = Math.floor(steps / every) + (steps % every === 0 ? 0 : 1);
-  const roles = memory.flatMap((w) => w.roles);
+  const roles = memory?.flatMap((w) => w.roles) ?? null;
   // each trained role saves its weights and optimizer state; the discriminator saves its head; the teacher nothing
-  const bytesEach = roles.filter((m) => m.role !== "teacher").reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0);
-  const teacherBytes = roles.find((m) => m.role === "teacher")?.weightsBytes ?? 0;
+  const bytesEach = roles === null ? null : roles.filter((m) => m.role !== "teacher").reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0);
+  // the built-in teacher is copied into <run_dir>/teacher/; a diffusers teacher is read where it is
+  const teacherBytes = r.teacher.source === "builtin" ? (roles?.find((m) => m.role === "teacher")?.weightsBytes ?? 0) : 0;
   const existing = listCheckpoints(r.run_dir);
   const keptAtEnd = checkpointSteps(r, "last", r.train.keep_last).map(checkpointName);
   return {
@@ -284,23 +299,22 @@ function checkpointPlan(r: Recipe, memory: WorkerMemory[]): CheckpointPlan {
     first: checkpointSteps(r, "first", 3).map(checkpointName),
     keptAtEnd,
     bytesEach,
-    diskBytes: keptAtEnd.length * bytesEach + teacherBytes,
+    diskBytes: bytesEach === null ? null : keptAtEnd.length * bytesEach + teacherBytes,
     existing: existing.map((c) => path.basename(c.dir)),
     resumeFrom: existing.length > 0 ? existing[existing.length - 1]!.step : null,
   };
 }
 
-function memoryPlan(r: Recipe): { plan: MemoryPlan; workers: WorkerMemory[] } {
-  const arch = unetArch(r);
-  const feat = unetFeatures(arch);
-  const workers = memoryEstimate(workerLayout(r.placement), r);
+function memoryPlan(r: Recipe, network: NetworkPlan): { plan: MemoryPlan; workers: WorkerMemory[] | null } {
+  const workers = memoryEstimate(workerLayout(r.placement), r, network);
   return {
     workers,
     plan: {
       estimate: true,
-      arch,
-      params: { unet: unetParams(arch), discriminatorHead: headParams(feat.channels, feat.size) },
-      workers,
+      network,
+      params: { unet: network.params, discriminatorHead: network.discriminatorHeadParams },
+      workers: workers ?? [],
+      unknown: workers === null ? (network.unknown ?? "the networks' sizes are unknown") : null,
       note: RUNTIME_NOTE,
     },
   };
@@ -309,17 +323,44 @@ function memoryPlan(r: Recipe): { plan: MemoryPlan; workers: WorkerMemory[] } {
 /** The plan of a loaded, resolved recipe (recipe/load.ts). Reads the run folder's checkpoints; starts nothing. */
 export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}): Plan {
   const problems: PlanProblem[] = [];
-  const archProblem = unetArchProblem(unetArch(recipe));
-  if (archProblem !== null) problems.push({ subject: "data.gmm.image_size", message: archProblem, fix: "use a multiple of 4 (4, 8, ..., 32)" });
+  const data = dataPlan(recipe);
+  const net = networkPlan(recipe, data);
+  problems.push(...net.problems);
   const placement = placementPlan(recipe, opts, problems);
-  const memory = memoryPlan(recipe);
+  const memory = memoryPlan(recipe, net.network);
   return {
     recipe: { file, name: recipe.name, runDir: recipe.run_dir, resolved: recipe },
+    data,
     placement,
     schedule: schedulePlan(recipe),
-    traffic: trafficPlan(recipe),
+    traffic: trafficPlan(recipe, imageShapeOf(data, net.network)),
     checkpoints: checkpointPlan(recipe, memory.workers),
     memory: memory.plan,
     problems,
   };
+}
+
+/** Whether a recipe file is a teacher recipe (dmd2 train-teacher's: it has `model:` and no `generator:`); false when it cannot be read. */
+export function isTeacherRecipeFile(file: string): boolean {
+  try {
+    const raw = parse(readFileSync(file, "utf8")) as unknown;
+    return typeof raw === "object" && raw !== null && "model" in raw && !("generator" in raw);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Loads a distillation recipe for `dmd2 plan` exactly as distill does. A teacher recipe is bad input with one
+ * clear line: plan covers distillation recipes; a teacher recipe is run with dmd2 train-teacher.
+ */
+export function loadPlanRecipe(file: string, overrides: string[]): Recipe {
+  if (isTeacherRecipeFile(file)) {
+    const shown = path.relative(process.cwd(), file) || file;
+    throw new UsageError(`${shown} is a teacher recipe (it has model:): dmd2 plan covers distillation recipes`, {
+      code: "PLAN_TEACHER_RECIPE",
+      hint: `train the teacher with dmd2 train-teacher ${shown}, then plan a distillation recipe that uses it (teacher.source: diffusers, e.g. recipes/digits.yaml)`,
+    });
+  }
+  return loadRecipe(file, { overrides });
 }

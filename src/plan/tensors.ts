@@ -13,11 +13,17 @@ export interface TensorInfo {
   bytes: number;
 }
 
-/** dtype and shape of each tensor an op produces, for this recipe's batch and image size; null if unknown. */
-export function tensorInfo(name: string, r: Recipe): TensorInfo | null {
+/**
+ * dtype and shape of each tensor an op produces, for this recipe's batch and the images' (C, H, W) (network.ts;
+ * null when not known before the workers read the data); null if unknown.
+ */
+export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number, number, number] | null): TensorInfo | null {
   const B = r.train.batch_size;
-  const s = r.data.gmm.image_size;
-  const image = (): TensorInfo => ({ dtype: "float32", shape: [B, 1, s, s], bytes: B * s * s * DTYPE_ITEMSIZE.float32 });
+  const image = (): TensorInfo | null => {
+    if (imageShape === null) return null;
+    const [c, h, w] = imageShape;
+    return { dtype: "float32", shape: [B, c, h, w], bytes: B * c * h * w * DTYPE_ITEMSIZE.float32 };
+  };
   const perSample = (): TensorInfo => ({ dtype: "int64", shape: [B], bytes: B * DTYPE_ITEMSIZE.int64 });
   switch (name) {
     case "x_gen":
@@ -47,20 +53,20 @@ export interface Transfer {
 
 export interface StepTraffic {
   transfers: Transfer[];
-  /** bytes the workers send to the coordinator (each tensor once) */
-  returnedBytes: number;
-  /** bytes the coordinator sends on (each tensor once per consuming call) */
-  attachedBytes: number;
+  /** bytes the workers send to the coordinator (each tensor once); null when a tensor's size is unknown */
+  returnedBytes: number | null;
+  /** bytes the coordinator sends on (each tensor once per consuming call); null when a tensor's size is unknown */
+  attachedBytes: number | null;
 }
 
 /** Summarises a routed step: one entry per tensor that leaves its worker. */
-export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: Recipe): StepTraffic {
+export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: Recipe, imageShape: readonly [number, number, number] | null): StepTraffic {
   const transfers = new Map<string, Transfer>();
   const name = (c: RoutedCall) => `${c.role}.${c.op}`;
   const worker = (c: RoutedCall) => home.get(c.role) ?? c.role;
   for (const call of phases.flat()) {
     for (const t of call.outputs.filter((o) => call.returns.includes(o))) {
-      const info = tensorInfo(t, r);
+      const info = tensorInfo(t, r, imageShape);
       transfers.set(t, {
         tensor: t,
         dtype: info?.dtype ?? null,
@@ -73,9 +79,10 @@ export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: 
     for (const t of call.attach) transfers.get(t)?.to.push({ worker: worker(call), call: name(call) });
   }
   const list = [...transfers.values()];
+  const known = list.every((t) => t.bytes !== null);
   return {
     transfers: list,
-    returnedBytes: list.reduce((sum, t) => sum + (t.bytes ?? 0), 0),
-    attachedBytes: list.reduce((sum, t) => sum + (t.bytes ?? 0) * t.to.length, 0),
+    returnedBytes: known ? list.reduce((sum, t) => sum + t.bytes!, 0) : null,
+    attachedBytes: known ? list.reduce((sum, t) => sum + t.bytes! * t.to.length, 0) : null,
   };
 }

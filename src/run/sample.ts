@@ -4,6 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
+import { readTeacherClasses } from "../plan/unet2d.js";
 import { overrideResolved } from "../recipe/load.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointName, listCheckpoints, verifyCheckpoint } from "./checkpoints.js";
@@ -32,6 +33,40 @@ export function readRunRecipe(runDir: string): Recipe {
   }
 }
 
+/** The folder the generator is initialised from: the built-in teacher's copy in the run folder, or the diffusers teacher folder. */
+export function runTeacherDir(recipe: Recipe): string {
+  if (recipe.teacher.source === "builtin") return path.join(recipe.run_dir, "teacher");
+  const dir = recipe.teacher.path!;
+  if (!existsSync(dir)) throw new UsageError(`the run's teacher folder ${dir} does not exist (teacher.path of ${path.join(recipe.run_dir, "recipe.resolved.json")}; put the teacher back there)`);
+  return dir;
+}
+
+/**
+ * The classes the run's generator is conditioned on (docs/pipeline.md §1): gmm's data.gmm.num_classes, digits'
+ * 10, a folder's as the teacher recorded them (dmd2_teacher.json's num_classes, else its UNet's
+ * num_class_embeds); null: unconditional.
+ */
+export function runClassCount(recipe: Recipe): number | null {
+  switch (recipe.data.source) {
+    case "gmm":
+      return recipe.data.gmm.num_classes;
+    case "digits":
+      return 10;
+    case "folder": {
+      const read = readTeacherClasses(runTeacherDir(recipe));
+      if ("error" in read) throw new UsageError(`cannot tell the run's classes: ${read.error}`);
+      return read.numClasses;
+    }
+  }
+}
+
+/** --classes against the run's classes: each a whole number in 0..K-1; none for an unconditional generator. */
+export function checkClasses(classes: readonly number[] | undefined, k: number | null): void {
+  if (classes === undefined) return;
+  if (k === null) throw new UsageError("--classes: this run's generator is unconditional (its teacher has no classes); drop --classes");
+  for (const c of classes) if (!Number.isInteger(c) || c < 0 || c >= k) throw new UsageError(`--classes: ${c} is not a class of this run (0..${k - 1})`);
+}
+
 export function pickCheckpoint(runDir: string, name?: string): string {
   const all = listCheckpoints(runDir);
   if (name === undefined) {
@@ -49,19 +84,19 @@ export function pickCheckpoint(runDir: string, name?: string): string {
 
 export async function sample(runDir: string, opts: SampleOptions, reporter: Reporter): Promise<{ outDir: string; grid: string; checkpoint: string }> {
   const recipe = overrideResolved(readRunRecipe(path.resolve(runDir)), opts.set ?? []);
+  const steps = opts.steps ?? recipe.generator.steps;
+  if (!Number.isInteger(steps) || steps < 1 || steps > 4) throw new UsageError(`--steps ${opts.steps}: must be 1, 2, 3 or 4`);
+  checkClasses(opts.classes, runClassCount(recipe));
+  const teacherDir = runTeacherDir(recipe);
   const ckpt = pickCheckpoint(path.resolve(runDir), opts.checkpoint);
   const bad = verifyCheckpoint(ckpt);
   if (bad.length > 0) throw new UsageError(`checkpoint ${ckpt} is damaged: ${bad.join(", ")} (pick another with --checkpoint)`);
-  const steps = opts.steps ?? recipe.generator.steps;
-  if (!Number.isInteger(steps) || steps < 1 || steps > 4) throw new UsageError(`--steps ${opts.steps}: must be 1, 2, 3 or 4`);
-  const k = recipe.data.gmm.num_classes;
-  for (const c of opts.classes ?? []) if (!Number.isInteger(c) || c < 0 || c >= k) throw new UsageError(`--classes: ${c} is not a class of this run (0..${k - 1})`);
   const outDir = path.resolve(opts.out ?? path.join(recipe.run_dir, "samples", `${path.basename(ckpt)}-${steps}step-seed${opts.seed}`));
   reporter.phase("starting generator worker");
   const cluster = await Cluster.start(recipe, [{ name: "generator", roles: ["generator"] }], reporter, { logTag: "sample" });
   try {
     return await cluster.guard(async () => {
-      await cluster.setup("generator", { teacher_dir: path.join(recipe.run_dir, "teacher") });
+      await cluster.setup("generator", { teacher_dir: teacherDir });
       reporter.phase("loading", path.relative(process.cwd(), ckpt) || ckpt);
       await cluster.restoreAll(ckpt);
       reporter.phase("sampling", `${opts.num} images, ${steps} step(s), seed ${opts.seed}`);

@@ -9,7 +9,8 @@ import type { Reporter } from "./reporter.js";
 export interface TrainStart {
   steps: number;
   params: number;
-  train_images: number;
+  /** null: every batch is a fresh draw (gmm) */
+  train_images: number | null;
 }
 
 export interface TrainStep {
@@ -33,7 +34,7 @@ export class TrainProgress {
 
   start(e: TrainStart) {
     const params = e.params >= 1e6 ? `${(e.params / 1e6).toFixed(2)} M` : `${(e.params / 1e3).toFixed(1)} k`;
-    this.reporter.event("start", { ...e }, `${params} parameters, ${e.train_images} training images, ${e.steps} steps`);
+    this.reporter.event("start", { ...e }, `${params} parameters, ${e.train_images === null ? "fresh synthetic batches" : `${e.train_images} training images`}, ${e.steps} steps`);
     if (this.reporter.mode !== "tty" || this.reporter.quiet) return;
     this.bar = new cliProgress.SingleBar(
       {
