@@ -1,7 +1,8 @@
 // `npm run bench:quality` (node dist/src/bench/quality.js [--set key=value]... [--teacher-set key=value]...
 // [--n N] [--out DIR]): the digits benchmark of docs/pipeline.md, in one invocation and through the CLI as a
-// user runs it: (a) dmd2 train-teacher recipes/digits-teacher.yaml, (b) dmd2 distill recipes/digits.yaml from
-// that teacher, (c) dmd2 eval of the teacher at 1-50 DDIM steps and the student at 1, 2, 4 steps, with a
+// user runs it: (a) dmd2 train-teacher recipes/digits-teacher.yaml, (b) dmd2 distill recipes/digits-1step.yaml and
+// recipes/digits.yaml (4 steps) from that teacher, (c) dmd2 eval of the teacher at 1-50 DDIM steps and the students
+// at 1, 2, 4 steps (up to the steps each was trained for), with a
 // picture. Writes quality.md and quality.json (default docs/bench/) and the picture (default
 // docs/img/digits-compare.png; with --out, into that folder). Scratch: $DMD2_BENCH_DIR, else a new
 // temporary folder; it is kept (the teacher and the run are in it).
@@ -17,7 +18,6 @@ import { describeMachine, loadAverage } from "./machine.js";
 import { qualityMarkdown, tableRows, type QualityResults, type Stage } from "./qualityReport.js";
 
 const TEACHER_STEPS = "1,2,4,10,25,50";
-const STUDENT_STEPS = "1,2,4";
 const cli = path.join(PROJECT_ROOT, "bin", "dmd2.js");
 
 function usage(): string {
@@ -60,7 +60,10 @@ export async function main(argv: string[]): Promise<number> {
   const picture = values.out === undefined ? path.join(PROJECT_ROOT, "docs", "img", "digits-compare.png") : path.join(outDir, "digits-compare.png");
   const work = path.resolve(process.env.DMD2_BENCH_DIR ?? mkdtempSync(path.join(os.tmpdir(), "dmd2-quality-")));
   const teacher = path.join(work, "teacher");
-  const run = path.join(work, "run");
+  const runs = [
+    { name: "distill 1-step", recipe: "recipes/digits-1step.yaml", dir: path.join(work, "student-1step") },
+    { name: "distill 4-step", recipe: "recipes/digits.yaml", dir: path.join(work, "student-4step") },
+  ];
   const command = ["npm run bench:quality", ...(argv.length > 0 ? ["--", ...argv] : [])].join(" ");
   const log = (line: string) => process.stderr.write(`${line}\n`);
   // the stages run in the project root: paths below it are written relative to it
@@ -73,14 +76,15 @@ export async function main(argv: string[]): Promise<number> {
       args: ["train-teacher", "recipes/digits-teacher.yaml", "--out", teacher, "--force", ...values["teacher-set"].flatMap((s) => ["--set", s])],
       capture: false,
     },
-    {
-      name: "distill",
-      args: ["distill", "recipes/digits.yaml", "--set", `run_dir=${run}`, "--set", `teacher.path=${teacher}`, ...values.set.flatMap((s) => ["--set", s])],
+    ...runs.map((r) => ({
+      name: r.name,
+      args: ["distill", r.recipe, "--set", `run_dir=${r.dir}`, "--set", `teacher.path=${teacher}`, ...values.set.flatMap((s) => ["--set", s])],
       capture: false,
-    },
+    })),
     {
       name: "evaluate",
-      args: ["eval", teacher, run, "--teacher-steps", TEACHER_STEPS, "--steps", STUDENT_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
+      // each student at 1, 2, 4 steps up to the steps it was trained for
+      args: ["eval", teacher, ...runs.map((r) => r.dir), "--teacher-steps", TEACHER_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
       capture: true,
     },
   ];
@@ -90,7 +94,7 @@ export async function main(argv: string[]): Promise<number> {
     const machine = await describeMachine();
     log(`dmd2 bench:quality: scratch ${work}`);
     mkdirSync(path.dirname(picture), { recursive: true });
-    rmSync(run, { recursive: true, force: true }); // a run folder left from before would be resumed, not trained
+    for (const r of runs) rmSync(r.dir, { recursive: true, force: true }); // a run folder left from before would be resumed, not trained
     const t0 = performance.now();
     const stages: Stage[] = [];
     let stdout = "";

@@ -145,7 +145,7 @@ export function buildProgram(): Command {
     .description("score teacher folders and distilled runs against held-out data: Fréchet distance, class accuracy, images/s")
     .argument("<path...>", "teacher folders (model_index.json or unet/) and run folders of dmd2 distill (recipe.resolved.json)")
     .option("--data-from <recipe>", "take the data group from this recipe (default: what the folders say they learnt)")
-    .addOption(new Option("--steps <list>", "sampling steps of each distilled run").argParser(stepList("--steps", 4)).default([1, 2, 4], "1,2,4"))
+    .addOption(new Option("--steps <list>", "sampling steps of each distilled run (default: 1, 2, 4 up to the steps it was trained for)").argParser(stepList("--steps", 4)))
     .addOption(new Option("--teacher-steps <list>", "DDIM steps of each teacher").argParser(stepList("--teacher-steps", 1000)).default([1, 2, 4, 10, 25, 50], "1,2,4,10,25,50"))
     .option("--n <n>", "samples per model and step count", intArg("--n"), 1000)
     .option("--seed <n>", "random seed of the samples", intArg("--seed"), 0)

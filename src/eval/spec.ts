@@ -35,7 +35,8 @@ export interface SpecOptions {
   device: string;
   torchThreads: number;
   features: Features;
-  studentSteps: number[];
+  /** null: each run at the step counts 1, 2, 4 up to the one it was trained for, and that one */
+  studentSteps: number[] | null;
   teacherSteps: number[];
   /** the PNG to write, absolute */
   picture: string | null;
@@ -75,12 +76,18 @@ function pictureRows(models: readonly EvalModel[]): PictureRow[] {
   return rows;
 }
 
+/** The step counts a distilled run is evaluated at by default: 1, 2, 4 up to its trained count, and that count. */
+export function defaultStudentSteps(trained: number | null): number[] {
+  const n = trained ?? 4;
+  return [...new Set([...[1, 2, 4].filter((s) => s < n), n])];
+}
+
 export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec {
   const names = labels(targets);
   const models = targets.map((t, i): EvalModel =>
     t.kind === "teacher"
       ? { label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }
-      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps },
+      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps ?? defaultStudentSteps(t.generatorSteps) },
   );
   return {
     data: o.data,

@@ -18,6 +18,8 @@ export interface Target {
   dir: string;
   /** the data it learnt, when the folder says */
   data: DataConfig | null;
+  /** a distilled run's generator.steps (null for a teacher) */
+  generatorSteps: number | null;
 }
 
 /** A data group read from a file the CLI did not write just now: checked, defaults filled (older runs lack `folder`). */
@@ -35,12 +37,19 @@ export function readTarget(given: string): Target {
   if (!existsSync(dir)) throw new UsageError(`${given} does not exist (give a teacher folder or the run_dir of a dmd2 distill run)`);
   if (!statSync(dir).isDirectory()) throw new UsageError(`${given} is not a folder (give a teacher folder or the run_dir of a dmd2 distill run)`);
   if (existsSync(path.join(dir, "recipe.resolved.json"))) {
-    return { kind: "student", dir, data: checkedData(readRunRecipe(dir).data, path.join(dir, "recipe.resolved.json")) };
+    const recipe = readRunRecipe(dir);
+    const steps = (recipe.generator as { steps?: unknown } | undefined)?.steps;
+    return {
+      kind: "student",
+      dir,
+      data: checkedData(recipe.data, path.join(dir, "recipe.resolved.json")),
+      generatorSteps: typeof steps === "number" && Number.isInteger(steps) && steps >= 1 ? steps : null,
+    };
   }
   if (looksLikeTeacherFolder(dir)) {
     const meta = readTeacherData(dir);
     if (meta !== null && "error" in meta) throw new UsageError(`${meta.error}: the teacher folder is damaged`);
-    return { kind: "teacher", dir, data: meta === null ? null : checkedData(meta.data, path.join(dir, TEACHER_META)) };
+    return { kind: "teacher", dir, data: meta === null ? null : checkedData(meta.data, path.join(dir, TEACHER_META)), generatorSteps: null };
   }
   throw new UsageError(`${given} is neither a teacher folder (model_index.json or unet/) nor a dmd2 run folder (recipe.resolved.json)`);
 }

@@ -17,7 +17,8 @@ import { onInterrupt } from "../interrupt.js";
 
 export interface EvalFlags {
   dataFrom?: string;
-  steps: number[];
+  /** undefined: each run's default (spec.ts defaultStudentSteps) */
+  steps?: number[];
   teacherSteps: number[];
   n: number;
   seed: number;
@@ -41,7 +42,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     device: flags.device,
     torchThreads: flags.torchThreads,
     features: flags.features,
-    studentSteps: flags.steps,
+    studentSteps: flags.steps ?? null,
     teacherSteps: flags.teacherSteps,
     picture: flags.picture === undefined ? null : path.resolve(flags.picture),
   });
