@@ -7,7 +7,11 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import type { Row } from "../src/bench/report.js";
+import { parse } from "yaml";
+import { benchSettings } from "../src/bench/main.js";
+import { markdownReport, stepRows, type BenchResults, type Row } from "../src/bench/report.js";
+import { summarize } from "../src/bench/stats.js";
+import type { StepResult } from "../src/bench/steps.js";
 import { projectRoot } from "./helpers.js";
 
 function positive(x: unknown, what: string): void {
@@ -70,4 +74,60 @@ test("bench --quick: every row present, every number finite and positive", { tim
     rmSync(out, { recursive: true, force: true });
     rmSync(cache, { recursive: true, force: true });
   }
+});
+
+// The digits variant is too slow for the smoke test (it trains a teacher, and each run loads a diffusers UNet),
+// so only its definition and its report rows are checked here; `npm run bench` runs it.
+test("bench: the digits step-time variant runs recipes/digits.yaml after training a throwaway teacher", () => {
+  const full = benchSettings(false);
+  assert.deepEqual(full.variants.map((v) => v.id), ["tiny", "compute", "digits"]);
+  for (const v of [...full.variants, ...benchSettings(true).variants]) {
+    assert.ok(existsSync(path.join(projectRoot, v.recipe)), `${v.id}: ${v.recipe} exists`);
+    if (v.prepare) assert.ok(existsSync(path.join(projectRoot, v.prepare.recipe)), `${v.id}: ${v.prepare.recipe} exists`);
+  }
+  const digits = full.variants.find((v) => v.id === "digits")!;
+  assert.equal(digits.recipe, "recipes/digits.yaml");
+  assert.equal(digits.prepare?.kind, "train-teacher");
+  assert.equal(digits.prepare?.recipe, "recipes/digits-teacher.yaml");
+  assert.ok(digits.prepare?.sets.some((s) => /^train\.steps=\d+$/.test(s)), "the throwaway teacher trains a few steps");
+  assert.equal(digits.aOverCTarget, 1.25);
+  const recipe = parse(readFileSync(path.join(projectRoot, digits.recipe), "utf8")) as { teacher: { source: string }; ttur: { ratio: number } };
+  assert.equal(recipe.teacher.source, "diffusers");
+  assert.equal(digits.steps % recipe.ttur.ratio, 0, "whole TTUR cycles are timed");
+  assert.equal(digits.warmup % recipe.ttur.ratio, 0, "the timed window starts at a cycle boundary");
+  // no variant of the quick mode trains a teacher (the smoke test stays short)
+  assert.ok(benchSettings(true).variants.every((v) => v.prepare === undefined));
+});
+
+test("bench report: (a)/(c) <= 1.25 is a target on the digits rows only", () => {
+  const variants = benchSettings(false).variants;
+  const result = (variant: string, key: string, ms: number): StepResult => {
+    const times = [ms / 1000, ms / 1000, (ms * 1.1) / 1000];
+    return {
+      id: `${variant}.${key}`, variant, mode: key.split(".")[0] as StepResult["mode"], torch_threads: key.endsWith("t1") ? 1 : 2,
+      processes: key.startsWith("per_role") ? 3 : 1, warmup: 5, steps_measured: 3, rounds: 1, stats: summarize(times),
+      generator_steps: null, other_steps: null, times_s: times,
+    };
+  };
+  const keys = ["colocated.default", "per_role.default", "local.default", "colocated.t1", "local.t1"];
+  const steps = [
+    ...keys.map((k) => result("tiny", k, 10)),
+    ...keys.map((k) => result("digits", k, k === "colocated.default" ? 130 : k === "colocated.t1" ? 200 : 100)),
+  ];
+  const rows = stepRows(variants, steps);
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  for (const id of ["steps.digits.a_over_c", "steps.digits.a_over_c.t1"]) {
+    assert.deepEqual(byId.get(id)?.target, { op: "<=", value: 1.25, text: "<= 1.25" }, id);
+  }
+  assert.equal(byId.get("steps.digits.a_over_c")?.meets_target, false, "1.30x misses <= 1.25");
+  assert.equal(byId.get("steps.digits.a_over_c.t1")?.meets_target, false, "2.00x misses <= 1.25");
+  assert.ok(rows.filter((r) => !r.id.startsWith("steps.digits.a_over_c")).every((r) => r.target === undefined), "no other step row has a target");
+  assert.ok(byId.get("steps.digits.b_over_a") && byId.get("steps.tiny.a_over_c"));
+
+  const md = markdownReport({ steps, rows, quick: false, created: "now", duration_s: 1, load: { start: [0, 0, 0], end: [0, 0, 0], max_1min: 0, samples: [] },
+    machine: { cpu_model: "cpu", cores: 2, memory_gib: 1, os: "os", node: "v20", zeromq_js: "6", python: { python: "3", torch: "2", pyzmq: "1", libzmq: "4", torch_parallel: "x" } },
+    settings: {}, transport: null, sampling: null, format: "dmd2-bench", version: 1 } as BenchResults, variants);
+  assert.match(md, /`dmd2 distill recipes\/digits\.yaml` after `dmd2 train-teacher recipes\/digits-teacher\.yaml --out <scratch>\/digits-teacher --set train\.steps=20/);
+  assert.match(md, /target \(a\)\/\(c\) <= 1\.25/);
+  assert.match(md, /\| <= 1\.25 MISSED \|/);
 });

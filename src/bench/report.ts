@@ -70,11 +70,11 @@ export function stepRows(variants: StepVariant[], results: StepResult[]): Row[] 
   const rows: Row[] = [];
   for (const v of variants) {
     const get = (key: string) => results.find((r) => r.id === `${v.id}.${key}`);
-    const pair = (id: string, label: string, aKey: string, bKey: string, note: string) => {
+    const pair = (id: string, label: string, aKey: string, bKey: string, note: string, target?: number) => {
       const a = get(aKey);
       const b = get(bKey);
       if (!a || !b) return;
-      rows.push({
+      const row: Row = {
         id: `steps.${v.id}.${id}`,
         group: `step time, ${v.id} (${v.label})`,
         label,
@@ -82,13 +82,15 @@ export function stepRows(variants: StepVariant[], results: StepResult[]): Row[] 
         b: stepQuantity(b, describeStep(b)),
         ratio: a.stats.median / b.stats.median,
         ratio_mean: a.stats.mean / b.stats.mean,
+        ...(target !== undefined ? { target: { op: "<=" as const, value: target, text: `<= ${target.toFixed(2)}` } } : {}),
         note,
-      });
+      };
+      rows.push(withTarget(row));
     };
     const t = get("colocated.default")?.torch_threads ?? 0;
     const fixed = v.threads !== undefined;
-    pair("a_over_c", `(a) colocated / (c) plain loop, ${t} thread(s) each${fixed ? "" : " (default)"}`, "colocated.default", "local.default", "coordinator + protocol cost with all roles in one process");
-    pair("a_over_c.t1", "(a) colocated / (c) plain loop, 1 thread each", "colocated.t1", "local.t1", "same, at 1 torch thread");
+    pair("a_over_c", `(a) colocated / (c) plain loop, ${t} thread(s) each${fixed ? "" : " (default)"}`, "colocated.default", "local.default", "coordinator + protocol cost with all roles in one process", v.aOverCTarget);
+    pair("a_over_c.t1", "(a) colocated / (c) plain loop, 1 thread each", "colocated.t1", "local.t1", "same, at 1 torch thread", v.aOverCTarget);
     pair(
       "b_over_a",
       `(b) per_role / (a) colocated, ${fixed ? "" : "default "}threads (${get("per_role.default")?.torch_threads ?? "?"} vs ${t})`,
@@ -270,16 +272,22 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
   if (res.steps.length > 0) {
     lines.push("## Step times", "");
     for (const v of variants) {
+      const prep = v.prepare
+        ? ` after \`dmd2 train-teacher ${v.prepare.recipe} --out <scratch>/${v.id}-teacher${v.prepare.sets.map((s) => ` --set ${s}`).join("")}\` (once, untimed), with \`--set teacher.path=<scratch>/${v.id}-teacher\``
+        : "";
+      const sets = v.sets.map((s) => `\`--set ${s}\``).join(" ");
       lines.push(
-        `- **${v.id}**: \`dmd2 distill recipes/tiny.yaml\`${v.sets.length ? " with " + v.sets.map((s) => `\`--set ${s}\``).join(" ") : ""}; ` +
-          `${v.warmup} warm-up steps skipped, ${v.steps} steps timed, ${v.rounds} round(s) of all configurations interleaved.`,
+        `- **${v.id}**: \`dmd2 distill ${v.recipe}\`${sets ? " with " + sets : ""}${prep}; ` +
+          `${v.warmup} warm-up steps skipped, ${v.steps} steps timed, ${v.rounds} round(s) of all configurations interleaved` +
+          `${v.threads !== undefined ? `, ${v.threads} torch thread(s) per process everywhere` : ""}` +
+          `${v.aOverCTarget !== undefined ? `; target (a)/(c) <= ${v.aOverCTarget.toFixed(2)}` : ""}.`,
       );
     }
     const common = ["run_dir=<scratch>", "placement=colocated|per_role", "train.steps=<warm-up + timed>", "train.checkpoint_every=<past the end>", "train.log_every=<past the end>", "sample.num=4", ...quietSets()];
     lines.push(
       "",
       "(a) and (b) are `step_time_s` from the run's `metrics.jsonl` (the coordinator's clock around each step) of " +
-        `\`node bin/dmd2.js distill recipes/tiny.yaml --json ${common.map((x) => `--set ${x}`).join(" ")}\` plus the variant's settings ` +
+        `\`node bin/dmd2.js distill <recipe> --json ${common.map((x) => `--set ${x}`).join(" ")}\` plus the variant's settings ` +
         "(and `--set torch_threads=1` for the 1-thread colocated rows); the only checkpoint is written after the last step. " +
         "(c) is `python -m dmd2_worker.bench local` on the colocated run's `recipe.resolved.json` (`local_loop.train_step`: " +
         "the same role code in one process, no coordinator, no sockets), with OMP_NUM_THREADS and torch.set_num_threads as stated.",

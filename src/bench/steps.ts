@@ -16,11 +16,29 @@ import { summarize, type Summary } from "./stats.js";
 
 export type StepMode = "colocated" | "per_role" | "local";
 
+/**
+ * Work done once per variant before its timed runs, outside every timing. "train-teacher": `dmd2 train-teacher
+ * <recipe> --out <scratch>/<variant id>-teacher --set ...` (a throwaway teacher: step time does not depend on how
+ * well it is trained), then every run of the variant gets `--set teacher.path=<that folder>`.
+ */
+export interface PrepareStep {
+  kind: "train-teacher";
+  /** the teacher recipe, relative to the project root */
+  recipe: string;
+  /** --set overrides for dmd2 train-teacher */
+  sets: string[];
+}
+
 export interface StepVariant {
   id: string;
   label: string;
-  /** --set overrides on top of recipes/tiny.yaml */
+  /** the distillation recipe, relative to the project root */
+  recipe: string;
+  /** --set overrides on top of the recipe */
   sets: string[];
+  prepare?: PrepareStep;
+  /** the target on (a) colocated / (c) plain loop, if any: median ratio <= this */
+  aOverCTarget?: number;
   warmup: number;
   steps: number;
   /** Each configuration is run this many times, interleaved with the others; the step times are pooled. */
@@ -56,7 +74,6 @@ export interface StepResult {
   times_s: number[];
 }
 
-export const TINY_RECIPE = path.join(PROJECT_ROOT, "recipes", "tiny.yaml");
 const CLI = path.join(PROJECT_ROOT, "bin", "dmd2.js");
 
 export function stepConfigs(defaultColocatedThreads: number, fixedThreads?: number): StepConfig[] {
@@ -103,7 +120,25 @@ interface DistillRun {
   processes: number;
 }
 
-async function distillRun(variant: StepVariant, mode: "colocated" | "per_role", threads: number | null, runDir: string, env: Record<string, string>): Promise<DistillRun> {
+/**
+ * Runs the variant's prepare step (if any) in `workDir` and returns the --set overrides it adds to every run;
+ * logs how long it took.
+ */
+export async function prepareVariant(variant: StepVariant, workDir: string, env: Record<string, string>, log: (line: string) => void): Promise<string[]> {
+  const prep = variant.prepare;
+  if (prep === undefined) return [];
+  const t0 = performance.now();
+  const out = path.join(workDir, `${variant.id}-teacher`);
+  const args = [CLI, "train-teacher", path.join(PROJECT_ROOT, prep.recipe), "--out", out, "--force", ...prep.sets.flatMap((s) => ["--set", s])];
+  const r = await execa("node", args, { cwd: PROJECT_ROOT, env, extendEnv: true, reject: false, stdin: "ignore", timeout: 900_000 });
+  if (r.exitCode !== 0) {
+    throw new Error(`dmd2 train-teacher ${prep.recipe} (${variant.id}) failed with exit ${r.exitCode}:\n${String(r.stderr).split("\n").slice(-20).join("\n")}`);
+  }
+  log(`  ${variant.id}: teacher trained (${prep.recipe} ${prep.sets.map((s) => `--set ${s}`).join(" ")}) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return [`teacher.path=${out}`];
+}
+
+async function distillRun(variant: StepVariant, mode: "colocated" | "per_role", threads: number | null, runDir: string, env: Record<string, string>, extraSets: string[]): Promise<DistillRun> {
   const total = variant.warmup + variant.steps;
   const sets = [
     `run_dir=${runDir}`,
@@ -115,8 +150,9 @@ async function distillRun(variant: StepVariant, mode: "colocated" | "per_role", 
     ...quietSets(),
     ...(threads === null ? [] : [`torch_threads=${threads}`]),
     ...variant.sets,
+    ...extraSets,
   ];
-  const r = await execa("node", [CLI, "distill", TINY_RECIPE, "--json", ...sets.flatMap((s) => ["--set", s])], {
+  const r = await execa("node", [CLI, "distill", path.join(PROJECT_ROOT, variant.recipe), "--json", ...sets.flatMap((s) => ["--set", s])], {
     cwd: PROJECT_ROOT,
     env,
     extendEnv: true,
@@ -189,6 +225,7 @@ export async function benchVariant(
   log: (line: string) => void,
   configs: StepConfig[] = stepConfigs(defaultThreads, variant.threads),
 ): Promise<VariantOutcome> {
+  const extraSets = await prepareVariant(variant, workDir, env, log);
   const pooled = new Map<string, DistillRun[]>();
   let resolvedRecipe = "";
   let checkpointDir = "";
@@ -202,7 +239,7 @@ export async function benchVariant(
         if (resolvedRecipe === "") throw new Error("internal: the local loop needs a colocated run's resolved recipe first");
         run = await localRun(variant, resolvedRecipe, config.threads ?? colocatedThreads, runDir, env);
       } else {
-        run = await distillRun(variant, config.mode, config.threads, runDir, env);
+        run = await distillRun(variant, config.mode, config.threads, runDir, env, extraSets);
         if (config.key === "colocated.default") colocatedThreads = run.torchThreads;
         if (resolvedRecipe === "" && config.mode === "colocated") {
           resolvedRecipe = run.resolvedRecipe;

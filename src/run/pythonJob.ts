@@ -10,7 +10,6 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { execa } from "execa";
 import { DmdError, oneLine, WorkerDiedError } from "../errors.js";
-import { pythonEnvDefaults } from "../workers/python.js";
 
 export type JobEvent = { event: string } & Record<string, unknown>;
 
@@ -72,7 +71,7 @@ export async function runPythonJob(opts: PythonJobOptions): Promise<JobOutcome> 
   const specFile = path.join(dir, "spec.json");
   writeFileSync(specFile, JSON.stringify(opts.spec, null, 1) + "\n");
   const child = execa(opts.python, ["-m", opts.module, specFile], {
-    env: { ...pythonEnvDefaults(), ...opts.env, HF_HUB_OFFLINE: "1", PYTHONUNBUFFERED: "1" },
+    env: { ...opts.env, HF_HUB_OFFLINE: "1", PYTHONUNBUFFERED: "1" },
     extendEnv: true,
     stdin: "ignore",
     buffer: false,

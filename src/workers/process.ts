@@ -9,7 +9,6 @@ import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import path from "node:path";
 import { execa, type ResultPromise } from "execa";
 import { DmdError, WorkerDiedError } from "../errors.js";
-import { pythonEnvDefaults } from "./python.js";
 
 export const STDERR_TAIL_LINES = 40;
 /** How long to wait, after the process exits, for the rest of its stderr. */
@@ -289,7 +288,7 @@ export async function spawnWorker(options: SpawnWorkerOptions): Promise<WorkerPr
   }
   const subprocess = execa(options.python, workerArgs(options), {
     cwd: options.cwd,
-    env: { ...pythonEnvDefaults(), ...options.env, PYTHONUNBUFFERED: "1" },
+    env: { ...options.env, PYTHONUNBUFFERED: "1" },
     extendEnv: true,
     stdin: "ignore",
     stdout: "pipe",

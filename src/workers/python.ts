@@ -85,13 +85,3 @@ export function resolvePython(recipePython: string | null, options: ResolvePytho
   }
   return venvPython;
 }
-
-/**
- * Environment defaults for every Python process the CLI starts, each only where the user has not set it.
- * OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. Role workers take turns and share the
- * cores with each other (and with whatever else runs on the machine); spinning threads then steal the cores the
- * working process needs: a 2-thread teacher-training step measured 2.6 s instead of 0.35 s on a busy 2-core box.
- */
-export function pythonEnvDefaults(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  return env.OMP_WAIT_POLICY === undefined ? { OMP_WAIT_POLICY: "PASSIVE" } : {};
-}
