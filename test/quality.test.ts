@@ -52,3 +52,31 @@ test("quality.md: the table, the noise floor, the picture relative to the file, 
   assert.ok(md.includes("| total | `npm run bench:quality` | 6.7 min |"), md);
   assert.ok(md.includes("`$WORK` was /tmp/w."), md);
 });
+
+test("quality targets: each is checked against the measured rows, a miss reads 'missed'", async () => {
+  const { checkTargets, targetsMarkdown } = await import("../src/bench/qualityTargets.js");
+  const ev: EvalResult = {
+    noise_floor: 1,
+    heldout_accuracy: 0.95,
+    features: "classifier",
+    n: 100,
+    rows: [
+      { label: "teacher", kind: "teacher", steps: 1, fd: 15, accuracy: 1, images_per_s: 5000, seconds: 1 },
+      { label: "teacher", kind: "teacher", steps: 4, fd: 3.6, accuracy: 1, images_per_s: 1800, seconds: 1 },
+      { label: "teacher", kind: "teacher", steps: 50, fd: 2, accuracy: 0.99, images_per_s: 100, seconds: 10 },
+      { label: "a", kind: "student", steps: 1, fd: 2.5, accuracy: 0.96, images_per_s: 4000, seconds: 1 },
+      { label: "b", kind: "student", steps: 1, fd: 3, accuracy: 0.99, images_per_s: 4000, seconds: 1 },
+      { label: "b", kind: "student", steps: 4, fd: 1.5, accuracy: 0.99, images_per_s: 1000, seconds: 1 },
+    ],
+  };
+  const checks = checkTargets(ev, 21 * 60);
+  const byTarget = new Map(checks.map((c) => [c.target, c]));
+  assert.equal(byTarget.get("teacher at 50 steps within 3x of the noise floor")?.met, true);
+  assert.equal(byTarget.get("1-step student no worse than the teacher at 50 steps")?.met, false, "2.5 > 2: missed");
+  assert.equal(byTarget.get("1-step student better than the teacher at 4 steps")?.met, true);
+  assert.equal(byTarget.get("1-step student's class accuracy within 2 points of the teacher's at 50 steps")?.met, false, "96% vs 99%");
+  assert.equal(byTarget.get("1-step student samples >= 30x faster than the teacher at 50 steps")?.measured, "40.0x");
+  assert.equal(byTarget.get("4-step student at least as good as the 1-step one")?.met, true, "run b (trained for 4) at 4 steps vs run a");
+  assert.equal(byTarget.get("whole pipeline under 20 minutes")?.met, false);
+  assert.match(targetsMarkdown(checks).join("\n"), /\| 1-step student no worse than the teacher at 50 steps \| FD 2\.500 vs 2\.000 \| \*\*missed\*\* \|/);
+});

@@ -4,6 +4,7 @@
 import path from "node:path";
 import { floorLine, markdownTable, speedups, type EvalResult } from "../eval/table.js";
 import type { Machine } from "./machine.js";
+import { checkTargets, targetsMarkdown } from "./qualityTargets.js";
 
 export interface Stage {
   name: string;
@@ -46,8 +47,8 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     "# Quality benchmark: handwritten digits",
     "",
     `Written by \`${res.command}\` on ${res.created}. A class-conditional teacher is trained on the train split of ` +
-      "scikit-learn's 8x8 digits (`recipes/digits-teacher.yaml`), distilled into a 4-step generator " +
-      "(`recipes/digits.yaml`), and both are scored on the held-out split by `dmd2 eval` " +
+      "scikit-learn's 8x8 digits (`recipes/digits-teacher.yaml`), distilled into a 1-step generator " +
+      "(`recipes/digits-1step.yaml`) and a 4-step one (`recipes/digits.yaml`), and all are scored on the held-out split by `dmd2 eval` " +
       `(docs/pipeline.md §4): ${res.evaluation.n} samples per row, Fréchet distance (FD, lower is better) in the ` +
       `${res.evaluation.features} feature space, the share of samples classified as the class asked for, and ` +
       `sampling speed. The teacher samples with DDIM. Raw numbers: \`${path.basename(mdFile, ".md")}.json\` next to this file.`,
@@ -55,6 +56,10 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     markdownTable(res.evaluation),
     "",
     `${floorLine(res.evaluation)}.`,
+    "",
+    "## Targets",
+    "",
+    ...targetsMarkdown(checkTargets(res.evaluation, res.total_s)),
     "",
     `![rows: real held-out digits, teacher 50 steps, student 1 step, student 4 steps](${picture})`,
     "",
