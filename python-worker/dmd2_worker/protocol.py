@@ -72,7 +72,7 @@ class ProtocolError(Exception):
         if not isinstance(msg_id, str) or not msg_id:
             return None
         msg_type = h.get("type")
-        if msg_type in EVENT_TYPES or (isinstance(msg_type, str) and msg_type.endswith("_reply")):
+        if isinstance(msg_type, str) and (msg_type in EVENT_TYPES or msg_type.endswith("_reply")):
             return None
         if h.get("reply_to") is not None:
             return None
@@ -82,7 +82,7 @@ class ProtocolError(Exception):
     def request_type(self) -> str | None:
         """The header's type when it is a known request type, else None."""
         msg_type = self.header.get("type") if self.header is not None else None
-        return msg_type if msg_type in REQUEST_TYPES else None
+        return msg_type if isinstance(msg_type, str) and msg_type in REQUEST_TYPES else None
 
 
 class ProtocolVersionError(ProtocolError):
@@ -278,7 +278,7 @@ def _check_header(h: dict[str, Any], n_frames: int) -> None:
     if not isinstance(h["id"], str) or not h["id"]:
         fail(f"'id' must be a non-empty string, got {h['id']!r}")
     msg_type = h["type"]
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:  # (a list or object is not hashable)
         fail(f"unknown message type {msg_type!r}")
     if not isinstance(h["sender"], str) or not h["sender"]:
         fail(f"'sender' must be a non-empty string, got {h['sender']!r}")
@@ -287,7 +287,7 @@ def _check_header(h: dict[str, Any], n_frames: int) -> None:
     if msg_type in REPLY_TYPES:
         if not isinstance(h["reply_to"], str) or not h["reply_to"]:
             fail(f"a {msg_type} needs 'reply_to' (the request's id), got {h['reply_to']!r}")
-        if h["status"] not in STATUSES:
+        if not isinstance(h["status"], str) or h["status"] not in STATUSES:
             fail(f"a {msg_type} needs 'status' \"ok\" or \"error\", got {h['status']!r}")
         if h["status"] == "error":
             for key in ERROR_FIELDS:

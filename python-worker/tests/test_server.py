@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
+
 import subprocess
 import sys
 import tempfile
@@ -512,3 +514,60 @@ def test_orphaned_worker_exits_by_itself(coordinator, ipc_dir):
         if not _gone(pid):
             os.kill(pid, signal.SIGKILL)
         parent.stdout.close()
+
+
+def _fuzz_message(rng: random.Random, good: list[bytes]) -> list[bytes]:
+    """One hostile message: random frames, a valid message with bytes flipped, cut or frames dropped/added, or a
+    JSON header with fields of the wrong types."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(0, 200)) for _ in range(rng.randrange(1, 5))]
+    if kind == 1:
+        frames = [bytearray(f) for f in good]
+        for _ in range(rng.randrange(1, 8)):
+            f = frames[rng.randrange(len(frames))]
+            if f:
+                f[rng.randrange(len(f))] = rng.randrange(256)
+        return [bytes(f) for f in frames]
+    if kind == 2:
+        frames = list(good)
+        cut = rng.randrange(len(frames))
+        frames[cut] = frames[cut][: rng.randrange(len(frames[cut]) + 1)]
+        if rng.random() < 0.5:
+            frames.append(rng.randbytes(rng.randrange(0, 64)))
+        elif len(frames) > 1:
+            frames.pop(rng.randrange(len(frames)))
+        return frames
+    header = json.loads(good[0])
+    junk = [None, True, -1, 2**70, 1.5, "", "x" * 300, [], {}, [1, "a"], {"a": {"b": None}}]
+    for _ in range(rng.randrange(1, 4)):
+        key = rng.choice(list(header) + ["extra"])
+        header[key] = rng.choice(junk)
+    return [json.dumps(header).encode(), *good[1:]]
+
+
+def test_random_frames_do_not_crash_the_worker(coordinator, worker, capsys):
+    """10,000 hostile messages (issue 5): the worker answers what has a readable id with an error, drops the rest,
+    and afterwards still runs a good op."""
+    c = coordinator
+    c.hello()
+    op = {"role": "generator", "op": "count", "step": 0, "args": {}, "return": []}
+    good = [bytes(f) for f in encode(Message(id="c-fuzz", type="op", body=op, tensors={"a": torch.ones(3)}))]
+    rng = random.Random(0)
+    answered = 0
+    for i in range(10_000):
+        c.req.send_multipart(_fuzz_message(rng, good))
+        if i % 100 == 99:  # keep the queues short; count the replies that came back
+            while c.req.poll(0):
+                reply = decode(c.req.recv_multipart())
+                assert reply.type.endswith("_reply"), reply  # a mutated but well-formed op may even succeed
+                answered += 1
+    time.sleep(0.2)
+    while c.req.poll(200):
+        c.req.recv_multipart()
+        answered += 1
+    assert worker.thread.is_alive(), "the worker stopped"
+    fresh = {**op, "step": 1}  # a new step: a fresh tensor store (fuzzed ops of step 0 may have stored tensors)
+    assert c.ok("op", fresh).body["metrics"] == {"n_stored": 0}
+    assert answered > 100, "some fuzzed messages kept a readable id and must have been answered"
+    assert "internal error" not in capsys.readouterr().err, "every malformed message is a protocol error, not a bug"
