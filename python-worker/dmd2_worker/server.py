@@ -333,7 +333,9 @@ class WorkerServer:
             self._last_step = step
         self._store.update(request.tensors)
         self._store.step = step
+        started = time.time()
         metrics = _metrics(role.run_op(op, body["args"], self._store, self._context), f"{role_name}.{op}")
+        ended = time.time()
         device = self._context.device
         if isinstance(device, torch.device) and device.type == "cuda":
             # per worker, so that merged step metrics keep every process's figure (scripts/gpu-check.sh reads them)
@@ -349,7 +351,7 @@ class WorkerServer:
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{role_name}.{op}: store entry {n!r} is a {type(value).__name__}, not a tensor")
             out[n] = value
-        return {"metrics": metrics}, out
+        return {"metrics": metrics, "time": [started, ended]}, out
 
     def _save(self, request: Message) -> Reply:
         body = _fields(request, dir=_NAME, step=_NON_NEGATIVE_INT)

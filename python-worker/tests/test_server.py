@@ -220,6 +220,8 @@ def test_a_whole_session(coordinator, worker, tmp_path):
     op = {"role": "generator", "op": "double", "step": 0, "args": {"in": "x", "out": "y"}, "return": ["y"]}
     reply = c.ok("op", op, {"x": x})
     assert torch.equal(reply.tensors["y"], 2 * x) and list(reply.tensors) == ["y"]
+    start, end = reply.body.pop("time")
+    assert start <= end <= time.time()  # when the op ran, on the worker's clock
     assert reply.body == {"metrics": {"n_stored": 2, "bad": None, "t": 0.5}}
     reply = c.ok("op", {**op, "role": "fake_score", "args": {"in": "y", "out": "z"}, "return": ["z", "x"]})
     assert torch.equal(reply.tensors["z"], 4 * x) and torch.equal(reply.tensors["x"], x)

@@ -142,6 +142,8 @@ export interface OpBody {
 export interface OpReplyBody {
   /** null stands for a NaN or infinite value */
   metrics: Record<string, number | null>;
+  /** when the op ran, in the worker's wall clock (seconds since the epoch): [start, end] */
+  time?: [number, number];
 }
 
 export interface SaveBody {

@@ -151,6 +151,7 @@ async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>
   const phases = routeTensors(planStep(step, recipe), home);
   const held = new Map<string, TensorFrame>();
   const metrics: Record<string, number | null> = {};
+  const trace: string[] | null = process.env.DMD2_TRACE ? [] : null; // docs/protocol.md, `op`
   for (const phase of phases) {
     const replies = await Promise.all(
       phase.map((call) => {
@@ -163,11 +164,20 @@ async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>
       }),
     );
     for (const call of phase) if (call.op === "update" && typeof call.args.lr === "number") metrics[`lr_${call.role}`] = call.args.lr;
+    if (trace !== null) {
+      phase.forEach((call, i) => {
+        const t = replies[i]!.reply.body.time;
+        if (Array.isArray(t) && t.length === 2) {
+          trace.push(JSON.stringify({ step, worker: home.get(call.role), role: call.role, op: call.op, start: t[0], end: t[1] }));
+        }
+      });
+    }
     for (const rep of replies) {
       Object.assign(metrics, rep.metrics);
       for (const t of rep.tensors) held.set(t.name, t);
     }
   }
+  if (trace !== null && trace.length > 0) appendFileSync(process.env.DMD2_TRACE!, trace.join("\n") + "\n");
   return metrics;
 }
 
