@@ -251,10 +251,28 @@ describe("pool with well-behaved workers", () => {
       assert.equal(pool.clientFor("generator"), pool.clientFor("teacher"));
       const r = await pool.clientFor("generator").op("generator", "echo", 0, {}, [f32("a", [1])], ["a"]);
       assert.equal(r.tensors[0]!.data.readFloatLE(0), 1);
+      // CURVE keys made for the run reach the worker in its environment, never on its command line
+      const keys = pool.endpoints.curve!;
+      assert.ok(keys.server.publicKey.length === 40 && keys.client.secretKey.length === 40);
+      const environ = readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
+      assert.ok(environ.includes(`DMD2_CURVE_SERVER_KEY=${keys.server.publicKey}`));
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      assert.ok(!cmdline.includes("CURVE") && !cmdline.includes(keys.client.secretKey), cmdline);
     } finally {
       await pool.close();
     }
     assert.ok(!isAlive(pid));
+  });
+
+  test("tcp: a worker without the run's CURVE keys is refused (no heartbeat gets through, no request reaches it)", async () => {
+    const error = await expectReject(
+      WorkerPool.start([{ name: "all", roles: ["teacher", "generator", "fake_score", "discriminator"] }],
+        options(fake, { transport: "tcp", firstHeartbeatTimeoutS: 2, env: { DMD2_FAKE_IGNORE_CURVE: "1" } })),
+      WorkerTimeoutError,
+    );
+    assert.equal(error.kind, "heartbeat");
+    assert.match(error.message, /worker "all" sent no heartbeat within 2 s of starting/);
+    assert.equal(liveWorkers().length, 0);
   });
 
   test("pool.race keeps nothing alive once the work settled (no reaction left on pool.failure)", async () => {

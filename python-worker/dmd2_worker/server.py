@@ -116,6 +116,7 @@ class WorkerServer:
         hb_thread: threading.Thread | None = None
         linger = 0
         try:
+            apply_curve_client(sock)
             sock.connect(self.connect)
             hb_thread = self._start_heartbeat(zctx)
             reason = self._loop(sock)
@@ -180,6 +181,7 @@ class WorkerServer:
         try:
             push = zctx.socket(zmq.PUSH)
             push.setsockopt(zmq.SNDHWM, HEARTBEAT_HWM)
+            apply_curve_client(push)
             push.connect(self.heartbeat_endpoint)
         except BaseException as exc:
             if push is not None:
@@ -440,6 +442,27 @@ def _fields(request: Message, **spec: _Check) -> dict[str, Any]:
         if not ok(body[key]):
             raise ProtocolError(f"'{request.type}' body: {key!r} must be {what}, got {body[key]!r}")
     return body
+
+
+CURVE_ENV = ("DMD2_CURVE_SERVER_KEY", "DMD2_CURVE_PUBLIC_KEY", "DMD2_CURVE_SECRET_KEY")
+
+
+def apply_curve_client(sock: zmq.Socket, env: dict[str, str] | None = None) -> bool:
+    """With the run's CURVE keys in the environment (the coordinator sets them for tcp runs, docs/protocol.md §1),
+    make `sock` a CURVE client of the coordinator; before connect. Returns whether it did. Some but not all keys
+    set is an error."""
+    env = os.environ if env is None else env
+    values = [env.get(name) for name in CURVE_ENV]
+    if not any(values):
+        return False
+    if not all(values):
+        missing = [n for n, v in zip(CURVE_ENV, values) if not v]
+        raise RuntimeError(f"incomplete CURVE keys in the environment: {', '.join(missing)} missing")
+    server, public, secret = (v.encode("ascii") for v in values)  # type: ignore[union-attr]
+    sock.curve_serverkey = server
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    return True
 
 
 def _metrics(metrics: Any, where: str) -> dict[str, int | float | None]:

@@ -24,7 +24,7 @@ import torch
 import zmq
 
 from dmd2_worker.protocol import Message, decode, encode
-from dmd2_worker.server import WorkerServer
+from dmd2_worker.server import WorkerServer, apply_curve_client
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 10_000
@@ -573,3 +573,23 @@ def test_random_frames_do_not_crash_the_worker(coordinator, worker, capsys):
     assert c.ok("op", fresh).body["metrics"] == {"n_stored": 0}
     assert answered > 100, "some fuzzed messages kept a readable id and must have been answered"
     assert "internal error" not in capsys.readouterr().err, "every malformed message is a protocol error, not a bug"
+
+
+def test_curve_keys_from_the_environment():
+    """tcp runs (docs/protocol.md §1): the coordinator's CURVE keys come in the environment; none: plain socket;
+    some but not all: an error naming what is missing."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        server_public, _ = zmq.curve_keypair()
+        public, secret = zmq.curve_keypair()
+        assert apply_curve_client(sock, {}) is False
+        env = {"DMD2_CURVE_SERVER_KEY": server_public.decode(), "DMD2_CURVE_PUBLIC_KEY": public.decode(),
+               "DMD2_CURVE_SECRET_KEY": secret.decode()}
+        assert apply_curve_client(sock, env) is True
+        assert sock.getsockopt(zmq.MECHANISM) == zmq.CURVE  # (the key options are write-only)
+        with pytest.raises(RuntimeError, match="DMD2_CURVE_SECRET_KEY missing"):
+            apply_curve_client(sock, {k: v for k, v in env.items() if k != "DMD2_CURVE_SECRET_KEY"})
+    finally:
+        sock.close(linger=0)
+        ctx.term()

@@ -25,7 +25,7 @@ import {
   type SetupReplyBody,
   type TensorFrame,
 } from "../protocol/messages.js";
-import { bindWithFallback } from "./endpoints.js";
+import { applyCurveServer, bindWithFallback, type CurveKeys } from "./endpoints.js";
 import type { HeartbeatMonitor } from "./heartbeat.js";
 import type { WorkerProcess } from "./process.js";
 
@@ -108,8 +108,9 @@ export class WorkerClient extends EventEmitter<WorkerClientEvents> {
   }
 
   /** Binds the request channel and starts the receive loop. Returns the address bound (for tcp, the port). */
-  async bind(address: string): Promise<string> {
+  async bind(address: string, curve: CurveKeys | null = null): Promise<string> {
     if (this.closed) throw this.closedError();
+    applyCurveServer(this.socket, curve);
     this.boundAddress = await bindWithFallback(this.socket, address);
     this.loop = this.receiveLoop();
     return this.boundAddress;

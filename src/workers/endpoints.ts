@@ -6,6 +6,7 @@ import { chmod, mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { curveKeyPair } from "zeromq";
 import { UsageError } from "../errors.js";
 
 export type Transport = "ipc" | "tcp";
@@ -27,6 +28,40 @@ export interface RunEndpoints {
   readonly heartbeat: string;
   /** Removes the ipc directory (idempotent; nothing to do for tcp). */
   cleanup(): Promise<void>;
+  /** tcp: CURVE keys made for this run (null for ipc, whose directory only the user can open). */
+  readonly curve: CurveKeys | null;
+}
+
+/**
+ * ZeroMQ CURVE keys (Z85) made for one run: the coordinator's sockets are CURVE servers with `server`'s secret
+ * key; workers connect with `client`'s pair and `server.publicKey`, which they get in their environment (never
+ * on a command line). A peer without the server's public key cannot complete the handshake, so nothing it sends
+ * reaches the coordinator and nothing is sent to it.
+ */
+export interface CurveKeys {
+  server: { publicKey: string; secretKey: string };
+  client: { publicKey: string; secretKey: string };
+}
+
+export function makeCurveKeys(): CurveKeys {
+  return { server: curveKeyPair(), client: curveKeyPair() };
+}
+
+/** Makes a socket a CURVE server with the run's keys; must come before bind. */
+export function applyCurveServer(socket: { curveServer: boolean; curveSecretKey: string | null }, keys: CurveKeys | null): void {
+  if (keys === null) return;
+  socket.curveServer = true;
+  socket.curveSecretKey = keys.server.secretKey;
+}
+
+/** The environment that tells a worker the run's CURVE keys (read by dmd2_worker.server). */
+export function curveEnv(keys: CurveKeys | null): Record<string, string> {
+  if (keys === null) return {};
+  return {
+    DMD2_CURVE_SERVER_KEY: keys.server.publicKey,
+    DMD2_CURVE_PUBLIC_KEY: keys.client.publicKey,
+    DMD2_CURVE_SECRET_KEY: keys.client.secretKey,
+  };
 }
 
 function checkWorkerName(worker: string): void {
@@ -90,6 +125,7 @@ export async function createEndpoints(workers: readonly string[], transport: Tra
         return `tcp://127.0.0.1:${port}`;
       },
       async cleanup(): Promise<void> {},
+      curve: makeCurveKeys(),
     };
   }
 
@@ -109,6 +145,7 @@ export async function createEndpoints(workers: readonly string[], transport: Tra
       removed = true;
       await rm(dir, { recursive: true, force: true });
     },
+    curve: null,
   };
 }
 

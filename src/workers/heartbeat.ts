@@ -8,7 +8,7 @@ import { Pull } from "zeromq";
 import { ProtocolError, WorkerTimeoutError } from "../errors.js";
 import { decodeMessage } from "../protocol/codec.js";
 import type { HeartbeatBody } from "../protocol/messages.js";
-import { bindWithFallback } from "./endpoints.js";
+import { applyCurveServer, bindWithFallback, type CurveKeys } from "./endpoints.js";
 
 export interface HeartbeatState {
   worker: string;
@@ -68,8 +68,9 @@ export class HeartbeatMonitor extends EventEmitter<HeartbeatMonitorEvents> {
   }
 
   /** Binds the PULL socket and starts receiving and checking. Returns the address bound. */
-  async bind(address: string): Promise<string> {
+  async bind(address: string, curve: CurveKeys | null = null): Promise<string> {
     if (this.stopped) throw new Error("HeartbeatMonitor is stopped");
+    applyCurveServer(this.socket, curve);
     this.endpoint = await bindWithFallback(this.socket, address);
     this.loop = this.receiveLoop();
     this.timer = setInterval(() => this.check(), this.checkIntervalMs);

@@ -8,7 +8,7 @@ import path from "node:path";
 import { DmdError, ProtocolError, UsageError } from "../errors.js";
 import { ROLES, isRole, type HelloReplyBody, type Role } from "../protocol/messages.js";
 import { WorkerClient, type HelloParams } from "./client.js";
-import { createEndpoints, type RunEndpoints, type Transport } from "./endpoints.js";
+import { createEndpoints, curveEnv, type RunEndpoints, type Transport } from "./endpoints.js";
 import { HeartbeatMonitor } from "./heartbeat.js";
 import { spawnWorker, type WorkerExit, type WorkerProcess } from "./process.js";
 
@@ -147,7 +147,7 @@ export class WorkerPool {
 
   private async launch(): Promise<void> {
     const options = this.options;
-    const heartbeatEndpoint = await this.heartbeat.bind(this.endpoints.heartbeat);
+    const heartbeatEndpoint = await this.heartbeat.bind(this.endpoints.heartbeat, this.endpoints.curve);
     for (const spec of this.specs) {
       const client = new WorkerClient({
         name: spec.name,
@@ -164,7 +164,7 @@ export class WorkerPool {
 
     const started = await Promise.allSettled(
       [...this.entries.values()].map(async (entry) => {
-        const requestEndpoint = await entry.client.bind(this.endpoints.endpointFor(entry.spec.name));
+        const requestEndpoint = await entry.client.bind(this.endpoints.endpointFor(entry.spec.name), this.endpoints.curve);
         if (this.stopping) return;
         const entryArgs = typeof options.entry === "function" ? options.entry(entry.spec) : options.entry;
         entry.proc = await spawnWorker({
@@ -175,7 +175,7 @@ export class WorkerPool {
           heartbeatEndpoint,
           heartbeatInterval: options.heartbeatIntervalS ?? 0.5,
           logFile: options.logDir == null ? null : path.join(options.logDir, `${entry.spec.name}.log`),
-          env: options.env,
+          env: { ...options.env, ...curveEnv(this.endpoints.curve) },
           cwd: options.cwd,
           entry: entryArgs,
         });
