@@ -1,6 +1,8 @@
 // Shared by the tests: paths and the project's Python.
+import assert from "node:assert/strict";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { RecipeError } from "../src/errors.js";
 
 /** Tests are compiled to dist/test/; the project root is two levels up. */
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -55,4 +57,16 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** The problem lines of the RecipeError (exit code 2) that `fn` must throw. */
+export function issuesOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof RecipeError, `expected RecipeError, got ${e}`);
+    assert.equal(e.exitCode, 2);
+    return e.lines();
+  }
+  assert.fail("expected the recipe to be rejected");
 }

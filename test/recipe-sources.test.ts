@@ -9,7 +9,7 @@ import { test } from "node:test";
 import { RecipeError } from "../src/errors.js";
 import { showPath } from "../src/recipe/files.js";
 import { loadDataGroup, loadRecipe, loadTeacherRecipe } from "../src/recipe/load.js";
-import { fakeTeacher } from "./helpers.js";
+import { fakeTeacher, issuesOf } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-sources-"));
 const recipes = path.join(tmp, "recipes");
@@ -18,16 +18,6 @@ function writeRecipe(name: string, lines: string[]): string {
   const f = path.join(recipes, name);
   writeFileSync(f, lines.join("\n") + "\n");
   return f;
-}
-function issuesOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof RecipeError, `expected RecipeError, got ${e}`);
-    assert.equal(e.exitCode, 2);
-    return e.lines();
-  }
-  assert.fail("expected the recipe to be rejected");
 }
 /** the recipe file as messages name it */
 const shown = (f: string) => path.relative(process.cwd(), f);

@@ -5,27 +5,16 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { RecipeError } from "../src/errors.js";
 import { loadRecipe, loadTeacherRecipe, parseOverride } from "../src/recipe/load.js";
 import { defaultTimesteps } from "../src/recipe/resolve.js";
 import { parse } from "yaml";
-import { fakeTeacher, projectRoot } from "./helpers.js";
+import { fakeTeacher, issuesOf, projectRoot } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-recipe-"));
 function writeRecipe(name: string, text: string): string {
   const f = path.join(tmp, name);
   writeFileSync(f, text);
   return f;
-}
-function issuesOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof RecipeError, `expected RecipeError, got ${e}`);
-    assert.equal(e.exitCode, 2);
-    return e.lines();
-  }
-  assert.fail("expected the recipe to be rejected");
 }
 
 test("every recipe in recipes/ loads and resolves (teacher recipes: *-teacher.yaml)", () => {

@@ -10,7 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 SCHEMA_VERSION = 1
 
@@ -268,10 +268,21 @@ def _parse_dataclass(obj: dict, cls: type, path: str, problems: list[str]) -> An
     return cls(**values)
 
 
+def _check_data(data: DataConfig, problems: list[str]) -> None:
+    """The data group's value rules, shared by both recipe kinds."""
+    s = data.gmm.image_size
+    if s < 4 or s % 4:
+        problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
+    if not 1 <= data.gmm.num_classes <= 10:
+        problems.append(f"data.gmm.num_classes: must be in 1..10, got {data.gmm.num_classes}")
+    if data.source == "folder" and not data.folder.path:
+        problems.append("data.folder.path: required when data.source is 'folder'")
+    if data.folder.channels not in (1, 3):
+        problems.append(f"data.folder.channels: must be 1 or 3, got {data.folder.channels}")
+
+
 def _check_values(r: Recipe, problems: list[str]) -> None:
     """The few value rules the worker's math relies on (the CLI checks all of them; this is a backstop)."""
-    if r.version != SCHEMA_VERSION:
-        problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
     d = r.diffusion
     T = d.num_train_timesteps
     if T < 2:
@@ -294,33 +305,36 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append(f"dmd.min_t, dmd.max_t: need 0 <= min_t < max_t <= 1, got {r.dmd.min_t}, {r.dmd.max_t}")
     if len(r.optim.betas) != 2:
         problems.append(f"optim.betas: expected 2 numbers, got {len(r.optim.betas)}")
-    s = r.data.gmm.image_size
-    if s < 4 or s % 4:
-        problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
-    if not 1 <= r.data.gmm.num_classes <= 10:
-        problems.append(f"data.gmm.num_classes: must be in 1..10, got {r.data.gmm.num_classes}")
-    if r.data.source == "folder" and not r.data.folder.path:
-        problems.append("data.folder.path: required when data.source is 'folder'")
-    if r.data.folder.channels not in (1, 3):
-        problems.append(f"data.folder.channels: must be 1 or 3, got {r.data.folder.channels}")
+    _check_data(r.data, problems)
     if r.teacher.source == "diffusers" and not r.teacher.path:
         problems.append("teacher.path: required when teacher.source is 'diffusers'")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
 
 
-def parse_recipe(obj: Any) -> Recipe:
-    """Parse the resolved recipe (a JSON object) strictly. Raises RecipeError listing every problem."""
+T = typing.TypeVar("T")
+
+
+def _parse_strict(obj: Any, cls: type[T], check_values: Callable[[T, list[str]], None]) -> T:
+    """Parse a resolved recipe of either kind: types first (all problems), then its schema version and value
+    rules (all problems). Raises RecipeError listing every problem."""
     problems: list[str] = []
     if not isinstance(obj, dict):
         raise RecipeError([f"recipe: expected object, got {type(obj).__name__}"])
-    recipe = _parse_dataclass(obj, Recipe, "", problems)
+    r = _parse_dataclass(obj, cls, "", problems)
     if problems:
         raise RecipeError(problems)
-    _check_values(recipe, problems)
+    if r.version != SCHEMA_VERSION:
+        problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
+    check_values(r, problems)
     if problems:
         raise RecipeError(problems)
-    return recipe
+    return r
+
+
+def parse_recipe(obj: Any) -> Recipe:
+    """Parse the resolved recipe (a JSON object) strictly. Raises RecipeError listing every problem."""
+    return _parse_strict(obj, Recipe, _check_values)
 
 
 @dataclass
@@ -360,16 +374,7 @@ class TeacherRecipe:
     train: TeacherTrainConfig
 
 
-def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
-    """Parse the resolved teacher recipe strictly. Raises RecipeError listing every problem."""
-    problems: list[str] = []
-    if not isinstance(obj, dict):
-        raise RecipeError([f"recipe: expected object, got {type(obj).__name__}"])
-    r = _parse_dataclass(obj, TeacherRecipe, "", problems)
-    if problems:
-        raise RecipeError(problems)
-    if r.version != SCHEMA_VERSION:
-        problems.append(f"version: unsupported recipe schema version {r.version} (this worker reads {SCHEMA_VERSION})")
+def _check_teacher_values(r: TeacherRecipe, problems: list[str]) -> None:
     positive = {"model.layers_per_block": r.model.layers_per_block, "model.norm_num_groups": r.model.norm_num_groups,
                 "train.steps": r.train.steps, "train.batch_size": r.train.batch_size,
                 "train.log_every": r.train.log_every}
@@ -384,11 +389,12 @@ def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
         problems.append(f"train.ema_decay: must be in [0, 1), got {r.train.ema_decay}")
     if not 0 <= r.train.label_dropout < 1:
         problems.append(f"train.label_dropout: must be in [0, 1), got {r.train.label_dropout}")
-    if r.data.source == "folder" and not r.data.folder.path:
-        problems.append("data.folder.path: required when data.source is 'folder'")
-    if problems:
-        raise RecipeError(problems)
-    return r
+    _check_data(r.data, problems)
+
+
+def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
+    """Parse the resolved teacher recipe strictly. Raises RecipeError listing every problem."""
+    return _parse_strict(obj, TeacherRecipe, _check_teacher_values)
 
 
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:

@@ -6,7 +6,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { parseArgs } from "node:util";
+import { parseBenchArgs, runIfMain } from "./cli.js";
 import { PROJECT_ROOT } from "../workers/python.js";
 import { describeMachine, loadAverage } from "./machine.js";
 import { markdownReport, samplingRows, stepRows, textTable, transportRows, type BenchResults, type Row } from "./report.js";
@@ -80,26 +80,17 @@ function usage(): string {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        quick: { type: "boolean", default: false },
-        out: { type: "string" },
-        only: { type: "string" },
-        keep: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }));
-  } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n${usage()}\n`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(`${usage()}\n`);
-    return 0;
-  }
+  const values = parseBenchArgs(
+    argv,
+    {
+      quick: { type: "boolean", default: false },
+      out: { type: "string" },
+      only: { type: "string" },
+      keep: { type: "boolean", default: false },
+    },
+    usage(),
+  );
+  if (typeof values === "number") return values;
   const quick = values.quick ?? false;
   const only = new Set<Section>();
   for (const s of (values.only ?? SECTIONS.join(",")).split(",").map((x) => x.trim()).filter(Boolean)) {
@@ -206,13 +197,4 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invoked = process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname);
-if (invoked) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (error: unknown) => {
-      process.stderr.write(`bench failed: ${String(error)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main, "bench");

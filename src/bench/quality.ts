@@ -5,12 +5,12 @@
 // at 1, 2, 4 steps (up to the steps each was trained for), with a
 // picture. Writes quality.md and quality.json (default docs/bench/) and the picture (default
 // docs/img/digits-compare.png; with --out, into that folder). Scratch: $DMD2_BENCH_DIR, else a new
-// temporary folder; it is kept (the teacher and the run are in it).
+// temporary folder; it is kept (the teacher and both runs are in it).
 
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { parseArgs } from "node:util";
+import { parseBenchArgs, runIfMain } from "./cli.js";
 import { execa } from "execa";
 import { floorLine, textTable, type EvalResult } from "../eval/table.js";
 import { PROJECT_ROOT } from "../workers/python.js";
@@ -32,26 +32,17 @@ async function dmd2(args: string[], captureStdout: boolean): Promise<string> {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        set: { type: "string", multiple: true, default: [] },
-        "teacher-set": { type: "string", multiple: true, default: [] },
-        n: { type: "string", default: "1000" },
-        out: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }));
-  } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n${usage()}\n`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(`${usage()}\n`);
-    return 0;
-  }
+  const values = parseBenchArgs(
+    argv,
+    {
+      set: { type: "string", multiple: true, default: [] },
+      "teacher-set": { type: "string", multiple: true, default: [] },
+      n: { type: "string", default: "1000" },
+      out: { type: "string" },
+    },
+    usage(),
+  );
+  if (typeof values === "number") return values;
   if (!/^\d+$/.test(values.n) || Number(values.n) < 2) {
     process.stderr.write(`--n ${values.n}: expected a whole number >= 2\n${usage()}\n`);
     return 2;
@@ -133,13 +124,4 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invoked = process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname);
-if (invoked) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (error: unknown) => {
-      process.stderr.write(`bench:quality failed: ${String(error)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main, "bench:quality");

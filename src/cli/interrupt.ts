@@ -1,5 +1,6 @@
-// Ctrl-C (and SIGTERM) for commands that run one Python job: the first signal aborts the job, which is then
-// stopped in order; a second one exits at once (the job is killed on exit).
+// Ctrl-C (and SIGTERM) for the commands that run workers or a Python job: the first signal aborts the command's
+// signal, which then stops in order (distill: after the current step and a checkpoint); a second one exits at
+// once with 130 (children are killed on exit).
 
 import { color as chalk } from "../colors.js";
 import type { Reporter } from "../run/reporter.js";
@@ -10,14 +11,15 @@ export interface Interrupt {
   dispose(): void;
 }
 
-export function onInterrupt(reporter: Reporter, what: string): Interrupt {
+/** `action`: what the first signal does, e.g. "stopping the evaluation". */
+export function onInterrupt(reporter: Reporter, action: string): Interrupt {
   const ac = new AbortController();
   const handler = (sig: NodeJS.Signals) => {
     if (!ac.signal.aborted) {
-      reporter.info(chalk.yellow(`${sig}: stopping ${what} (press Ctrl-C again to exit at once)`));
+      reporter.info(chalk.yellow(`${sig}: ${action} (press Ctrl-C again to stop at once)`));
       ac.abort();
     } else {
-      process.stderr.write(`${sig} again: exiting at once\n`);
+      process.stderr.write(`${sig} again: stopping at once\n`);
       process.exit(130);
     }
   };

@@ -85,23 +85,11 @@ export function buildProgram(): Command {
   ).action(async (recipeFile: string, opts: OutputFlags & { set: string[] }) => {
     const { loadRecipe } = await import("../recipe/load.js");
     const { distillWithRestarts } = await import("../run/supervise.js");
+    const { onInterrupt } = await import("./interrupt.js");
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
-    const ac = new AbortController();
-    let signals = 0;
-    const onSignal = (sig: NodeJS.Signals) => {
-      signals += 1;
-      if (signals === 1) {
-        reporter.info(chalk.yellow(`${sig}: finishing the current step and writing a checkpoint (press Ctrl-C again to stop at once)`));
-        ac.abort();
-      } else {
-        process.stderr.write(`${sig} again: stopping at once\n`);
-        process.exit(130);
-      }
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
-    const res = await distillWithRestarts(recipe, reporter, { signal: ac.signal });
+    const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");
+    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal });
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
     if (res.interrupted) process.exitCode = 130;
   });

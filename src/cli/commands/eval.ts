@@ -47,7 +47,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     picture: flags.picture === undefined ? null : path.resolve(flags.picture),
   });
   reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]`).join(", ")}; ${spec.n} samples each on ${data.source} data`);
-  const interrupt = onInterrupt(reporter, "the evaluation");
+  const interrupt = onInterrupt(reporter, "stopping the evaluation");
   try {
     const outcome = await runPythonJob({
       python: resolvePython(null),

@@ -42,7 +42,7 @@ export async function trainTeacherCommand(recipeFile: string, flags: TrainTeache
   reporter.phase("training teacher", `${recipe.name}: ${recipe.data.source} data, UNet [${recipe.model.block_out_channels.join(", ")}], ${recipe.train.steps} steps`);
 
   const progress = new TrainProgress(reporter);
-  const interrupt = onInterrupt(reporter, "training");
+  const interrupt = onInterrupt(reporter, "stopping training");
   try {
     const outcome = await runPythonJob({
       python,
