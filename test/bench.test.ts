@@ -109,7 +109,7 @@ test("bench report: (a)/(c) <= 1.25 is a target on the digits rows only", () => 
       generator_steps: null, other_steps: null, times_s: times,
     };
   };
-  const keys = ["colocated.default", "per_role.default", "local.default", "colocated.t1", "local.t1"];
+  const keys = ["colocated.default", "per_role.default", "local.default", "colocated.t1", "local.t1", "per_role.t1"];
   const steps = [
     ...keys.map((k) => result("tiny", k, 10)),
     ...keys.map((k) => result("digits", k, k === "colocated.default" ? 130 : k === "colocated.t1" ? 200 : 100)),

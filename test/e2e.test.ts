@@ -226,11 +226,14 @@ test("non-finite loss: stops by default naming step and op; train.on_nonfinite=s
   assert.equal(rows[10].skipped_nonfinite, 0);
 });
 
-test("device: cuda on a machine without CUDA is refused at start with the fix", async () => {
-  const r = await dmd2(["distill", tiny, ...small("cuda", ["device=cuda"])]);
+test("device: cuda on a machine without CUDA is refused before setup with the fix, exit 2, no worker left", async () => {
+  const r = await dmd2(["distill", tiny, "--json", ...small("cuda", ["device=cuda"])]);
   if (r.exitCode === 0) return assert.ok(/cuda/.test(r.stdout + r.stderr)); // a CUDA machine: it simply runs
-  assert.equal(r.exitCode, 1);
-  assert.match(r.stderr, /has no CUDA \(set device: cpu, or point DMD2_PYTHON at a CUDA build of torch\)/);
+  assert.equal(r.exitCode, 2, r.stderr);
+  assert.match(r.stderr, /roles\.teacher\.device: cuda is not available to worker "teacher" on \S+ \(torch \S+ there has no CUDA\); set device: cpu, or point DMD2_PYTHON \(or the recipe's python\) at a CUDA build of torch/);
+  assert.equal(existsSync(path.join(work, "cuda", "metrics.jsonl")), false);
+  const workers = r.events.find((e) => e.event === "workers") as { workers: Array<{ pid: number }> } | undefined;
+  for (const w of workers?.workers ?? []) assert.equal(isAlive(w.pid), false, `worker ${w.pid} left running`);
 });
 
 async function ensurePerRoleReference(): Promise<string> {

@@ -140,6 +140,35 @@ class RestartConfig:
 
 
 @dataclass
+class RolePlacement:
+    """Where one role runs (docs/recipe.md "Placement"): one device per replica."""
+    device: list[str]
+    precision: Literal["fp32", "bf16"]
+    gradient_checkpointing: bool
+    replicas: int
+    backend: Literal["gloo", "nccl"]
+    join: bool  # its workers are started on other hosts (`dmd2 worker --join`)
+
+
+@dataclass
+class JoinConfig:
+    bind: str
+    port: int
+    timeout_s: float
+
+
+@dataclass
+class RolesConfig:
+    teacher: RolePlacement
+    generator: RolePlacement
+    fake_score: RolePlacement  # the discriminator (a head on the fake score's network) follows it
+
+    def of(self, role: str) -> RolePlacement:
+        """The placement of `role` (the discriminator's is the fake score's)."""
+        return getattr(self, "fake_score" if role == "discriminator" else role)
+
+
+@dataclass
 class Recipe:
     version: int
     name: str
@@ -150,7 +179,12 @@ class Recipe:
     torch_threads: int
     transport: Literal["ipc", "tcp"]
     device: str
+    precision: Literal["fp32", "bf16"]
+    tf32: bool
+    gradient_checkpointing: bool
+    roles: RolesConfig
     heartbeat: HeartbeatConfig
+    join: JoinConfig
     data: DataConfig
     teacher: TeacherConfig
     diffusion: DiffusionConfig
@@ -310,6 +344,12 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append("teacher.path: required when teacher.source is 'diffusers'")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
+    for name in ("teacher", "generator", "fake_score"):
+        p = getattr(r.roles, name)
+        if p.replicas < 1 or len(p.device) != p.replicas:
+            problems.append(f"roles.{name}.device: expected one device per replica ({p.replicas}), got {p.device}")
+        elif r.train.batch_size % p.replicas:
+            problems.append(f"roles.{name}.replicas: {p.replicas} does not divide train.batch_size {r.train.batch_size}")
 
 
 T = typing.TypeVar("T")

@@ -20,8 +20,15 @@ def _t(value: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((like.shape[0],), int(value), dtype=torch.long, device=like.device)
 
 
-def _renoise(x0: torch.Tensor, t_next: int, schedule: NoiseSchedule, generator: torch.Generator | None) -> torch.Tensor:
-    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _renoise(x0: torch.Tensor, t_next: int, schedule: NoiseSchedule, generator: torch.Generator | None,
+             noise_fn: NoiseFn | None = None) -> torch.Tensor:
+    if noise_fn is not None:
+        noise = noise_fn(x0)
+    else:
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
     return schedule.add_noise(x0, _t(t_next, x0), noise)
 
 
@@ -35,9 +42,11 @@ def backward_simulation(
     schedule: NoiseSchedule,
     generator: torch.Generator | None,
     callback: Callback | None = None,
+    noise_fn: NoiseFn | None = None,
 ) -> torch.Tensor:
     """G's own input at step k: from pure noise `z`, for i < k predict x0 = G(x, tau_i) and re-noise it to
-    tau_{i+1} with fresh noise. k = 0 returns `z`. Draws exactly k noise tensors."""
+    tau_{i+1} with fresh noise. k = 0 returns `z`. Draws exactly k noise tensors (with `noise_fn(like)` when
+    given: a replicated role draws the whole batch's noise and keeps its rows)."""
     if not 0 <= k < len(timesteps):
         raise ValueError(f"backward simulation step k={k} outside [0, {len(timesteps)})")
     x = z
@@ -45,7 +54,7 @@ def backward_simulation(
         x0 = G(x, _t(timesteps[i], x), cond)
         if callback is not None:
             callback(i, x, x0)
-        x = _renoise(x0, timesteps[i + 1], schedule, generator)
+        x = _renoise(x0, timesteps[i + 1], schedule, generator, noise_fn)
     return x
 
 

@@ -9,6 +9,7 @@ The roles (roles/base.py) do the work; this module owns sockets, framing, the te
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import torch
 import zmq
 
+from .placement import available_devices, cuda_names, device_for, init_process_group, set_tf32, shard_from_env
 from .store import TensorStore
 from .protocol import (
     Message,
@@ -43,18 +45,6 @@ HEARTBEAT_HWM = 8             # heartbeats queued while the coordinator is not t
 COPY_REPLY_MAX_BYTES = 256 * 1024  # reply tensor frames up to this size are copied, larger ones sent zero-copy
 
 Reply = tuple[dict[str, Any], dict[str, torch.Tensor]]
-
-
-def _device_for(name: str) -> torch.device:
-    """The recipe's `device`, checked against what this interpreter's torch can do."""
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"recipe device {name!r}, but torch {torch.__version__} in {sys.executable} has no CUDA "
-                               f"(set device: cpu, or point DMD2_PYTHON at a CUDA build of torch)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"recipe device {name!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return device
 
 
 class WorkerServer:
@@ -103,6 +93,9 @@ class WorkerServer:
         self._orphan_since: float | None = None
 
         self._context: Any = None            # the WorkerContext, once `hello` succeeded
+        self._role_contexts: dict[str, Any] = {}  # each role's view of it (its device, precision, shard)
+        self._shard = shard_from_env()       # rank and world size of a replicated role (placement.py)
+        self._group_joined = False
         self._store = TensorStore()
         self._last_step: int | None = None
 
@@ -302,26 +295,57 @@ class WorkerServer:
 
         torch.set_num_threads(body["torch_threads"])
         recipe = recipe_parser(body["recipe"])
-        device = _device_for(getattr(recipe, "device", "cpu"))
-        context = context_factory(worker=self.name, recipe=recipe, run_dir=Path(body["run_dir"]), device=device)
+        if getattr(recipe, "tf32", False):
+            set_tf32(True)
+        # Devices are not checked here: the hello reply says what this process has, the coordinator checks the
+        # recipe's placement against it (one clear message), and `setup` checks again as a backstop.
+        context = context_factory(worker=self.name, recipe=recipe, run_dir=Path(body["run_dir"]),
+                                  device=torch.device("cpu"))
         for role_name in roles:
             context.roles[role_name] = role_factory(role_name)
         # Only now is the worker said hello to: a failed hello leaves it waiting for another.
         self._context, self._store, self._last_step = context, store, None
+        self._role_contexts = {}
         return {
             "pid": self._pid,
             "hostname": socket.gethostname(),
             "python": platform.python_version(),
             "torch": str(torch.__version__),
             "cuda": bool(torch.cuda.is_available()),
-            "devices": [str(device)],
+            "devices": available_devices(),
+            "cuda_names": cuda_names(),
+            "rank": 0 if self._shard is None else self._shard.rank,
+            "world": 1 if self._shard is None else self._shard.world,
             "roles": list(roles),
         }, {}
+
+    def _role_context(self, role_name: str) -> Any:
+        """The context `role_name`'s calls get: the worker's, with the role's device (this rank's), precision,
+        gradient checkpointing and shard (recipe.roles, placement.py). Stand-in recipes without `roles` (tests)
+        share the worker's context."""
+        ctx = self._role_contexts.get(role_name)
+        if ctx is not None:
+            return ctx
+        ctx = self._context
+        roles_cfg = getattr(ctx.recipe, "roles", None)
+        if roles_cfg is not None and dataclasses.is_dataclass(ctx):
+            placed = roles_cfg.of(role_name)
+            rank = 0 if self._shard is None else self._shard.rank
+            key = "fake_score" if role_name == "discriminator" else role_name
+            device = device_for(placed.device[rank], f"roles.{key}.device")
+            if self._shard is not None and not self._group_joined and role_name != "teacher":
+                # the frozen teacher's replicas only split the batch: no gradients, no group
+                init_process_group(self._shard, placed.backend, device)
+                self._group_joined = True
+            ctx = dataclasses.replace(ctx, device=device, precision=placed.precision,
+                                      gradient_checkpointing=placed.gradient_checkpointing, shard=self._shard)
+        self._role_contexts[role_name] = ctx
+        return ctx
 
     def _setup(self, request: Message) -> Reply:
         body = _fields(request, role=_NAME, teacher_dir=_OPTIONAL_STR)
         role = self._role(body["role"])
-        result = role.setup(dict(body), self._context)
+        result = role.setup(dict(body), self._role_context(body["role"]))
         if not isinstance(result, dict):
             raise TypeError(f"{body['role']}.setup returned {type(result).__name__}, not a dict")
         return result, {}
@@ -336,9 +360,10 @@ class WorkerServer:
         self._store.update(request.tensors)
         self._store.step = step
         started = time.time()
-        metrics = _metrics(role.run_op(op, body["args"], self._store, self._context), f"{role_name}.{op}")
+        ctx = self._role_context(role_name)
+        metrics = _metrics(role.run_op(op, body["args"], self._store, ctx), f"{role_name}.{op}")
         ended = time.time()
-        device = self._context.device
+        device = ctx.device
         if isinstance(device, torch.device) and device.type == "cuda":
             # per worker, so that merged step metrics keep every process's figure (scripts/gpu-check.sh reads them)
             metrics[f"cuda_peak_mb_{self.name}"] = torch.cuda.max_memory_allocated(device) / 2**20

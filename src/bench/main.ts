@@ -1,7 +1,8 @@
-// `npm run bench` (node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling] [--keep]):
-// measures, side by side in one invocation, the step time of the orchestrated run against the plain Python loop
-// and between placements, the transport against a bare ZeroMQ pair, and sampling speed; prints one table of
-// ratios and writes results.json and results.md (default: docs/bench/; with --quick: a temporary folder).
+// `npm run bench` (node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling]
+// [--variants tiny,compute,digits] [--keep]; --help says what each does): measures, side by side in one
+// invocation, the step time of the orchestrated run against the plain Python loop and between placements, the
+// transport against a bare ZeroMQ pair, and sampling speed; prints one table of ratios and writes results.json
+// and results.md (default: docs/bench/; with --quick: a temporary folder).
 
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -76,7 +77,16 @@ function toJson(value: unknown): string {
 }
 
 function usage(): string {
-  return "usage: node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling] [--keep]";
+  return [
+    "usage: node dist/src/bench/main.js [--quick] [--out DIR] [--only steps,transport,sampling] [--variants IDS] [--keep]",
+    "  --quick           the smoke mode: tiny sizes, 1 thread, results in a temporary folder",
+    "  --out DIR         where results.json and results.md go (default docs/bench/; with --quick a temporary folder)",
+    "  --only SECTIONS   run only these sections, comma-separated: steps, transport, sampling (default all)",
+    "  --variants IDS    the step-time section runs only these variants, comma-separated: tiny, compute, digits",
+    "                    (--quick: tiny) (default all)",
+    "  --keep            keep the scratch folder",
+    "a run of some sections or variants writes results.json and results.md too: give --out to keep docs/bench/ as it is",
+  ].join("\n");
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -86,6 +96,7 @@ export async function main(argv: string[]): Promise<number> {
       quick: { type: "boolean", default: false },
       out: { type: "string" },
       only: { type: "string" },
+      variants: { type: "string" },
       keep: { type: "boolean", default: false },
     },
     usage(),
@@ -100,8 +111,16 @@ export async function main(argv: string[]): Promise<number> {
     }
     only.add(s as Section);
   }
-  const outDir = path.resolve(values.out ?? (quick ? path.join(os.tmpdir(), "dmd2-bench-quick") : path.join(PROJECT_ROOT, "docs", "bench")));
   const settings = benchSettings(quick);
+  const ids = settings.variants.map((v) => v.id);
+  const wanted = values.variants === undefined ? ids : values.variants.split(",").map((x) => x.trim()).filter(Boolean);
+  const unknown = wanted.filter((id) => !ids.includes(id));
+  if (unknown.length > 0 || wanted.length === 0) {
+    process.stderr.write(`--variants: ${unknown.length > 0 ? `unknown variant "${unknown[0]}"` : "none given"} (variants${quick ? " with --quick" : ""}: ${ids.join(", ")})\n`);
+    return 2;
+  }
+  const variants = settings.variants.filter((v) => wanted.includes(v.id));
+  const outDir = path.resolve(values.out ?? (quick ? path.join(os.tmpdir(), "dmd2-bench-quick") : path.join(PROJECT_ROOT, "docs", "bench")));
   const log = (line: string) => process.stderr.write(`${line}\n`);
   const env: Record<string, string> = { NO_COLOR: "1" };
   const work = mkdtempSync(path.join(os.tmpdir().length < 60 ? os.tmpdir() : "/tmp", "dmd2-bench-"));
@@ -117,24 +136,27 @@ export async function main(argv: string[]): Promise<number> {
 
   try {
     const machine = await describeMachine();
-    let steps: StepResult[] = [];
+    const steps: StepResult[] = [];
     let resolvedTiny = "";
     let tinyCheckpoint = "";
     if (only.has("steps") || only.has("sampling")) {
-      const variants = only.has("steps") ? settings.variants : [{ ...settings.variants[0]!, warmup: 0, steps: 5, rounds: 1 }];
-      for (const v of variants) {
+      // Sampling needs the tiny variant's resolved recipe and a generator checkpoint: when tiny is not timed here,
+      // a short colocated tiny run gives them.
+      const tiny = settings.variants.find((v) => v.id === "tiny")!;
+      const runs = [
+        ...(only.has("steps") ? variants.map((v) => ({ v, timed: true })) : []),
+        ...(only.has("sampling") && !(only.has("steps") && variants.includes(tiny)) ? [{ v: { ...tiny, warmup: 0, steps: 5, rounds: 1 }, timed: false }] : []),
+      ];
+      for (const { v, timed } of runs) {
         log(`step time, ${v.id}: ${v.recipe}${v.sets.length ? " " + v.sets.join(" ") : " (as is)"}${v.prepare ? `, after dmd2 ${v.prepare.kind} ${v.prepare.recipe}` : ""}`);
-        // Sampling alone needs only a short colocated tiny run (its resolved recipe and a generator checkpoint).
-        const configs = only.has("steps") ? undefined : [{ key: "colocated.default", mode: "colocated" as const, threads: null }];
+        const configs = timed ? undefined : [{ key: "colocated.default", mode: "colocated" as const, threads: null }];
         const outcome = await benchVariant(v, work, env, Math.max(1, cores), log, configs);
-        if (only.has("steps")) steps.push(...outcome.results);
+        if (timed) steps.push(...outcome.results);
         if (v.id === "tiny") {
           resolvedTiny = outcome.resolvedRecipe;
           tinyCheckpoint = outcome.checkpointDir;
         }
-        if (!only.has("steps")) break;
       }
-      if (!only.has("steps")) steps = [];
     }
     let transport: TransportResult | null = null;
     if (only.has("transport")) {
@@ -151,7 +173,7 @@ export async function main(argv: string[]): Promise<number> {
     }
 
     const rows: Row[] = [
-      ...stepRows(settings.variants, steps),
+      ...stepRows(variants, steps),
       ...(transport ? transportRows(transport) : []),
       ...(sampling ? samplingRows(sampling) : []),
     ];
@@ -163,7 +185,7 @@ export async function main(argv: string[]): Promise<number> {
       duration_s: (performance.now() - t0) / 1000,
       machine,
       load: { start: loadStart, end: loadAverage(), max_1min: Math.max(...loadSamples.map(([, l]) => l)), samples: loadSamples },
-      settings: { ...settings, sections: [...only] } as unknown as Record<string, unknown>,
+      settings: { ...settings, variants, sections: [...only] } as unknown as Record<string, unknown>,
       steps,
       transport,
       sampling,
@@ -171,7 +193,7 @@ export async function main(argv: string[]): Promise<number> {
     };
     mkdirSync(outDir, { recursive: true });
     writeFileSync(path.join(outDir, "results.json"), toJson(results) + "\n");
-    writeFileSync(path.join(outDir, "results.md"), markdownReport(results, only.has("steps") ? settings.variants : []) + "\n");
+    writeFileSync(path.join(outDir, "results.md"), markdownReport(results, only.has("steps") ? variants : []) + "\n");
 
     process.stdout.write(`\n${textTable(rows)}\n\n`);
     process.stdout.write(

@@ -96,9 +96,9 @@ export function stepRows(variants: StepVariant[], results: StepResult[]): Row[] 
       `(b) per_role / (a) colocated, ${fixed ? "" : "default "}threads (${get("per_role.default")?.torch_threads ?? "?"} vs ${t})`,
       "per_role.default",
       "colocated.default",
-      "default placements: per_role gets floor(cores/3) threads per worker, colocated gets all cores",
+      "default placements: per_role's workers get all cores each when the networks are compute-bound, else floor(cores/3); colocated gets all cores",
     );
-    pair("b_over_a.t1", "(b) per_role / (a) colocated, 1 thread per process (fair)", "per_role.default", "colocated.t1", "same threads per process");
+    pair("b_over_a.t1", "(b) per_role / (a) colocated, 1 thread per process", "per_role.t1", "colocated.t1", "same threads per process");
   }
   return rows;
 }

@@ -91,7 +91,7 @@ export function stepConfigs(defaultColocatedThreads: number, fixedThreads?: numb
     { key: "local.default", mode: "local", threads: null },
   ];
   if (defaultColocatedThreads !== 1) {
-    configs.push({ key: "colocated.t1", mode: "colocated", threads: 1 }, { key: "local.t1", mode: "local", threads: 1 });
+    configs.push({ key: "colocated.t1", mode: "colocated", threads: 1 }, { key: "local.t1", mode: "local", threads: 1 }, { key: "per_role.t1", mode: "per_role", threads: 1 });
   }
   return configs;
 }

@@ -89,7 +89,7 @@ export function buildProgram(): Command {
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
     const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");
-    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal });
+    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile });
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
     if (res.interrupted) process.exitCode = 130;
   });
@@ -126,6 +126,21 @@ export function buildProgram(): Command {
   ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; out?: string; force?: boolean }) => {
     const { trainTeacherCommand } = await import("./commands/trainTeacher.js");
     process.exitCode = await trainTeacherCommand(recipeFile, opts, reporterFor(opts));
+  });
+
+  outputOptions(
+    program
+      .command("worker")
+      .description("run one worker of a run on this host: the coordinator (dmd2 distill on another host) hands it out")
+      .requiredOption("--join <address>", "the coordinator's join channel, tcp://HOST:PORT, as dmd2 distill printed it")
+      .option("--key-file <file>", "read the run's key from this file (default: $DMD2_JOIN_KEY)")
+      .option("--worker <name>", "which worker to take, e.g. teacher (default: the next one waiting)")
+      .option("--timeout <s>", "seconds to wait for the coordinator's answer", intArg("--timeout"), 30)
+      .option("--python <path>", "the interpreter to run it with (default: $DMD2_PYTHON, else the project's .venv)")
+      .addHelpText("after", "\nExamples:\n  DMD2_JOIN_KEY=<key> dmd2 worker --join tcp://10.0.0.5:41234\n  dmd2 worker --join tcp://10.0.0.5:41234 --key-file /shared/runs/sd15/join.key --worker teacher"),
+  ).action(async (opts: OutputFlags & { join: string; keyFile?: string; worker?: string; timeout: number; python?: string }) => {
+    const { workerCommand } = await import("./commands/worker.js");
+    process.exitCode = await workerCommand(opts, reporterFor(opts));
   });
 
   program

@@ -33,15 +33,20 @@ function dataText(plan: Plan): string {
 
 function placementLines(plan: Plan): string[] {
   const p = plan.placement;
-  // the default, max(1, floor(cores / workers)), never oversubscribes more than one thread per process does
+  // the split default, max(1, floor(cores / workers)), never oversubscribes more than one thread per process does
   const fair = Math.max(1, Math.floor(p.cores / p.workers.length));
   const oversubscribed = p.torchThreads > fair;
+  // the default for compute-bound networks gives every worker all cores on purpose (plan/threads.ts): say why, no
+  // warning; where the threads are the default's split, say why too
+  const d = p.threadsDefault;
+  const asDefault = p.torchThreads === d.threads && d.rule !== "one worker";
+  const threadsNote = oversubscribed && !(asDefault && d.rule === "compute-bound") ? chalk.yellow(` (more threads than cores: torch_threads ${fair} avoids that)`) : asDefault ? ` (${d.reason})` : "";
   const from = { recipe: "the recipe's python key", DMD2_PYTHON: "$DMD2_PYTHON", ".venv": "the project's .venv" }[p.python.source];
   const python = p.python.path === null ? `${chalk.red("none")} (from ${from}; see Problems)` : `${p.python.path} (${from})`;
   return [
     heading("Placement", `${p.placement}, transport ${p.transport}, device ${p.device}`),
     ...table([["worker", "roles", "torch threads"], ...p.workers.map((w) => [w.name, w.roles.join(", "), String(w.torchThreads)])]),
-    `  ${p.workers.length} worker process${p.workers.length === 1 ? "" : "es"} x ${p.torchThreads} thread${p.torchThreads === 1 ? "" : "s"} on ${p.cores} core${p.cores === 1 ? "" : "s"}${oversubscribed ? chalk.yellow(` (more threads than cores: torch_threads ${fair} avoids that)`) : ""}`,
+    `  ${p.workers.length} worker process${p.workers.length === 1 ? "" : "es"} x ${p.torchThreads} thread${p.torchThreads === 1 ? "" : "s"} on ${p.cores} core${p.cores === 1 ? "" : "s"}${threadsNote}`,
     `  python: ${python}`,
   ];
 }

@@ -126,3 +126,29 @@ export function unetActivationsPerSample(a: UNetArch, encoderOnly = false): numb
   n += 3 * k * a.imageSize ** 2 + k; // pixel_shuffle, gate * x, sum; the gate
   return n;
 }
+
+/**
+ * Multiply-accumulates of one forward pass for one sample: every convolution's weights times the pixels of its
+ * output, and the Linear layers once (the embeddings). Norms, activations and additions are left out (a few %
+ * at most). It measures how much work one op gives torch's threads; the image size enters squared. For the
+ * default channel_mult [1, 2] and one input channel, image size s: (60.5 c^2 + 72 c) (s/2)^2 + 36 c^2 + 4c
+ * (275,520 for c = 16, s = 8). Equal to what torch.utils.flop_counter.FlopCounterMode counts (its FLOPs / 2).
+ */
+export function unetMacsPerSample(a: UNetArch): number {
+  const c = a.channels;
+  const E = 4 * c;
+  const k = a.inChannels;
+  const chs = a.channelMult.map((m) => c * m);
+  const L = chs.length;
+  const pixels = (level: number) => (a.imageSize / 2 / 2 ** level) ** 2; // level 0 runs at image_size / 2
+  const conv3 = (cin: number, cout: number, P: number) => cin * cout * 9 * P;
+  const resBlock = (level: number) => 2 * conv3(chs[level]!, chs[level]!, pixels(level)) + E * chs[level]!;
+  let n = c * E + E * E + E * k; // time MLP, skip gate
+  n += conv3(4 * k, chs[0]!, pixels(0)) + conv3(chs[0]!, 4 * k, pixels(0)); // conv_in, conv_out
+  for (let i = 0; i < L - 1; i++) {
+    n += 2 * resBlock(i); // down and up
+    n += conv3(chs[i]!, chs[i + 1]!, pixels(i + 1)); // stride-2 conv
+    n += chs[i + 1]! * chs[i]! * 4 * pixels(i + 1); // ConvTranspose 2x2 stride 2: each input pixel makes a 2x2 patch
+  }
+  return n + resBlock(L - 1);
+}

@@ -26,6 +26,7 @@ import { resolvePython } from "../workers/python.js";
 import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
 import { dataPlan, imageShapeOf, networkPlan, type DataPlan, type NetworkPlan, type Shape } from "./network.js";
 import { stepTraffic, type StepTraffic } from "./tensors.js";
+import { defaultTorchThreads, type ThreadsDefault } from "./threads.js";
 
 export interface PlanProblem {
   /** what the problem is about, e.g. "python" */
@@ -47,6 +48,8 @@ export interface PlacementPlan {
   device: string;
   torchThreads: number;
   cores: number;
+  /** what the torch_threads default (a null key) gives on these cores, and why (threads.ts) */
+  threadsDefault: ThreadsDefault;
   workers: { name: string; roles: Role[]; torchThreads: number }[];
   python: PythonPlan;
 }
@@ -162,12 +165,14 @@ function pythonPlan(r: Recipe, env: NodeJS.ProcessEnv, problems: PlanProblem[]):
 
 function placementPlan(r: Recipe, opts: PlanOptions, problems: PlanProblem[]): PlacementPlan {
   const layout = workerLayout(r.placement);
+  const cores = opts.cpuCount ?? os.availableParallelism();
   return {
     placement: r.placement,
     transport: r.transport,
     device: r.device,
     torchThreads: r.torch_threads,
-    cores: opts.cpuCount ?? os.availableParallelism(),
+    cores,
+    threadsDefault: defaultTorchThreads(r, cores),
     workers: layout.map((w) => ({ name: w.name, roles: [...w.roles], torchThreads: r.torch_threads })),
     python: pythonPlan(r, opts.env ?? process.env, problems),
   };

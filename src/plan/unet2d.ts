@@ -293,6 +293,58 @@ export function unet2dActivationsPerSample(a: UNet2DArch, imageSize: number, enc
   return n + 3 * b[0]! * pixels(0); // conv_norm_out's input and output, the SiLU's
 }
 
+/**
+ * Multiply-accumulates of one forward pass for one sample, walking the same blocks as unet2dParams: every
+ * convolution's weights times the pixels of its output, the Linear layers (time MLP, each resnet's embedding
+ * projection, attention's q/k/v/out projections at every pixel) and attention's two pixels x pixels products
+ * (scores and their weighted sum). Norms, activations, additions and the softmax are left out. It measures how
+ * much work one op gives torch's threads (src/plan/threads.ts).
+ */
+export function unet2dMacsPerSample(a: UNet2DArch, imageSize: number): number {
+  const b = a.blockOutChannels;
+  const L = b.length;
+  const T = a.layersPerBlock;
+  const E = embedDim(a);
+  const pixels = (level: number) => (imageSize / 2 ** level) ** 2;
+  const conv3 = (cin: number, cout: number, P: number) => cin * cout * 9 * P;
+  const proj = (cout: number) => E * (a.resnetTimeScaleShift === "scale_shift" ? 2 * cout : cout);
+  // a resnet whose convolutions run at P pixels (a resampling resnet: at the resolution it resamples to)
+  const resnet = (cin: number, cout: number, P: number) => conv3(cin, cout, P) + conv3(cout, cout, P) + (cin === cout ? 0 : cin * cout * P) + proj(cout);
+  const attention = (ch: number, headDim: number | null, P: number) => {
+    const { inner } = attentionWidth(ch, headDim);
+    return 4 * ch * inner * P + 2 * P * P * inner;
+  };
+  let n = conv3(a.inChannels, b[0]!, pixels(0)) + b[0]! * E + E * E;
+  let out = b[0]!;
+  for (let i = 0; i < L; i++) {
+    const input = out;
+    out = b[i]!;
+    const attn = a.downBlockTypes[i] === "AttnDownBlock2D";
+    for (let j = 0; j < T; j++) n += resnet(j === 0 ? input : out, out, pixels(i)) + (attn ? attention(out, a.attentionHeadDim ?? out, pixels(i)) : 0);
+    if (i < L - 1) n += attn && a.downsampleType === "resnet" ? resnet(out, out, pixels(i + 1)) : conv3(out, out, pixels(i + 1));
+  }
+  if (a.midBlockType !== null) {
+    const c = b[L - 1]!;
+    const P = pixels(L - 1);
+    n += 2 * resnet(c, c, P) + (a.addAttention ? attention(c, a.attentionHeadDim ?? c, P) : 0);
+  }
+  const rev = [...b].reverse();
+  out = rev[0]!;
+  for (let i = 0; i < L; i++) {
+    const level = L - 1 - i;
+    const prev = out;
+    out = rev[i]!;
+    const input = rev[Math.min(i + 1, L - 1)]!;
+    const attn = a.upBlockTypes[i] === "AttnUpBlock2D";
+    for (let j = 0; j <= T; j++) {
+      const cin = (j === 0 ? prev : out) + (j === T ? input : out);
+      n += resnet(cin, out, pixels(level)) + (attn ? attention(out, a.attentionHeadDim ?? out, pixels(level)) : 0);
+    }
+    if (i < L - 1) n += attn && a.upsampleType === "resnet" ? resnet(out, out, pixels(level - 1)) : conv3(out, out, pixels(level - 1));
+  }
+  return n + conv3(b[0]!, a.outChannels, pixels(0));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // What a teacher folder says about its network and classes.
 

@@ -116,7 +116,13 @@ export interface HelloReplyBody {
   python: string;
   torch: string;
   cuda: boolean;
+  /** what this worker's torch can place work on: "cpu", "cuda:0", ... */
   devices: string[];
+  /** names of the CUDA devices, in index order (absent from older workers) */
+  cuda_names?: string[];
+  /** a replicated role's rank and world size (0 and 1 otherwise) */
+  rank?: number;
+  world?: number;
   roles: Role[];
 }
 

@@ -11,7 +11,8 @@ import { checkDataFolder, checkTeacherFolder, type FileContext } from "./files.j
 import { dataSchema, recipeSchema, teacherRecipeSchema, type Group } from "./schema.js";
 import { checkDataRules, checkRules, checkSchema, checkTeacherRules, suggestKey, type Problem } from "./validate.js";
 import { resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
-import type { DataConfig, Recipe, TeacherRecipe } from "./types.js";
+import { PLACED_ROLES, type DataConfig, type Precision, type Recipe, type TeacherRecipe } from "./types.js";
+import { resolveRolePlacement } from "./placement.js";
 
 type Obj = Record<string, unknown>;
 
@@ -205,6 +206,21 @@ export function overrideResolved(recipe: Recipe, overrides: string[]): Recipe {
     node[o.path[o.path.length - 1]!] = o.value;
   }
   if (issues.length > 0) throw new RecipeError(issues);
+  // A new top-level device or precision moves every role whose own key was not given on the command line.
+  const given = (k: string) => overrides.some((o) => o.trimStart().startsWith(`${k}=`));
+  if (given("device") || given("precision")) {
+    const roles = obj.roles as Recipe["roles"];
+    const problems: Problem[] = [];
+    for (const role of PLACED_ROLES) {
+      const p = roles[role];
+      if (given(`roles.${role}`) || given(`roles.${role}.device`)) continue;
+      roles[role] = resolveRolePlacement(role, {
+        device: given("device") ? String(obj.device) : p.device, precision: given("precision") ? (obj.precision as Precision) : p.precision,
+        gradient_checkpointing: p.gradient_checkpointing, replicas: p.replicas, backend: "auto", join: p.join,
+      }, { device: String(obj.device), precision: obj.precision as Precision, gradient_checkpointing: Boolean(obj.gradient_checkpointing), placement: obj.placement as Recipe["placement"], batchSize: (obj.train as Recipe["train"]).batch_size }, problems);
+    }
+    if (problems.length > 0) throw new RecipeError(problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));
+  }
   const { version: _v, ...rest } = obj;
   const schema = checkSchema(rest, recipeSchema);
   const problems = schema.problems.length > 0 ? schema.problems : checkRules(schema.value);

@@ -1,5 +1,6 @@
 // Fills in what depends on other keys, the recipe's location or the machine: name, run_dir or out, python,
-// torch_threads, the generator's timesteps. Input: a schema-checked object (validate.ts, files.ts).
+// torch_threads (from the core count and the networks' size, read from the teacher folder for a diffusers
+// teacher), the generator's timesteps. Input: a schema-checked object (validate.ts, files.ts).
 
 import { existsSync } from "node:fs";
 import os from "node:os";
@@ -7,7 +8,8 @@ import path from "node:path";
 import { RECIPE_SCHEMA_VERSION } from "./schema.js";
 import type { Problem } from "./validate.js";
 import type { Recipe, TeacherRecipe } from "./types.js";
-import { workerLayout } from "../schedule/placement.js";
+import { defaultTorchThreads } from "../plan/threads.js";
+import { resolvePlacement } from "./placement.js";
 
 export interface ResolveOptions {
   recipeFile: string;
@@ -39,10 +41,11 @@ export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions):
   if (r.name === null) r.name = defaultName(opts.recipeFile);
   r.run_dir = path.resolve(opts.cwd, (r.run_dir as string | null) ?? path.join("runs", r.name));
   r.python = resolvePythonKey(r.python, opts.recipeFile, problems);
-  if ((r.torch_threads as number | null) === null) {
-    const cores = opts.cpuCount ?? os.availableParallelism();
-    r.torch_threads = Math.max(1, Math.floor(cores / workerLayout(r.placement).length));
-  }
+  r.roles = resolvePlacement(r.roles as never, {
+    device: r.device, precision: r.precision, gradient_checkpointing: r.gradient_checkpointing, placement: r.placement, batchSize: r.train.batch_size, transport: r.transport,
+  }, problems);
+  // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (plan/threads.ts)
+  if ((r.torch_threads as number | null) === null) r.torch_threads = defaultTorchThreads(r, opts.cpuCount ?? os.availableParallelism()).threads;
   const T = r.diffusion.num_train_timesteps;
   const ts = r.generator.timesteps as number[] | null;
   if ((r.generator.conditioning_timestep as number | null) === null) r.generator.conditioning_timestep = ts?.[0] ?? T - 1;

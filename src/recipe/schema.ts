@@ -6,8 +6,9 @@ export type Leaf =
   | { kind: "int"; min?: number; max?: number; oneOf?: readonly number[]; default: number | null; nullable?: boolean }
   | { kind: "number"; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; default: number | null; nullable?: boolean }
   | { kind: "string"; pattern?: RegExp; patternHelp?: string; default: string | null; nullable?: boolean }
-  | { kind: "enum"; values: readonly string[]; default: string }
-  | { kind: "bool"; default: boolean }
+  | { kind: "enum"; values: readonly string[]; default: string | null; nullable?: boolean }
+  | { kind: "bool"; default: boolean | null; nullable?: boolean }
+  | { kind: "devices"; default: string[] | null; nullable?: boolean }
   | { kind: "path"; default: string | null; nullable?: boolean }
   | { kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: number[] | null; nullable?: boolean }
   | { kind: "numberPair"; min?: number; max?: number; default: [number, number] };
@@ -26,7 +27,20 @@ const name: Leaf = { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: 
 const seed: Leaf = { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 };
 const python: Leaf = { kind: "path", default: null, nullable: true };
 const torchThreads: Leaf = { kind: "int", min: 1, max: 256, default: null, nullable: true };
-const device: Leaf = { kind: "string", pattern: /^(cpu|cuda(:\d+)?)$/, patternHelp: "cpu, cuda or cuda:N", default: "cpu" };
+export const DEVICE_PATTERN = /^(cpu|cuda(:\d+)?)$/;
+const device: Leaf = { kind: "string", pattern: DEVICE_PATTERN, patternHelp: "cpu, cuda or cuda:N", default: "cpu" };
+
+/** Where one role runs (docs/recipe.md "Placement"); null: the top-level key of the same name. The discriminator
+ * is a head on the fake score's network and follows `roles.fake_score`. */
+const rolePlacement = (): Group =>
+  group({
+    device: { kind: "devices", default: null, nullable: true },
+    precision: { kind: "enum", values: ["fp32", "bf16"], default: null, nullable: true },
+    gradient_checkpointing: { kind: "bool", default: null, nullable: true },
+    replicas: { kind: "int", min: 1, max: 64, default: null, nullable: true },
+    backend: { kind: "enum", values: ["auto", "gloo", "nccl"], default: "auto" },
+    join: { kind: "bool", default: false },
+  });
 
 /** Where real images come from (docs/pipeline.md §1). */
 export const dataSchema: Group = group({
@@ -59,9 +73,22 @@ export const recipeSchema: Group = group({
   torch_threads: torchThreads,
   transport: { kind: "enum", values: ["ipc", "tcp"], default: "ipc" },
   device,
+  precision: { kind: "enum", values: ["fp32", "bf16"], default: "fp32" },
+  tf32: { kind: "bool", default: false },
+  gradient_checkpointing: { kind: "bool", default: false },
+  roles: group({
+    teacher: rolePlacement(),
+    generator: rolePlacement(),
+    fake_score: rolePlacement(),
+  }),
   heartbeat: group({
     interval_s: { kind: "number", min: 0, exclusiveMin: true, max: 60, default: 0.5 },
     timeout_s: { kind: "number", min: 0, exclusiveMin: true, max: 3600, default: 30 },
+  }),
+  join: group({
+    bind: { kind: "string", pattern: /^(\d{1,3}(\.\d{1,3}){3}|localhost)$/, patternHelp: "an IPv4 address such as 127.0.0.1 or 0.0.0.0", default: "127.0.0.1" },
+    port: { kind: "int", min: 0, max: 65535, default: 0 },
+    timeout_s: { kind: "number", min: 0, exclusiveMin: true, max: 86400, default: 300 },
   }),
   data: dataSchema,
   teacher: group({

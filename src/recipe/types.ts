@@ -25,6 +25,22 @@ export interface DiffusionConfig {
   prediction_type: PredictionType;
 }
 
+export type Precision = "fp32" | "bf16";
+/** Roles with a placement of their own; the discriminator follows fake_score (it is a head on its network). */
+export type PlacedRole = "teacher" | "generator" | "fake_score";
+export const PLACED_ROLES: readonly PlacedRole[] = ["teacher", "generator", "fake_score"];
+
+/** One role's resolved placement (docs/recipe.md "Placement"): one device per replica. */
+export interface RolePlacement {
+  device: string[];
+  precision: Precision;
+  gradient_checkpointing: boolean;
+  replicas: number;
+  backend: "gloo" | "nccl";
+  /** its workers are started on other hosts with `dmd2 worker --join` */
+  join: boolean;
+}
+
 export interface Recipe {
   version: number;
   name: string;
@@ -35,7 +51,12 @@ export interface Recipe {
   torch_threads: number;
   transport: "ipc" | "tcp";
   device: string;
+  precision: Precision;
+  tf32: boolean;
+  gradient_checkpointing: boolean;
+  roles: Record<PlacedRole, RolePlacement>;
   heartbeat: { interval_s: number; timeout_s: number };
+  join: { bind: string; port: number; timeout_s: number };
   data: DataConfig;
   teacher: {
     source: "builtin" | "diffusers";

@@ -2,7 +2,7 @@
 // first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system, no YAML.
 // load.ts adds file names and line numbers.
 
-import type { Group, Leaf, Node } from "./schema.js";
+import { DEVICE_PATTERN, type Group, type Leaf, type Node } from "./schema.js";
 
 export interface Problem {
   path: string[];
@@ -81,6 +81,14 @@ function checkLeaf(leaf: Leaf, v: unknown, path: string[], problems: Problem[]):
     }
     case "bool": {
       if (typeof v !== "boolean") return bad(`expected true or false, got ${describe(v)}`);
+      return v;
+    }
+    case "devices": {
+      const list = typeof v === "string" ? [v] : v;
+      if (!Array.isArray(list) || list.length === 0) return bad(`expected a device (cpu, cuda, cuda:N) or a non-empty list of them, got ${describe(v)}`);
+      for (const [i, x] of list.entries()) {
+        if (typeof x !== "string" || !DEVICE_PATTERN.test(x)) return bad(`${Array.isArray(v) ? `entry ${i}: ` : ""}expected cpu, cuda or cuda:N, got ${describe(x)}`);
+      }
       return v;
     }
     case "intList": {

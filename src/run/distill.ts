@@ -39,7 +39,7 @@ export function recipeHash(r: Recipe): string {
   return createHash("sha256").update(JSON.stringify(r)).digest("hex");
 }
 
-export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal?: AbortSignal } = {}): Promise<DistillResult> {
+export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal?: AbortSignal; recipeFile?: string } = {}): Promise<DistillResult> {
   const runDir = recipe.run_dir;
   ensureWritable(runDir);
   writeFileSync(path.join(runDir, "recipe.resolved.json"), JSON.stringify(recipe, null, 2) + "\n");
@@ -51,7 +51,7 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
   const layout = workerLayout(recipe.placement);
   const home = roleHome(layout);
   reporter.phase("starting workers", layout.map((w) => `${w.name}[${w.roles.join(",")}]`).join(" "));
-  const cluster = await Cluster.start(recipe, layout, reporter);
+  const cluster = await Cluster.start(recipe, layout, reporter, { recipeFile: opts.recipeFile ?? null });
   const watch = new TrainingWatch(recipe, resume?.step ?? 0, reporter); // TensorBoard events, sample grids
   try {
     return await cluster.guard(async () => {
@@ -108,7 +108,7 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
         return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid: "", pids: cluster.pids(), interrupted: true };
       }
       reporter.phase("sampling", `${recipe.sample.num} images, ${recipe.generator.steps} step(s)`);
-      await cluster.op("generator", "sample", done, { seed: recipe.sample.seed, n: recipe.sample.num, steps: recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
+      await cluster.opOnce("generator", "sample", done, { seed: recipe.sample.seed, n: recipe.sample.num, steps: recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
       watch.image(FINAL_TAG, done, grid);
       reporter.event("done", { run_dir: runDir, steps: done, checkpoint: lastCheckpoint, grid }, `done: ${done} steps, checkpoint ${path.relative(process.cwd(), lastCheckpoint)}, samples ${path.relative(process.cwd(), grid)}`);
       return { runDir, steps: done, resumedFrom: resume?.step ?? null, checkpoint: lastCheckpoint, grid, pids: cluster.pids(), interrupted: false };

@@ -93,14 +93,14 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
   if (bad.length > 0) throw new UsageError(`checkpoint ${ckpt} is damaged: ${bad.join(", ")} (pick another with --checkpoint)`);
   const outDir = path.resolve(opts.out ?? path.join(recipe.run_dir, "samples", `${path.basename(ckpt)}-${steps}step-seed${opts.seed}`));
   reporter.phase("starting generator worker");
-  const cluster = await Cluster.start(recipe, [{ name: "generator", roles: ["generator"] }], reporter, { logTag: "sample" });
+  const cluster = await Cluster.start(recipe, [{ name: "generator", roles: ["generator"] }], reporter, { logTag: "sample", replicas: false });
   try {
     return await cluster.guard(async () => {
       await cluster.setup("generator", { teacher_dir: teacherDir });
       reporter.phase("loading", path.relative(process.cwd(), ckpt) || ckpt);
       await cluster.restoreAll(ckpt);
       reporter.phase("sampling", `${opts.num} images, ${steps} step(s), seed ${opts.seed}`);
-      await cluster.op("generator", "sample", 0, { seed: opts.seed, n: opts.num, steps, classes: opts.classes ?? null, out_dir: outDir }, [], []);
+      await cluster.opOnce("generator", "sample", 0, { seed: opts.seed, n: opts.num, steps, classes: opts.classes ?? null, out_dir: outDir }, [], []);
       const grid = path.join(outDir, "grid.png");
       reporter.event("done", { out_dir: outDir, grid, checkpoint: ckpt }, `wrote ${opts.num} images to ${path.relative(process.cwd(), outDir) || outDir} (grid: ${path.relative(process.cwd(), grid)})`);
       return { outDir, grid, checkpoint: ckpt };

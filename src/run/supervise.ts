@@ -20,7 +20,7 @@ export function isRestartable(e: unknown): boolean {
 export async function distillWithRestarts(
   recipe: Recipe,
   reporter: Reporter,
-  opts: { signal?: AbortSignal } = {},
+  opts: { signal?: AbortSignal; recipeFile?: string } = {},
 ): Promise<DistillResult & { restarts: number }> {
   const max = recipe.restart.max;
   for (let restarts = 0; ; restarts++) {

@@ -62,7 +62,7 @@ export class TrainingWatch {
     if (every <= 0 || done % every !== 0) return;
     const outDir = trainingSampleDir(this.recipe.run_dir, done);
     const { seed, num } = this.recipe.sample;
-    await cluster.op("generator", "sample", step, { seed, n: num, steps: this.recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
+    await cluster.opOnce("generator", "sample", step, { seed, n: num, steps: this.recipe.generator.steps, classes: null, out_dir: outDir }, [], []);
     const grid = path.join(outDir, "grid.png");
     this.reporter.event("samples", { step: done, grid }); // --json only: a line would end the progress bar
     this.reporter.debug(`samples ${grid}`);

@@ -133,6 +133,15 @@ export class WorkerClient extends EventEmitter<WorkerClientEvents> {
     return this.pending.size;
   }
 
+  /** True once a worker on another host joined for this client (attachRemote). */
+  remoteAttached = false;
+
+  /** A worker started on another host (`dmd2 worker --join`): no process here to watch, only its heartbeats. */
+  attachRemote(): void {
+    this.remoteAttached = true;
+    this.heartbeat?.watch(this.name);
+  }
+
   /**
    * Ties the client to its worker process: when the process exits, pending and later requests reject with
    * WorkerDiedError (exit code, signal, stderr tail). If a heartbeat monitor was given, starts watching.

@@ -107,22 +107,31 @@ async function makePrivateDir(): Promise<string> {
  * program between the pick and the bind: binders fall back to `tcp://127.0.0.1:*` and report the bound
  * address, see bindWithFallback).
  */
-export async function createEndpoints(workers: readonly string[], transport: Transport = "ipc"): Promise<RunEndpoints> {
+export async function createEndpoints(
+  workers: readonly string[],
+  transport: Transport = "ipc",
+  opts: { remote?: ReadonlySet<string>; bindHost?: string } = {},
+): Promise<RunEndpoints> {
   for (const worker of workers) checkWorkerName(worker);
   if (new Set(workers).size !== workers.length) throw new UsageError(`worker names must be unique: ${workers.join(", ")}`);
+  const remote = opts.remote ?? new Set<string>();
+  if (remote.size > 0 && transport !== "tcp") throw new UsageError("workers on other hosts need transport: tcp");
 
   if (transport === "tcp") {
+    // workers that join from other hosts (docs/protocol.md §1 "Joining") reach their request channels and the
+    // heartbeat channel on `bindHost`; every other socket stays on 127.0.0.1
+    const joinHost = opts.bindHost ?? "127.0.0.1";
     const ports = new Map<string, number>();
     for (const worker of workers) ports.set(worker, await freePort());
     const heartbeatPort = await freePort();
     return {
       transport,
       dir: null,
-      heartbeat: `tcp://127.0.0.1:${heartbeatPort}`,
+      heartbeat: `tcp://${remote.size > 0 ? joinHost : "127.0.0.1"}:${heartbeatPort}`,
       endpointFor(worker: string): string {
         const port = ports.get(worker);
         if (port === undefined) throw new UsageError(`no endpoint for unknown worker "${worker}"`);
-        return `tcp://127.0.0.1:${port}`;
+        return `tcp://${remote.has(worker) ? joinHost : "127.0.0.1"}:${port}`;
       },
       async cleanup(): Promise<void> {},
       curve: makeCurveKeys(),

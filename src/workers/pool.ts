@@ -10,11 +10,29 @@ import { ROLES, isRole, type HelloReplyBody, type Role } from "../protocol/messa
 import { WorkerClient, type HelloParams } from "./client.js";
 import { createEndpoints, curveEnv, type RunEndpoints, type Transport } from "./endpoints.js";
 import { HeartbeatMonitor } from "./heartbeat.js";
+import { JoinServer, portOf } from "./join.js";
 import { spawnWorker, type WorkerExit, type WorkerProcess } from "./process.js";
 
 export interface WorkerSpec {
   name: string;
   roles: readonly Role[];
+  /** Replicas of one role group (docs/protocol.md §1): workers with the same `group` may host the same roles. */
+  group?: string;
+  /** Extra environment variables for this worker only (a replica's RANK, WORLD_SIZE, MASTER_ADDR/PORT). */
+  env?: Record<string, string>;
+  /** Started on another host by `dmd2 worker --join` (join.ts) instead of spawned here. */
+  join?: boolean;
+}
+
+/** Where workers of other hosts join (recipe `join`), and who is told how. */
+export interface JoinOptions {
+  bind: string;
+  port: number;
+  timeoutS: number;
+  /** Called once the join channel listens, before waiting: its address, the key joiners need, the workers. */
+  onWaiting?: (info: { address: string; key: string; workers: string[] }) => void;
+  /** Called as each worker joins. */
+  onJoined?: (info: { worker: string; hostname: string; pid: number }) => void;
 }
 
 export interface WorkerPoolOptions {
@@ -41,6 +59,8 @@ export interface WorkerPoolOptions {
   entry?: readonly string[] | ((spec: WorkerSpec) => readonly string[]);
   /** One line for dropped messages and other things worth a debug line. */
   onWarning?: (line: string) => void;
+  /** Needed when a spec has `join`. */
+  join?: JoinOptions;
 }
 
 export interface ShutdownOptions {
@@ -74,7 +94,7 @@ function delay(ms: number): Promise<void> {
 export function checkSpecs(specs: readonly WorkerSpec[]): void {
   if (specs.length === 0) throw new UsageError("no workers to start");
   const names = new Set<string>();
-  const hostOf = new Map<Role, string>();
+  const hostOf = new Map<Role, WorkerSpec>();
   for (const spec of specs) {
     if (names.has(spec.name)) throw new UsageError(`worker name "${spec.name}" is used twice`);
     names.add(spec.name);
@@ -82,12 +102,15 @@ export function checkSpecs(specs: readonly WorkerSpec[]): void {
     for (const role of spec.roles) {
       if (!isRole(role)) throw new UsageError(`worker "${spec.name}": unknown role "${String(role)}" (roles: ${ROLES.join(", ")})`);
       const other = hostOf.get(role);
-      if (other !== undefined) throw new UsageError(`role ${role} is placed in both "${other}" and "${spec.name}"`);
-      hostOf.set(role, spec.name);
+      if (other !== undefined && (other.group === undefined || other.group !== spec.group)) {
+        throw new UsageError(`role ${role} is placed in both "${other.name}" and "${spec.name}"`);
+      }
+      if (other === undefined) hostOf.set(role, spec);
     }
   }
+  const group = (s: WorkerSpec | undefined) => (s === undefined ? undefined : (s.group ?? s.name));
   const disc = hostOf.get("discriminator");
-  if (disc !== undefined && hostOf.get("fake_score") !== disc) {
+  if (disc !== undefined && group(hostOf.get("fake_score")) !== group(disc)) {
     throw new UsageError(`role discriminator must live in the same worker as fake_score (docs/protocol.md §1)`);
   }
 }
@@ -107,10 +130,11 @@ export class WorkerPool {
   /** race() calls still waiting: each is told the first failure, and removes itself once its work settles. */
   private readonly racers = new Set<(error: DmdError) => void>();
   private stopping = false;
+  private joinServer: JoinServer | null = null;
   private closing: Promise<WorkerShutdown[]> | null = null;
 
   private constructor(specs: readonly WorkerSpec[], options: WorkerPoolOptions, endpoints: RunEndpoints, monitor: HeartbeatMonitor) {
-    this.specs = specs.map((s) => ({ name: s.name, roles: [...s.roles] }));
+    this.specs = specs.map((s) => ({ ...s, roles: [...s.roles] }));
     this.options = options;
     this.endpoints = endpoints;
     this.heartbeat = monitor;
@@ -126,9 +150,12 @@ export class WorkerPool {
    */
   static async start(specs: readonly WorkerSpec[], options: WorkerPoolOptions): Promise<WorkerPool> {
     checkSpecs(specs);
+    const remote = new Set(specs.filter((s) => s.join === true).map((s) => s.name));
+    if (remote.size > 0 && options.join === undefined) throw new UsageError("workers to be joined need join options");
     const endpoints = await createEndpoints(
       specs.map((s) => s.name),
       options.transport ?? "ipc",
+      { remote, bindHost: options.join?.bind },
     );
     const monitor = new HeartbeatMonitor({
       timeoutS: options.heartbeatTimeoutS ?? 30,
@@ -148,6 +175,12 @@ export class WorkerPool {
   private async launch(): Promise<void> {
     const options = this.options;
     const heartbeatEndpoint = await this.heartbeat.bind(this.endpoints.heartbeat, this.endpoints.curve);
+    const remote = this.specs.filter((s) => s.join === true).map((s) => s.name);
+    if (remote.length > 0) {
+      const join = options.join!;
+      this.joinServer = await JoinServer.start(join.bind, join.port, this.endpoints.curve!);
+      join.onWaiting?.({ address: this.joinServer.address, key: this.joinServer.key, workers: remote });
+    }
     for (const spec of this.specs) {
       const client = new WorkerClient({
         name: spec.name,
@@ -159,13 +192,25 @@ export class WorkerPool {
       client.on("failed", (error) => this.onClientFailed(error));
       const entry: Entry = { spec, client, proc: null };
       this.entries.set(spec.name, entry);
-      for (const role of spec.roles) this.byRole.set(role, entry);
+      for (const role of spec.roles) if (!this.byRole.has(role)) this.byRole.set(role, entry); // a group's first rank
     }
 
     const started = await Promise.allSettled(
       [...this.entries.values()].map(async (entry) => {
         const requestEndpoint = await entry.client.bind(this.endpoints.endpointFor(entry.spec.name), this.endpoints.curve);
         if (this.stopping) return;
+        if (entry.spec.join === true) {
+          const join = options.join!;
+          const server = this.joinServer!;
+          const joiner = await server.offer(
+            { worker: entry.spec.name, roles: [...entry.spec.roles], requestPort: portOf(requestEndpoint), heartbeatPort: portOf(heartbeatEndpoint), heartbeatInterval: options.heartbeatIntervalS ?? 0.5 },
+            join.timeoutS,
+            `DMD2_JOIN_KEY=<the run's key> dmd2 worker --join ${server.address.replace("0.0.0.0", "<this host>")} --worker ${entry.spec.name}`,
+          );
+          entry.client.attachRemote();
+          join.onJoined?.({ worker: entry.spec.name, ...joiner });
+          return;
+        }
         const entryArgs = typeof options.entry === "function" ? options.entry(entry.spec) : options.entry;
         entry.proc = await spawnWorker({
           python: options.python,
@@ -175,7 +220,7 @@ export class WorkerPool {
           heartbeatEndpoint,
           heartbeatInterval: options.heartbeatIntervalS ?? 0.5,
           logFile: options.logDir == null ? null : path.join(options.logDir, `${entry.spec.name}.log`),
-          env: { ...options.env, ...curveEnv(this.endpoints.curve) },
+          env: { ...options.env, ...entry.spec.env, ...curveEnv(this.endpoints.curve) },
           cwd: options.cwd,
           entry: entryArgs,
         });
@@ -299,15 +344,17 @@ export class WorkerPool {
           const { client, proc } = entry;
           this.heartbeat.unwatch(entry.spec.name);
           let replied = false;
-          if (proc !== null && proc.running && client.failed === null) {
+          const joined = entry.spec.join === true && client.process === null && client.remoteAttached;
+          if (((proc !== null && proc.running) || joined) && client.failed === null) {
             replied = await client.shutdown({ timeoutMs: shutdownTimeoutMs });
-            if (replied) await Promise.race([proc.exited, delay(Math.min(graceMs, 2000))]);
+            if (replied && proc !== null) await Promise.race([proc.exited, delay(Math.min(graceMs, 2000))]);
           }
           const exit = proc === null ? null : await proc.stop({ graceMs });
           await client.close();
           return { worker: entry.spec.name, replied, exit, forced: proc?.forced ?? false };
         }),
       );
+      this.joinServer?.close();
       await this.heartbeat.stop();
       await this.endpoints.cleanup();
       return results;

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 ARCH_NAME = "tiny_unet"
 _ARCH_KEYS = {"in_channels", "image_size", "channels", "channel_mult", "num_classes"}
@@ -79,6 +80,7 @@ class TinyUNet(nn.Module):
         if unknown or missing:
             raise ValueError(f"tiny_unet arch_config: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
         self.arch_config = dict(arch_config)
+        self.gradient_checkpointing = False  # placement.enable_gradient_checkpointing: recompute blocks in backward
         self.in_channels = int(arch_config["in_channels"])
         self.image_size = int(arch_config["image_size"])
         self.num_classes = arch_config["num_classes"]
@@ -124,15 +126,20 @@ class TinyUNet(nn.Module):
             emb = emb + self.class_emb(cond)
         return emb
 
+    def _block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
     def _encode(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None):
         emb = self._embed(t, cond)
         h = self.conv_in(F.pixel_unshuffle(x, 2))
         skips = []
         for res, down in zip(self.down_res, self.down):
-            h = res(h, emb)
+            h = self._block(res, h, emb)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb)
+        h = self._block(self.mid, h, emb)
         return h, skips, emb
 
     def features(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,6 +150,6 @@ class TinyUNet(nn.Module):
         h, skips, emb = self._encode(x, t, cond)
         for i in reversed(range(len(self.up))):
             h = self.up[i](h) + skips[i]
-            h = self.up_res[i](h, emb)
+            h = self._block(self.up_res[i], h, emb)
         out = F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), 2)
         return out + self.skip_gate(emb)[:, :, None, None] * x

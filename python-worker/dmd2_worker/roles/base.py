@@ -22,8 +22,11 @@ class WorkerContext:
     worker: str                      # the worker's name, e.g. "fake_score" or "all"
     recipe: Recipe                   # the parsed resolved recipe (config.py)
     run_dir: Path
-    device: torch.device
+    device: torch.device             # the role's device (server.py gives each role its own view of the context)
     roles: dict[str, "Role"] = field(default_factory=dict)  # all roles of this process, by name
+    precision: str = "fp32"          # "bf16": network forward passes under bf16 autocast (placement.apply_precision)
+    gradient_checkpointing: bool = False
+    shard: Any = None                # placement.Shard of a replicated role, None for a single process
 
 
 

@@ -15,6 +15,7 @@ from ..checkpoint import load_module, load_optimizer, save_module, save_optimize
 from ..config import Recipe
 from ..data import build_data_source
 from ..diffusion import NoiseSchedule
+from ..placement import Shard, apply_precision, enable_gradient_checkpointing, randint_rows, randn_rows
 from ..teacher_training import load_network
 
 OpHandler = Callable[["Args", TensorStore, WorkerContext, "int | None"], dict[str, float]]
@@ -94,13 +95,14 @@ def seeded_generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)
 
 
-def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device, shard: Shard | None = None) -> torch.Tensor:
+    """Standard normal of `shape`; with `shard`, `shape` is this rank's rows of a batch drawn whole (placement.py)."""
+    return randn_rows(shape, g, device, shard)
 
 
-def randint(low: int, high: int, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n int64 values uniform in [low, high)."""
-    return torch.randint(low, high, (n,), generator=g, dtype=torch.long).to(device)
+def randint(low: int, high: int, n: int, g: torch.Generator, device: torch.device, shard: Shard | None = None) -> torch.Tensor:
+    """n int64 values uniform in [low, high) (this rank's n of n * world drawn, with `shard`)."""
+    return randint_rows(low, high, n, g, device, shard)
 
 
 def need(store: TensorStore, name: str, where: str) -> torch.Tensor:
@@ -161,6 +163,9 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tu
     check_teacher_fits(config, ctx.recipe, teacher_dir)
     net.requires_grad_(True)
     net.train()
+    if ctx.gradient_checkpointing:
+        enable_gradient_checkpointing(net)
+    apply_precision(net, ctx.device, ctx.precision)
     return net, NoiseSchedule.from_config(ctx.recipe.diffusion)
 
 

@@ -25,6 +25,7 @@ from ..config import SALT_HEAD_INIT, op_seed
 from ..data import build_data_source
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
+from ..placement import all_reduce_gradients
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 
 
@@ -75,17 +76,21 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
 
         g = seeded_generator(seed)
         dev = ctx.device
-        t = randint(0, self.schedule.num_train_timesteps, B, g, dev)
-        noise = randn(x.shape, g, dev)
+        shard = ctx.shard  # replicated: draws are the whole batch's, this rank keeps its rows (placement.py)
+        t = randint(0, self.schedule.num_train_timesteps, B, g, dev, shard)
+        noise = randn(tuple(x.shape), g, dev, shard)
         loss_fake = fake_score_denoising_loss(self.net, x, t, noise, cond, self.schedule)
         total = loss_fake
         metrics = {"loss_fake": float(loss_fake.detach()), "loss_gan_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
         if disc is not None:
-            x_real, labels_real = self.data.sample(B, g)
+            x_real, labels_real = self.data.sample(B * (shard.world if shard else 1), g)
+            if shard is not None:
+                x_real = x_real[shard.rows(B)]
+                labels_real = None if labels_real is None else labels_real[shard.rows(B)]
             x_real = x_real.to(dev)
             cond_real = None if labels_real is None else labels_real.to(dev)  # None: unconditional data
-            logits_fake = disc.logits(x, cond, g, dev)
-            logits_real = disc.logits(x_real, cond_real, g, dev)
+            logits_fake = disc.logits(x, cond, g, dev, shard)
+            logits_real = disc.logits(x_real, cond_real, g, dev, shard)
             loss_d = gan_discriminator_loss(logits_real, logits_fake)
             total = total + gan_weight * loss_d
             metrics.update(loss_gan_d=float(loss_d.detach()), d_real=float(logits_real.detach().mean()),
@@ -94,6 +99,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
             total = total * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        all_reduce_gradients(optimizer_params(self.optimizer), shard)
         grad_norm = clip_grad_norm(optimizer_params(self.optimizer), self.recipe.optim.grad_clip)
         metrics["skipped_nonfinite_fake"] = guarded_step(
             self.optimizer, lr, {"loss_fake_total": float(total.detach()), "fake_grad_norm": grad_norm},
@@ -127,14 +133,15 @@ class DiscriminatorRole(RoleBase):
         self.ready = True
         return {"params": param_count(self.head)}
 
-    def logits(self, x: torch.Tensor, cond: torch.Tensor | None, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, cond: torch.Tensor | None, g: torch.Generator, device: torch.device,
+               shard: Any = None) -> torch.Tensor:
         """D(x) = head(fake_score.features(x_t', t', c)); with diffusion_gan t' ~ U[0, T) and x_t' the noised x
         (draws t', then noise), else t' = 0 and x_t' = x."""
         B = x.shape[0]
         schedule = self.fake.schedule
         if self.recipe.gan.diffusion_gan:
-            t = randint(0, schedule.num_train_timesteps, B, g, device)
-            x = schedule.add_noise(x, t, randn(tuple(x.shape), g, device))
+            t = randint(0, schedule.num_train_timesteps, B, g, device, shard)
+            x = schedule.add_noise(x, t, randn(tuple(x.shape), g, device, shard))
         else:
             t = torch.zeros(B, dtype=torch.long, device=device)
         return self.head(self.fake.net.features(x, t, cond))
@@ -150,9 +157,11 @@ class DiscriminatorRole(RoleBase):
         cond = cond_input(store, where, B, self.fake.net.num_classes, ctx.device)
         g = seeded_generator(seed)
         x = x_gen.detach().clone().requires_grad_(True)
-        logits = self.logits(x, cond, g, ctx.device)
+        logits = self.logits(x, cond, g, ctx.device, ctx.shard)
         loss_g = gan_generator_loss(logits)
         (gan_grad,) = torch.autograd.grad(weight * loss_g, [x])
+        if ctx.shard is not None:
+            gan_grad = gan_grad / ctx.shard.world  # this rank's mean -> the whole batch's mean (placement.py)
         store["gan_grad"] = gan_grad.detach()
         return {"loss_gan_g": float(loss_g.detach()), "d_fake_g": float(logits.detach().mean())}
 

@@ -21,6 +21,7 @@ from ..checkpoint import save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
+from ..placement import all_reduce_gradients, all_reduce_sum
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 from ..sampling import backward_simulation, sample_generator
 
@@ -57,12 +58,16 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         self.graph = None
         g = seeded_generator(seed)
         dev = ctx.device
+        shard = ctx.shard  # a replicated generator: this rank's rows of a batch of B drawn whole
+        if shard is not None:
+            B = shard.local_batch(B, args.where)
         K = self.net.num_classes
-        cond = randint(0, K, B, g, dev) if K is not None else None
+        cond = randint(0, K, B, g, dev, shard) if K is not None else None
         N = len(self.timesteps)
         k = int(torch.randint(0, N, (1,), generator=g))
-        z = randn((B, *self.image_shape), g, dev)
-        x = backward_simulation(self.G, z, cond, self.timesteps, k, self.schedule, g)
+        z = randn((B, *self.image_shape), g, dev, shard)
+        x = backward_simulation(self.G, z, cond, self.timesteps, k, self.schedule, g,
+                                noise_fn=lambda like: randn(tuple(like.shape), g, like.device, shard))
         t_k = torch.full((B,), self.timesteps[k], dtype=torch.long, device=dev)
         with torch.set_grad_enabled(grad):
             x_gen = self.G(x, t_k, cond)
@@ -74,8 +79,8 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         if dmd:
             T = self.schedule.num_train_timesteps
             lo, hi = dmd_timestep_range(self.recipe.dmd.min_t, self.recipe.dmd.max_t, T)
-            t_dmd = randint(lo, hi + 1, B, g, dev)
-            noise = randn((B, *self.image_shape), g, dev)
+            t_dmd = randint(lo, hi + 1, B, g, dev, shard)
+            noise = randn((B, *self.image_shape), g, dev, shard)
             store["t_dmd"] = t_dmd
             store["x_t_dmd"] = self.schedule.add_noise(x_gen.detach(), t_dmd, noise)
         return {"gen_k": float(k)}
@@ -99,6 +104,9 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         x0_real = image_input(store, "x0_real", where, self.image_shape, ctx.device, B)
         x0_fake = image_input(store, "x0_fake", where, self.image_shape, ctx.device, B)
         gan_grad = image_input(store, "gan_grad", where, self.image_shape, ctx.device, B) if "gan_grad" in store else None
+        if gan_grad is not None and ctx.shard is not None:
+            # gan_grad rows are gradients of the whole batch's mean loss; the all-reduce below averages over ranks
+            gan_grad = gan_grad * ctx.shard.world
 
         grad = dmd_gradient(x_gen, x0_real, x0_fake)
         loss_dmd = dmd_loss(x_gen, grad)
@@ -113,8 +121,10 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         torch.autograd.backward(outputs, grads)
         self.graph = None
         params = optimizer_params(self.optimizer)
+        all_reduce_gradients(params, ctx.shard)
         gen_grad_norm = clip_grad_norm(params, self.recipe.optim.grad_clip)
-        metrics = {"loss_dmd": float(loss_dmd.detach()), "dmd_grad_norm": float(grad.norm()), "gen_grad_norm": gen_grad_norm}
+        dmd_grad_norm = float(all_reduce_sum(grad.detach().pow(2).sum(), ctx.shard).sqrt())
+        metrics = {"loss_dmd": float(loss_dmd.detach()), "dmd_grad_norm": dmd_grad_norm, "gen_grad_norm": gen_grad_norm}
         metrics["skipped_nonfinite"] = guarded_step(self.optimizer, lr, metrics, self.recipe.train.on_nonfinite, where, step)
         self.updates += 1
         return metrics

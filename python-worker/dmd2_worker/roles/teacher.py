@@ -9,6 +9,7 @@ import torch
 from .base import TensorStore, WorkerContext
 from .common import Args, RoleBase, check_teacher_fits, cond_input, image_input, index_input, log, param_count
 from ..diffusion import NoiseSchedule
+from ..placement import apply_precision
 from ..sampling import guided_output
 from ..teacher_training import install_teacher, load_network
 
@@ -32,6 +33,7 @@ class TeacherRole(RoleBase):
                              f"dmd.real_guidance_scale must be 1, got {recipe.dmd.real_guidance_scale}")
         net.requires_grad_(False)
         net.eval()
+        apply_precision(net, ctx.device, ctx.precision)
         self.net = net
         self.config = config
         self.schedule = NoiseSchedule.from_config(recipe.diffusion)
