@@ -97,6 +97,7 @@ export function stepRows(variants: StepVariant[], results: StepResult[]): Row[] 
       "per_role.default",
       "colocated.default",
       "default placements: per_role's workers get all cores each when the networks are compute-bound, else floor(cores/3); colocated gets all cores",
+      v.bOverATarget,
     );
     pair("b_over_a.t1", "(b) per_role / (a) colocated, 1 thread per process", "per_role.t1", "colocated.t1", "same threads per process");
   }
@@ -280,7 +281,7 @@ export function markdownReport(res: BenchResults, variants: StepVariant[]): stri
         `- **${v.id}**: \`dmd2 distill ${v.recipe}\`${sets ? " with " + sets : ""}${prep}; ` +
           `${v.warmup} warm-up steps skipped, ${v.steps} steps timed, ${v.rounds} round(s) of all configurations interleaved` +
           `${v.threads !== undefined ? `, ${v.threads} torch thread(s) per process everywhere` : ""}` +
-          `${v.aOverCTarget !== undefined ? `; target (a)/(c) <= ${v.aOverCTarget.toFixed(2)}` : ""}.`,
+          `${v.aOverCTarget !== undefined ? `; target (a)/(c) <= ${v.aOverCTarget.toFixed(2)}` : ""}${v.bOverATarget !== undefined ? `, (b)/(a) at the default threads <= ${v.bOverATarget.toFixed(2)}` : ""}.`,
       );
     }
     const common = ["run_dir=<scratch>", "placement=colocated|per_role", "train.steps=<warm-up + timed>", "train.checkpoint_every=<past the end>", "train.log_every=<past the end>", "sample.num=4", ...quietSets()];

@@ -39,6 +39,8 @@ export interface StepVariant {
   prepare?: PrepareStep;
   /** the target on (a) colocated / (c) plain loop, if any: median ratio <= this */
   aOverCTarget?: number;
+  /** issue 7's target for (b) per_role / (a) colocated at the default threads (the compute-bound variant) */
+  bOverATarget?: number;
   warmup: number;
   steps: number;
   /** Each configuration is run this many times, interleaved with the others; the step times are pooled. */

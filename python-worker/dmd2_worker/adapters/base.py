@@ -1,0 +1,347 @@
+"""The teacher adapter interface (docs/adapters.md): one class per diffusers pipeline family, all behind
+`TeacherAdapter`, so that the roles never look at which text encoders, pooled embeddings or added time ids a
+family needs.
+
+An adapter holds the folder's UNet, VAE, text encoder(s) and tokenizer(s) and its noise schedule (a
+`NoiseSchedule` built from `scheduler/scheduler_config.json`). What a UNet call needs besides `x_t` and `t` is a
+`Conditioning`; `encode_prompts` makes one from text and `uncond` makes the family's unconditional one.
+
+A family is one file that defines a `TeacherAdapter` subclass and decorates it with `@register`
+(registry.py imports every module of this package, so a new file is all a new family takes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..diffusion import PREDICTION_TYPES, NoiseSchedule
+from ..teacher_folder import TeacherFolderError
+
+MODEL_INDEX = "model_index.json"
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+BETA_SCHEDULES = ("linear", "scaled_linear")
+
+# The defaults diffusers' DDPM/DDIM/PNDM/Euler schedulers share, for keys a scheduler_config.json leaves out.
+SCHEDULER_DEFAULTS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                                      "beta_start": 0.0001, "beta_end": 0.02, "prediction_type": "epsilon"}
+
+
+class AdapterError(TeacherFolderError):
+    """A pipeline folder that cannot be used; the message is one line naming the folder (or file) and the problem."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message squeezed onto one line (diffusers' and transformers' messages span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- conditioning ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a UNet2DConditionModel call needs besides `x_t` and `t`, one row per sample.
+
+    `encoder_hidden_states` (B, L, D): the text encoders' token embeddings (cross-attention input).
+    `text_embeds` (B, P) and `time_ids` (B, 6): SDXL's added conditions (`added_cond_kwargs`): the pooled,
+    projected embedding of the second text encoder and (original h, w, crop top, left, target h, w).
+    """
+
+    encoder_hidden_states: torch.Tensor
+    text_embeds: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.encoder_hidden_states.shape[0])
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+        """A Conditioning with `fn` applied to every tensor that is set."""
+        return Conditioning(**{f.name: (None if v is None else fn(v))
+                               for f in dataclasses.fields(self) for v in [getattr(self, f.name)]})
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Conditioning":
+        return self.map(lambda v: v.to(device=device, dtype=dtype))
+
+    def rows(self, index: torch.Tensor | slice | Sequence[int]) -> "Conditioning":
+        """The rows `index` of every tensor (a sub-batch or a permutation)."""
+        return self.map(lambda v: v[index])
+
+    def expand(self, batch: int) -> "Conditioning":
+        """A one-row Conditioning repeated to `batch` rows."""
+        if self.batch_size != 1:
+            raise ValueError(f"expand needs a one-row Conditioning, got {self.batch_size} rows")
+        return self.map(lambda v: v.expand(batch, *v.shape[1:]).contiguous())
+
+    @staticmethod
+    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
+        """Row-wise concatenation; every part must set the same fields."""
+        if not parts:
+            raise ValueError("Conditioning.cat needs at least one part")
+        out: dict[str, torch.Tensor | None] = {}
+        for f in dataclasses.fields(Conditioning):
+            values = [getattr(p, f.name) for p in parts]
+            if all(v is None for v in values):
+                out[f.name] = None
+            elif any(v is None for v in values):
+                raise ValueError(f"Conditioning.cat: {f.name} is set in some parts and not in others")
+            else:
+                out[f.name] = torch.cat(values)
+        return Conditioning(**out)
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `UNet2DConditionModel.forward` this conditioning stands for."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": self.encoder_hidden_states}
+        added = {k: v for k, v in (("text_embeds", self.text_embeds), ("time_ids", self.time_ids)) if v is not None}
+        if added:
+            kwargs["added_cond_kwargs"] = added
+        return kwargs
+
+
+# --- folder reading ----------------------------------------------------------------------------------------------
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise AdapterError(f"{path}: missing")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{path}: not valid JSON: {one_line(e)}") from None
+    if not isinstance(obj, dict):
+        raise AdapterError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_scheduler_config(folder: Path) -> dict[str, Any]:
+    """scheduler/scheduler_config.json as a dict, the keys the schedule needs filled in with diffusers' defaults
+    and checked (what `NoiseSchedule` supports)."""
+    path = folder / SCHEDULER_CONFIG
+    raw = read_json_object(path)
+    cfg = {**SCHEDULER_DEFAULTS, **{k: v for k, v in raw.items() if v is not None or k not in SCHEDULER_DEFAULTS}}
+    T = cfg["num_train_timesteps"]
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise AdapterError(f"{path}: num_train_timesteps must be an integer >= 2, got {T!r}")
+    if cfg["beta_schedule"] not in BETA_SCHEDULES:
+        raise AdapterError(f"{path}: beta_schedule {cfg['beta_schedule']!r} is not supported "
+                           f"(supported: {', '.join(map(repr, BETA_SCHEDULES))})")
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        raise AdapterError(f"{path}: prediction_type {cfg['prediction_type']!r} is not supported "
+                           f"(supported: {', '.join(map(repr, PREDICTION_TYPES))})")
+    b0, b1 = cfg["beta_start"], cfg["beta_end"]
+    if not (_is_number(b0) and _is_number(b1) and 0 < b0 < b1 < 1):
+        raise AdapterError(f"{path}: beta_start, beta_end: need numbers with 0 < beta_start < beta_end < 1, "
+                           f"got {b0!r}, {b1!r}")
+    if cfg.get("trained_betas") is not None:
+        raise AdapterError(f"{path}: trained_betas is not supported (use beta_schedule)")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise AdapterError(f"{path}: rescale_betas_zero_snr is not supported yet")
+    return cfg
+
+
+def schedule_from_config(cfg: dict[str, Any]) -> NoiseSchedule:
+    return NoiseSchedule(cfg["num_train_timesteps"], cfg["beta_schedule"], float(cfg["beta_start"]),
+                         float(cfg["beta_end"]), cfg["prediction_type"])
+
+
+def check_components(folder: Path, pipeline: str, components: Sequence[tuple[str, str, str]]) -> None:
+    """Each (subfolder, file, what) must be there: one line naming the folder and the first missing part."""
+    for sub, file, what in components:
+        if not (folder / sub).is_dir():
+            need = ", ".join(f"{s}/" for s, _, _ in components)
+            raise AdapterError(f"{folder}: missing {sub}/ ({what}); a {pipeline} folder needs {need}")
+        if file and not (folder / sub / file).is_file():
+            raise AdapterError(f"{folder / sub / file}: missing ({what})")
+
+
+def load_component(loader: Callable[..., Any], folder: Path, sub: str, **kwargs: Any) -> Any:
+    """`loader(folder, subfolder=sub, local_files_only=True, **kwargs)` with any failure as one AdapterError line."""
+    try:
+        return loader(str(folder), subfolder=sub, local_files_only=True, **kwargs)
+    except Exception as e:  # diffusers/transformers raise OSError, ValueError, EnvironmentError, KeyError, ...
+        name = getattr(loader, "__self__", None)
+        name = getattr(name, "__name__", sub)
+        raise AdapterError(f"{folder / sub}: cannot load {name}: {one_line(e)}") from None
+
+
+def prompt_list(prompts: Sequence[str]) -> list[str]:
+    """`encode_prompts`' argument checked: a non-empty list of strings (one string is refused, not split)."""
+    if isinstance(prompts, str):
+        raise TypeError("encode_prompts takes a list of prompts, not one string")
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("encode_prompts needs a non-empty list of strings")
+    return prompts
+
+
+# --- the adapter -------------------------------------------------------------------------------------------------
+
+class TeacherAdapter(ABC):
+    """A diffusers text-to-image pipeline folder behind one interface (docs/adapters.md).
+
+    Subclasses set `family` (the name in the registry), `pipeline_classes` (the model_index.json `_class_name`s
+    they read) and implement `load`, `encode_prompts` and `uncond`. Everything else is shared.
+    """
+
+    family: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+
+    def __init__(self, folder: Path, unet: nn.Module, vae: nn.Module, scheduler_config: dict[str, Any],
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.folder = Path(folder)
+        self.unet = unet
+        self.vae = vae
+        self.scheduler_config = scheduler_config
+        self.schedule = schedule_from_config(scheduler_config)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        cfg = unet.config
+        size = cfg.sample_size
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2 or size[0] != size[1]:
+                raise AdapterError(f"{self.folder / 'unet/config.json'}: sample_size must be square, got {size!r}")
+            size = size[0]
+        if cfg.in_channels != cfg.out_channels:
+            raise AdapterError(f"{self.folder / 'unet/config.json'}: in_channels {cfg.in_channels} differs from "
+                               f"out_channels {cfg.out_channels}")
+        if vae.config.latent_channels != cfg.in_channels:
+            raise AdapterError(f"{self.folder / 'vae/config.json'}: latent_channels {vae.config.latent_channels} "
+                               f"differs from the UNet's in_channels {cfg.in_channels}")
+        self.latent_shape: tuple[int, int, int] = (int(cfg.in_channels), int(size), int(size))
+        self.vae_scale_factor: int = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_size: int = int(size) * self.vae_scale_factor
+
+    # --- loading ---
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: str | Path, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.float32) -> "TeacherAdapter":
+        """Read the folder (checked first: one AdapterError line for what is missing), on `device` in `dtype`."""
+
+    @staticmethod
+    def vae_dtype(vae_config: dict[str, Any], dtype: torch.dtype) -> torch.dtype:
+        """The VAE runs in float32 when asked for float16 and its config says `force_upcast` (diffusers' default:
+        the SD and SDXL VAEs overflow in float16)."""
+        return torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
+
+    # --- text ---
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """One Conditioning row per prompt, on the adapter's device in its dtype."""
+
+    @abstractmethod
+    def uncond(self, batch: int) -> Conditioning:
+        """The family's unconditional Conditioning (classifier-free guidance), `batch` rows."""
+
+    # --- the UNet and the schedule ---
+
+    @property
+    def prediction_type(self) -> str:
+        return self.schedule.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_train_timesteps
+
+    def timesteps(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """`t` (an int, a 0-d or a (B,) tensor) as an int64 (B,) tensor on `like`'s device."""
+        t = torch.as_tensor(t, dtype=torch.long)
+        if t.dim() == 0:
+            t = t.expand(like.shape[0])
+        return t.to(like.device)
+
+    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The UNet's raw output (epsilon, v or x0 by `prediction_type`) for `x_t` at timesteps `t`."""
+        if cond.batch_size != x_t.shape[0]:
+            raise ValueError(f"the conditioning has {cond.batch_size} rows, x_t has {x_t.shape[0]}")
+        dtype = self.unet.dtype
+        cond = cond.to(device=x_t.device, dtype=dtype)
+        return self.unet(x_t.to(dtype), self.timesteps(t, x_t), **cond.unet_kwargs(), return_dict=False)[0]
+
+    def to_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """A raw output as an x0 estimate (float32), by the folder's prediction type."""
+        return self.schedule.to_x0(out, x_t, self.timesteps(t, x_t))
+
+    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """A raw output as a noise estimate (float32): epsilon as is, `sqrt(a) v + sqrt(1-a) x_t` for v, and
+        `(x_t - sqrt(a) x0) / sqrt(1-a)` for sample (the formulas diffusers' DDIM step uses)."""
+        t = self.timesteps(t, x_t)
+        kind = self.prediction_type
+        dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+        out, x_t = out.to(dtype), x_t.to(dtype)
+        if kind == "epsilon":
+            return out
+        sqrt_a, sqrt_1ma = self.schedule.coefficients(t, out)
+        if kind == "v_prediction":
+            return sqrt_a * out + sqrt_1ma * x_t
+        return (x_t - sqrt_a * out) / sqrt_1ma
+
+    def predict_x0(self, x_t: torch.Tensor, t: int | torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.to_x0(self.predict(x_t, t, cond), x_t, t)
+
+    # --- the VAE ---
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        cfg = self.vae.config
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if mean is None or std is None:
+            return None
+        shape = (1, len(mean), 1, 1)
+        return (torch.tensor(mean).view(shape).to(like.device, like.dtype),
+                torch.tensor(std).view(shape).to(like.device, like.dtype))
+
+    def vae_encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1], (B, 3, image_size, image_size) -> the UNet's latents (scaled by the VAE's
+        scaling_factor, and normalised by latents_mean/std where the config has them), float32. The posterior's
+        mean, or a sample drawn with `generator` when given."""
+        vae_dtype = self.vae.dtype
+        dist = self.vae.encode(images.to(device=self.vae.device, dtype=vae_dtype)).latent_dist
+        z = (dist.mean if generator is None else dist.sample(generator)).float()
+        sf = float(self.vae.config.scaling_factor)
+        stats = self._latent_stats(z)
+        return z * sf if stats is None else (z - stats[0]) * sf / stats[1]
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `vae_encode`'s scaling, then the decoder: images (float32), about [-1, 1], not clamped."""
+        z = latents.float()
+        sf = float(self.vae.config.scaling_factor)
+        stats = self._latent_stats(z)
+        z = z / sf if stats is None else z * stats[1] / sf + stats[0]
+        return self.vae.decode(z.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[0].float()
+
+    # --- misc ---
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Every torch module the adapter holds, by its subfolder name."""
+        return {"unet": self.unet, "vae": self.vae}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(folder={str(self.folder)!r}, prediction_type={self.prediction_type!r}, "
+                f"latent_shape={self.latent_shape}, device={self.device}, dtype={self.dtype})")
+
+
+def guided(adapter: TeacherAdapter, x_t: torch.Tensor, t: int | torch.Tensor, cond: Conditioning,
+           uncond: Conditioning | None, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on the raw output: `out_u + scale (out_c - out_u)`, one batched UNet call
+    (unconditional rows first, as diffusers' pipelines do). `scale == 1` or no `uncond`: the conditional output."""
+    if uncond is None or scale == 1.0:
+        return adapter.predict(x_t, t, cond)
+    if not math.isfinite(scale):
+        raise ValueError(f"guidance scale must be finite, got {scale}")
+    t = adapter.timesteps(t, x_t)
+    out = adapter.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
+    out_u, out_c = out.chunk(2)
+    return out_u + scale * (out_c - out_u)
