@@ -134,6 +134,23 @@ test("2 gloo replicas of generator, fake score and teacher, batch 8 each, end wi
   }
 });
 
+test("fsdp: 2 replicas with sharded parameters, gradients and optimizer state, saved at step 4 and resumed, end as one process", async () => {
+  const fsdp = ["roles.generator.replicas=2", "roles.fake_score.replicas=2", "roles.generator.strategy=fsdp", "roles.fake_score.strategy=fsdp", "train.checkpoint_every=4"];
+  const first = await dmd2(run("fsdp", [...fsdp, "train.steps=4"]));
+  assert.equal(first.exitCode, 0, first.stderr);
+  const resumed = await dmd2(run("fsdp", [...fsdp, "train.steps=8"]));
+  assert.equal(resumed.exitCode, 0, resumed.stderr);
+  assert.match(resumed.stdout + resumed.stderr, /resuming/);
+  const one = await dmd2(run("one-8", ["train.steps=8", "train.checkpoint_every=4"]));
+  assert.equal(one.exitCode, 0, one.stderr);
+  for (const file of ["generator.safetensors", "fake_score.safetensors", "discriminator.safetensors", "generator.optim.safetensors", "fake_score.optim.safetensors"]) {
+    const at = (d: string) => readSafetensors(path.join(tmp, d, "checkpoints", "step-00000008", file));
+    const d = maxAbsDiff(at("one-8"), at("fsdp"));
+    assert.ok(d < 1e-5, `${file}: max |1 process - fsdp| = ${d}`);
+  }
+  assert.match(issuesOf(() => load(["roles.generator.strategy=fsdp"]))[0]!, /roles\.generator\.strategy: fsdp shards over the role's replicas, but roles\.generator\.replicas is 1/);
+});
+
 test("placement errors are one line and exit 2 before any step: unknown device, a GPU index the worker lacks, nccl on cpu", async () => {
   const cases: Array<[string[], RegExp]> = [
     [["roles.generator.device=tpu:0"], /roles\.generator\.device: expected cpu, cuda or cuda:N, got string "tpu:0"/],

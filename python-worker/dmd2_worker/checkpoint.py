@@ -76,13 +76,41 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def _is_dtensor(value: Any) -> bool:
+    return hasattr(value, "full_tensor") and hasattr(value, "placements")
+
+
+def full_tensor(value: Any) -> Any:
+    """A sharded (FSDP) tensor gathered whole; anything else as it is. Gathering is a collective: every rank of the
+    group must call it, in the same order."""
+    return value.full_tensor() if _is_dtensor(value) else value
+
+
+def like(full: torch.Tensor, current: Any) -> Any:
+    """`full` laid out as `current`: sharded the same way when `current` is a sharded (FSDP) tensor (every rank
+    holds the whole tensor, so no communication), else `full` itself."""
+    if not _is_dtensor(current):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(current.device), current.device_mesh, current.placements, src_data_rank=None)
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict with every tensor whole (see full_tensor)."""
+    return {k: full_tensor(v) for k, v in module.state_dict().items()}
+
+
 def save_module(path: str | Path, module: torch.nn.Module) -> Path:
-    return save_tensors(path, module.state_dict())
+    return save_tensors(path, module_state(module))
 
 
 def load_module(path: str | Path, module: torch.nn.Module) -> None:
-    """Load weights into `module` strictly (missing or unexpected keys and shape mismatches are errors)."""
+    """Load weights into `module` strictly (missing or unexpected keys and shape mismatches are errors). A sharded
+    (FSDP) module takes the whole tensors of the file and keeps its own shards."""
     state = load_tensors(path)
+    current = module.state_dict()
+    state = {k: like(v, current[k]) if k in current else v for k, v in state.items()}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -114,10 +142,18 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def save_optimizer(directory: str | Path, role: str, optimizer: torch.optim.Optimizer) -> list[Path]:
-    """`<role>.optim.safetensors` (tensors as `state.<param index>.<key>`) and `<role>.optim.json` (the rest)."""
-    directory = Path(directory)
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with every tensor whole (a collective for a sharded optimizer, see full_tensor)."""
     sd = optimizer.state_dict()
+    return {"state": {i: {k: full_tensor(v) for k, v in e.items()} for i, e in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def save_optimizer(directory: str | Path, role: str, optimizer: torch.optim.Optimizer | dict[str, Any]) -> list[Path]:
+    """`<role>.optim.safetensors` (tensors as `state.<param index>.<key>`) and `<role>.optim.json` (the rest).
+    `optimizer` may be an optimizer_state() already gathered."""
+    directory = Path(directory)
+    sd = optimizer if isinstance(optimizer, dict) else optimizer_state(optimizer)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, entry in sd["state"].items():
@@ -147,6 +183,12 @@ def load_optimizer(directory: str | Path, role: str, optimizer: torch.optim.Opti
         state.setdefault(int(idx), {})[key] = value
     for idx, entry in meta["state"].items():
         state.setdefault(int(idx), {}).update(_decode(entry))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in state.items():  # a sharded (FSDP) parameter's moments are sharded like it
+        if 0 <= idx < len(params) and _is_dtensor(params[idx]):
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(params[idx].shape):
+                    entry[key] = like(value, params[idx])
     sd = {"state": state, "param_groups": _decode(meta["param_groups"])}
     try:
         optimizer.load_state_dict(sd)

@@ -147,6 +147,7 @@ class RolePlacement:
     gradient_checkpointing: bool
     replicas: int
     backend: Literal["gloo", "nccl"]
+    strategy: Literal["replicate", "fsdp"]  # replicas: gradients all-reduced, or everything sharded (FSDP2)
     join: bool  # its workers are started on other hosts (`dmd2 worker --join`)
 
 

@@ -144,13 +144,41 @@ def init_process_group(shard: Shard, backend: str, device: torch.device, timeout
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def apply_fsdp(net: torch.nn.Module) -> torch.nn.Module:
+    """`roles.<role>.strategy: fsdp`: shard `net`'s parameters, gradients and optimizer state over the role's
+    process group with PyTorch's FSDP2 (`fully_shard`): each block of the outermost module lists (a UNet's down and
+    up blocks) is a unit, the rest the root's. `features` (the discriminator's backbone pass) is registered as a
+    forward method so that it gathers the parameters too. Gradients come out reduced and averaged over the group."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    def wrap_blocks(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if isinstance(child, torch.nn.ModuleList):
+                for block in child:
+                    if any(True for _ in block.parameters()):
+                        fully_shard(block)
+            else:
+                wrap_blocks(child)
+
+    wrap_blocks(net)
+    fully_shard(net)
+    if hasattr(net, "features"):
+        register_fsdp_forward_method(net, "features")
+    return net
+
+
+def is_sharded(p: torch.Tensor) -> bool:
+    return hasattr(p, "full_tensor") and hasattr(p, "placements")
+
+
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter], shard: Shard | None) -> None:
-    """Average the gradients of `params` over the group (one flat all-reduce; absent gradients count as zero)."""
+    """Average the gradients of `params` over the group (one flat all-reduce; absent gradients count as zero).
+    Sharded (FSDP) parameters are skipped: FSDP has reduced theirs already."""
     if shard is None:
         return
     import torch.distributed as dist
 
-    params = [p for p in params]
+    params = [p for p in params if not is_sharded(p)]
     if not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

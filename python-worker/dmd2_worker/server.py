@@ -338,7 +338,8 @@ class WorkerServer:
                 init_process_group(self._shard, placed.backend, device)
                 self._group_joined = True
             ctx = dataclasses.replace(ctx, device=device, precision=placed.precision,
-                                      gradient_checkpointing=placed.gradient_checkpointing, shard=self._shard)
+                                      gradient_checkpointing=placed.gradient_checkpointing, shard=self._shard,
+                                      strategy=placed.strategy)
         self._role_contexts[role_name] = ctx
         return ctx
 

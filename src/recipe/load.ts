@@ -216,7 +216,7 @@ export function overrideResolved(recipe: Recipe, overrides: string[]): Recipe {
       if (given(`roles.${role}`) || given(`roles.${role}.device`)) continue;
       roles[role] = resolveRolePlacement(role, {
         device: given("device") ? String(obj.device) : p.device, precision: given("precision") ? (obj.precision as Precision) : p.precision,
-        gradient_checkpointing: p.gradient_checkpointing, replicas: p.replicas, backend: "auto", join: p.join,
+        gradient_checkpointing: p.gradient_checkpointing, replicas: p.replicas, backend: "auto", strategy: p.strategy, join: p.join,
       }, { device: String(obj.device), precision: obj.precision as Precision, gradient_checkpointing: Boolean(obj.gradient_checkpointing), placement: obj.placement as Recipe["placement"], batchSize: (obj.train as Recipe["train"]).batch_size }, problems);
     }
     if (problems.length > 0) throw new RecipeError(problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));

@@ -13,6 +13,7 @@ interface RawRole {
   gradient_checkpointing?: boolean | null;
   replicas: number | null;
   backend: "auto" | "gloo" | "nccl";
+  strategy?: "replicate" | "fsdp";
   join?: boolean;
 }
 
@@ -49,6 +50,12 @@ export function resolveRolePlacement(role: PlacedRole, raw: RawRole, d: Placemen
     const twice = devices.map((x) => (x === "cuda" ? "cuda:0" : x)).find((x) => (seen.has(x) ? true : (seen.add(x), false)));
     if (twice !== undefined) problems.push({ path: at("device"), message: `${twice} is given to two replicas, but NCCL needs one GPU per replica (list distinct devices, or use backend: gloo)` });
   }
+  const strategy = raw.strategy ?? "replicate";
+  if (strategy === "fsdp" && role === "teacher") {
+    problems.push({ path: at("strategy"), message: "fsdp is for the trained roles (generator, fake_score); a frozen teacher too big for one device is not supported yet" });
+  } else if (strategy === "fsdp" && replicas < 2) {
+    problems.push({ path: at("strategy"), message: `fsdp shards over the role's replicas, but roles.${role}.replicas is ${replicas} (give 2 or more, or a list of devices)` });
+  }
   if (role === "teacher" && raw.gradient_checkpointing === true) {
     problems.push({ path: at("gradient_checkpointing"), message: "the teacher is frozen (it runs no backward pass), so checkpointing saves nothing; drop the key" });
   }
@@ -67,6 +74,7 @@ export function resolveRolePlacement(role: PlacedRole, raw: RawRole, d: Placemen
     gradient_checkpointing: role === "teacher" ? false : (raw.gradient_checkpointing ?? d.gradient_checkpointing),
     replicas,
     backend,
+    strategy,
     join: raw.join ?? false,
   };
 }

@@ -39,6 +39,7 @@ const rolePlacement = (): Group =>
     gradient_checkpointing: { kind: "bool", default: null, nullable: true },
     replicas: { kind: "int", min: 1, max: 64, default: null, nullable: true },
     backend: { kind: "enum", values: ["auto", "gloo", "nccl"], default: "auto" },
+    strategy: { kind: "enum", values: ["replicate", "fsdp"], default: "replicate" },
     join: { kind: "bool", default: false },
   });
 

@@ -37,6 +37,8 @@ export interface RolePlacement {
   gradient_checkpointing: boolean;
   replicas: number;
   backend: "gloo" | "nccl";
+  /** replicas: "replicate" (whole copies, gradients all-reduced) or "fsdp" (parameters, gradients and optimizer state sharded) */
+  strategy: "replicate" | "fsdp";
   /** its workers are started on other hosts with `dmd2 worker --join` */
   join: boolean;
 }

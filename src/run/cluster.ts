@@ -11,7 +11,7 @@ import { resolvePython } from "../workers/python.js";
 import { WorkerPool } from "../workers/pool.js";
 import type { OpResult, WorkerClient } from "../workers/client.js";
 import { checkPlacement } from "./placementCheck.js";
-import { expandReplicas, mergeResults, splitRows, type WorkerGroup } from "./replicas.js";
+import { expandReplicas, mergeResults, placementKey, splitRows, type WorkerGroup } from "./replicas.js";
 import type { ManifestFile } from "./checkpoints.js";
 import type { Reporter } from "./reporter.js";
 
@@ -22,6 +22,7 @@ export class Cluster {
     readonly pool: WorkerPool,
     readonly layout: WorkerSpec[],
     readonly groups: WorkerGroup[],
+    private readonly recipe: Recipe,
   ) {
     for (const g of groups) for (const r of g.roles) this.groupOf.set(r, g);
   }
@@ -73,7 +74,7 @@ export class Cluster {
       { workers, python, torch: first?.torch ?? null },
       `  ${workers.map((w) => `${w.name} pid ${w.pid}`).join(", ")} (torch ${first?.torch ?? "?"}, ${recipe.torch_threads} thread(s) each)`,
     );
-    return new Cluster(pool, layout, groups);
+    return new Cluster(pool, layout, groups, recipe);
   }
 
   /** Runs `fn`; if a worker dies or stops sending heartbeats first, that error wins. */
@@ -113,14 +114,19 @@ export class Cluster {
   /** One op on `role`'s rank 0 only, with the whole inputs: ops outside the training step that write files
    * (generator.sample); a replicated role's ranks hold the same weights. */
   opOnce(role: Role, op: string, step: number, args: Record<string, unknown>, inputs: readonly TensorFrame[], returns: readonly string[]): Promise<OpResult> {
-    return this.pool.race(this.ranksOf(role)[0]!.op(role, op, step, args, inputs, returns));
+    const ranks = this.ranksOf(role);
+    if (this.recipe.roles[placementKey(role)].strategy !== "fsdp" || ranks.length === 1) return this.pool.race(ranks[0]!.op(role, op, step, args, inputs, returns));
+    // sharded: every rank takes part in the forward passes (parameter all-gathers), rank 0 writes; its result
+    return this.pool.race(Promise.all(ranks.map((c) => c.op(role, op, step, args, inputs, returns)))).then((r) => r[0]!);
   }
 
-  /** Every worker writes its roles' state into `dir` (a replicated role: its rank 0; the ranks hold the same
-   * weights); returns the files with the worker that wrote each. */
+  /** Every worker writes its roles' state into `dir`; a replicated role's ranks all take part (gathering sharded
+   * state is a collective) and rank 0 writes. Returns the files with the worker that wrote each. */
   async saveAll(dir: string, step: number): Promise<ManifestFile[]> {
-    const replies = await this.pool.race(Promise.all(this.groups.map(async (g) => ({ g, rep: await this.pool.client(g.ranks[0]!.name).save(dir, step) }))));
-    return replies.flatMap(({ g, rep }) => rep.files.map((f) => ({ ...f, worker: g.name })));
+    const replies = await this.pool.race(
+      Promise.all(this.groups.map(async (g) => ({ g, reps: await Promise.all(g.ranks.map((spec) => this.pool.client(spec.name).save(dir, step))) }))),
+    );
+    return replies.flatMap(({ g, reps }) => reps.flatMap((rep) => rep.files).map((f) => ({ ...f, worker: g.name })));
   }
 
   /** Every rank of every worker loads its roles' state from `dir`. */

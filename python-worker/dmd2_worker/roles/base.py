@@ -27,6 +27,16 @@ class WorkerContext:
     precision: str = "fp32"          # "bf16": network forward passes under bf16 autocast (placement.apply_precision)
     gradient_checkpointing: bool = False
     shard: Any = None                # placement.Shard of a replicated role, None for a single process
+    strategy: str = "replicate"      # a replicated role's: "replicate" (all-reduce) or "fsdp" (sharded)
+
+    @property
+    def fsdp(self) -> bool:
+        return self.shard is not None and self.strategy == "fsdp"
+
+    @property
+    def writes_files(self) -> bool:
+        """Rank 0 of a replicated role (or the only process) writes checkpoints and samples."""
+        return self.shard is None or self.shard.rank == 0
 
 
 

@@ -11,11 +11,11 @@ import torch
 
 from . import check_fault
 from .base import TensorStore, WorkerContext
-from ..checkpoint import load_module, load_optimizer, save_module, save_optimizer
+from ..checkpoint import load_module, load_optimizer, module_state, optimizer_state, save_optimizer, save_tensors
 from ..config import Recipe
 from ..data import build_data_source
 from ..diffusion import NoiseSchedule
-from ..placement import Shard, apply_precision, enable_gradient_checkpointing, randint_rows, randn_rows
+from ..placement import Shard, apply_fsdp, apply_precision, enable_gradient_checkpointing, randint_rows, randn_rows
 from ..teacher_training import load_network
 
 OpHandler = Callable[["Args", TensorStore, WorkerContext, "int | None"], dict[str, float]]
@@ -165,6 +165,8 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tu
     net.train()
     if ctx.gradient_checkpointing:
         enable_gradient_checkpointing(net)
+    if ctx.fsdp:
+        apply_fsdp(net)  # before the optimizer is built: it must see the sharded parameters
     apply_precision(net, ctx.device, ctx.precision)
     return net, NoiseSchedule.from_config(ctx.recipe.diffusion)
 
@@ -221,10 +223,15 @@ class TrainedNetworkState:
     `<name>.safetensors` plus `<name>.optim.safetensors` / `<name>.optim.json`. Mixed into RoleBase subclasses."""
 
     def save(self, directory: Path) -> list[Path]:
+        """Every rank of a replicated role calls this (gathering sharded state is a collective); only the one
+        with `writes_files` (rank 0) writes."""
         self.require_ready("save")
         directory = Path(directory)
-        return [save_module(directory / f"{self.name}.safetensors", self.net),
-                *save_optimizer(directory, self.name, self.optimizer)]
+        weights, optim = module_state(self.net), optimizer_state(self.optimizer)
+        if not getattr(self, "writes_files", True):
+            return []
+        return [save_tensors(directory / f"{self.name}.safetensors", weights),
+                *save_optimizer(directory, self.name, optim)]
 
     def restore(self, directory: Path) -> None:
         self.require_ready("restore")

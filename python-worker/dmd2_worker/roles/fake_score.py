@@ -20,12 +20,12 @@ import torch
 from .base import TensorStore, WorkerContext
 from .common import (Args, RoleBase, TrainedNetworkState, cond_input, image_input, index_input, load_student_network,
                      param_count, randint, randn, seeded_generator)
-from ..checkpoint import load_module, save_module
+from ..checkpoint import load_module, module_state, save_tensors
 from ..config import SALT_HEAD_INIT, op_seed
 from ..data import build_data_source
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
-from ..placement import all_reduce_gradients
+from ..placement import all_reduce_gradients, apply_fsdp
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 
 
@@ -42,6 +42,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         self.data = build_data_source(ctx.recipe.data, "train")
         self.optimizer = build_adamw(net.parameters(), ctx.recipe.fake_score.lr, ctx.recipe.optim)
         self.updates = 0
+        self.writes_files = ctx.writes_files
         self.ready = True
         return {"params": param_count(net)}
 
@@ -129,6 +130,9 @@ class DiscriminatorRole(RoleBase):
             torch.manual_seed(op_seed(ctx.recipe.seed, 0, SALT_HEAD_INIT))
             head = DiscriminatorHead(net.feature_channels, net.feature_size)
         self.head = head.to(device=ctx.device, dtype=torch.float32)
+        if ctx.fsdp:
+            apply_fsdp(self.head)  # the shared optimizer must not mix sharded and plain parameters
+        self.writes_files = ctx.writes_files
         fake.optimizer.add_param_group({"params": list(self.head.parameters()), "lr": ctx.recipe.fake_score.lr})
         self.ready = True
         return {"params": param_count(self.head)}
@@ -168,7 +172,10 @@ class DiscriminatorRole(RoleBase):
     def save(self, directory: Path) -> list[Path]:
         """discriminator.safetensors (the head only; its optimizer state is in the fake score's files)."""
         self.require_ready("save")
-        return [save_module(Path(directory) / "discriminator.safetensors", self.head)]
+        weights = module_state(self.head)  # a collective when sharded: every rank gathers
+        if not self.writes_files:
+            return []
+        return [save_tensors(Path(directory) / "discriminator.safetensors", weights)]
 
     def restore(self, directory: Path) -> None:
         self.require_ready("restore")

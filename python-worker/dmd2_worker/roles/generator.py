@@ -45,6 +45,7 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         self.optimizer = build_adamw(net.parameters(), ctx.recipe.generator.lr, ctx.recipe.optim)
         self.graph: tuple[torch.Tensor, int | None] | None = None  # (x_gen with grad, its step)
         self.updates = 0
+        self.writes_files = ctx.writes_files
         self.ready = True
         return {"params": param_count(net)}
 
@@ -160,6 +161,8 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         samples = sample_generator(self.G, z, cond, ts, self.schedule, g).float()
         store["samples"] = samples
         store["labels"] = labels.to(dev)
+        if not ctx.writes_files:  # a sharded generator's other ranks only took part in the forward passes
+            return {}
         out_dir.mkdir(parents=True, exist_ok=True)
         save_images(samples, out_dir / "images")
         save_grid(samples, out_dir / "grid.png")
