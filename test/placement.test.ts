@@ -21,12 +21,12 @@ const load = (sets: string[]) => loadRecipe(tiny, { cwd: tmp, cpuCount: 2, overr
 
 test("placement keys: roles follow the top-level device, precision and checkpointing unless they set their own", () => {
   const r = load(["device=cuda:1", "precision=bf16", "gradient_checkpointing=true", "roles.teacher.precision=fp32", "roles.fake_score.device=cpu"]);
-  assert.deepEqual(r.roles.teacher, { device: ["cuda:1"], precision: "fp32", gradient_checkpointing: false, replicas: 1, backend: "nccl", join: false });
-  assert.deepEqual(r.roles.generator, { device: ["cuda:1"], precision: "bf16", gradient_checkpointing: true, replicas: 1, backend: "nccl", join: false });
-  assert.deepEqual(r.roles.fake_score, { device: ["cpu"], precision: "bf16", gradient_checkpointing: true, replicas: 1, backend: "gloo", join: false });
+  assert.deepEqual(r.roles.teacher, { device: ["cuda:1"], precision: "fp32", gradient_checkpointing: false, replicas: 1, backend: "nccl", strategy: "replicate", join: false });
+  assert.deepEqual(r.roles.generator, { device: ["cuda:1"], precision: "bf16", gradient_checkpointing: true, replicas: 1, backend: "nccl", strategy: "replicate", join: false });
+  assert.deepEqual(r.roles.fake_score, { device: ["cpu"], precision: "bf16", gradient_checkpointing: true, replicas: 1, backend: "gloo", strategy: "replicate", join: false });
   const d = load([]);
   for (const role of ["teacher", "generator", "fake_score"] as const) {
-    assert.deepEqual(d.roles[role], { device: ["cpu"], precision: "fp32", gradient_checkpointing: false, replicas: 1, backend: "gloo", join: false });
+    assert.deepEqual(d.roles[role], { device: ["cpu"], precision: "fp32", gradient_checkpointing: false, replicas: 1, backend: "gloo", strategy: "replicate", join: false });
   }
 });
 
