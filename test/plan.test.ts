@@ -359,3 +359,22 @@ test("plan CLI: a bad --set exits 2 with distill's one-line message", async () =
   assert.equal(range.exitCode, 2);
   assert.deepEqual(range.stderr.trim().split("\n"), ["error: --set: train.steps: 0 is out of range (must be >= 1)"]);
 });
+
+test("plan shows the placement per role: devices, replicas and strategy, processes; memory per rank", () => {
+  const base = plan(load(tinyFile));
+  const p = plan(load(tinyFile, ["roles.generator.replicas=2", "roles.fake_score.replicas=2", "roles.fake_score.strategy=fsdp", "precision=bf16"]));
+  assert.equal(p.placement.processes, 5);
+  assert.deepEqual(p.placement.workers.map((w) => [w.name, w.replicas, w.strategy, w.precision]), [
+    ["teacher", 1, "replicate", "bf16"],
+    ["generator", 2, "replicate", "bf16"],
+    ["fake_score", 2, "fsdp", "bf16"],
+  ]);
+  const role = (q: Plan, worker: string, r: string) => q.memory.workers.find((w) => w.worker === worker)!.roles.find((x) => x.role === r)!;
+  // a replica sees half the batch; fsdp holds half of what it trains, replicate all of it
+  assert.equal(role(p, "generator", "generator").activationBytes, role(base, "generator", "generator").activationBytes / 2);
+  assert.equal(role(p, "generator", "generator").weightsBytes, role(base, "generator", "generator").weightsBytes);
+  assert.equal(role(p, "fake_score", "fake_score").optimizerBytes, role(base, "fake_score", "fake_score").optimizerBytes / 2);
+  const text = formatPlan(p);
+  assert.match(text, /fake_score\s+fake_score, discriminator\s+cpu\s+2 \(fsdp\)\s+bf16/);
+  assert.match(text, /5 worker processes x 1 thread on 2 cores/);
+});

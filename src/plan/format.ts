@@ -34,7 +34,7 @@ function dataText(plan: Plan): string {
 function placementLines(plan: Plan): string[] {
   const p = plan.placement;
   // the split default, max(1, floor(cores / workers)), never oversubscribes more than one thread per process does
-  const fair = Math.max(1, Math.floor(p.cores / p.workers.length));
+  const fair = Math.max(1, Math.floor(p.cores / p.processes));
   const oversubscribed = p.torchThreads > fair;
   // the default for compute-bound networks gives every worker all cores on purpose (plan/threads.ts): say why, no
   // warning; where the threads are the default's split, say why too
@@ -45,8 +45,19 @@ function placementLines(plan: Plan): string[] {
   const python = p.python.path === null ? `${chalk.red("none")} (from ${from}; see Problems)` : `${p.python.path} (${from})`;
   return [
     heading("Placement", `${p.placement}, transport ${p.transport}, device ${p.device}`),
-    ...table([["worker", "roles", "torch threads"], ...p.workers.map((w) => [w.name, w.roles.join(", "), String(w.torchThreads)])]),
-    `  ${p.workers.length} worker process${p.workers.length === 1 ? "" : "es"} x ${p.torchThreads} thread${p.torchThreads === 1 ? "" : "s"} on ${p.cores} core${p.cores === 1 ? "" : "s"}${threadsNote}`,
+    ...table([
+      ["worker", "roles", "device", "replicas", "precision", "torch threads"],
+      ...p.workers.map((w) => [
+        w.name + (w.join ? " (joins)" : ""),
+        w.roles.join(", "),
+        w.devices.join(", "),
+        w.replicas === 1 ? "1" : `${w.replicas} (${w.strategy})`,
+        w.precision + (w.gradientCheckpointing ? ", checkpointing" : ""),
+        String(w.torchThreads),
+      ]),
+    ]),
+    `  ${p.processes} worker process${p.processes === 1 ? "" : "es"} x ${p.torchThreads} thread${p.torchThreads === 1 ? "" : "s"} on ${p.cores} core${p.cores === 1 ? "" : "s"}${threadsNote}`,
+    ...(p.workers.some((w) => w.join) ? [`  workers marked (joins) run on other hosts: dmd2 distill prints the dmd2 worker --join command (docs/cli.md)`] : []),
     `  python: ${python}`,
   ];
 }
@@ -168,7 +179,7 @@ function networkText(n: NetworkPlan): string {
 
 function memoryLines(plan: Plan): string[] {
   const m = plan.memory;
-  const head = heading("Memory per worker", `an estimate, float32, on ${plan.placement.device}`);
+  const head = heading("Memory per worker process", `an estimate, float32, on ${plan.placement.device}${plan.placement.processes > plan.placement.workers.length ? "; a replicated role: one rank" : ""}`);
   if (m.unknown !== null) return [head, `  networks: ${networkText(m.network)}`, `  unknown: ${m.unknown}`];
   const dash = (b: number) => (b === 0 ? "-" : formatBytes(b));
   const rows: string[][] = [["worker", "role", "params", "weights", "grads", "AdamW", "activations", "total"]];
@@ -183,7 +194,9 @@ function memoryLines(plan: Plan): string[] {
     ...table(rows),
     `  per worker: ${m.workers.map((w) => `${w.worker} ~${formatBytes(w.totalBytes)}`).join(", ")}`,
     "  trained networks: weights + grads + AdamW's 2 moments; activations: what one forward keeps for the backward",
-    "  at the batch size, x2 for the backward (the roles' peaks added as if simultaneous)",
+    "  at the batch size (a replica's share), x2 for the backward (the roles' peaks added as if simultaneous); fsdp",
+    "  divides weights, grads and AdamW by the replicas (plus one block gathered at a time); bf16 autocast and",
+    "  gradient checkpointing lower the activations, not counted here",
     `  ${m.note}`,
   ];
 }

@@ -44,7 +44,10 @@ function sizes(n: NetworkPlan): { params: number; head: number; perSample: numbe
 }
 
 function roleMemory(role: Role, r: Recipe, n: NetworkPlan, z: NonNullable<ReturnType<typeof sizes>>): RoleMemory {
-  const B = r.train.batch_size;
+  // one process: a replicated role's rank sees 1/N of the batch; with FSDP it holds 1/N of what it trains
+  const placed = r.roles[role === "discriminator" ? "fake_score" : role];
+  const B = r.train.batch_size / placed.replicas;
+  const sharded = placed.strategy === "fsdp" ? placed.replicas : 1;
   const full = z.perSample * B * FLOAT32;
   const encoder = z.encoderPerSample * B * FLOAT32;
   let params = z.params;
@@ -79,7 +82,7 @@ function roleMemory(role: Role, r: Recipe, n: NetworkPlan, z: NonNullable<Return
       break;
     }
   }
-  const weightsBytes = params * FLOAT32;
+  const weightsBytes = (params * FLOAT32) / sharded;
   const gradsBytes = trained ? weightsBytes : 0;
   const optimizerBytes = trained ? 2 * weightsBytes : 0;
   return {

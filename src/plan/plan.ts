@@ -50,8 +50,25 @@ export interface PlacementPlan {
   cores: number;
   /** what the torch_threads default (a null key) gives on these cores, and why (threads.ts) */
   threadsDefault: ThreadsDefault;
-  workers: { name: string; roles: Role[]; torchThreads: number }[];
+  workers: PlannedWorker[];
+  /** worker processes in all: a replicated role runs one per replica */
+  processes: number;
   python: PythonPlan;
+}
+
+/** One worker of the layout as the recipe places it (docs/recipe.md "Placement"). */
+export interface PlannedWorker {
+  name: string;
+  roles: Role[];
+  torchThreads: number;
+  /** one device per replica */
+  devices: string[];
+  replicas: number;
+  strategy: "replicate" | "fsdp";
+  precision: string;
+  gradientCheckpointing: boolean;
+  /** started on another host with dmd2 worker --join */
+  join: boolean;
 }
 
 export interface StepRow {
@@ -166,6 +183,22 @@ function pythonPlan(r: Recipe, env: NodeJS.ProcessEnv, problems: PlanProblem[]):
 function placementPlan(r: Recipe, opts: PlanOptions, problems: PlanProblem[]): PlacementPlan {
   const layout = workerLayout(r.placement);
   const cores = opts.cpuCount ?? os.availableParallelism();
+  const workers = layout.map((w): PlannedWorker => {
+    // the worker follows its first placed role (per_role: its only one; the discriminator follows fake_score)
+    const p = r.roles[w.roles[0] === "discriminator" ? "fake_score" : w.roles[0]!];
+    const placed = w.roles.map((role) => r.roles[role === "discriminator" ? "fake_score" : role]);
+    return {
+      name: w.name,
+      roles: [...w.roles],
+      torchThreads: r.torch_threads,
+      devices: [...new Set(placed.flatMap((x) => x.device))],
+      replicas: Math.max(...placed.map((x) => x.replicas)),
+      strategy: p.strategy,
+      precision: [...new Set(placed.map((x) => x.precision))].join("/"),
+      gradientCheckpointing: placed.some((x) => x.gradient_checkpointing),
+      join: placed.some((x) => x.join),
+    };
+  });
   return {
     placement: r.placement,
     transport: r.transport,
@@ -173,7 +206,8 @@ function placementPlan(r: Recipe, opts: PlanOptions, problems: PlanProblem[]): P
     torchThreads: r.torch_threads,
     cores,
     threadsDefault: defaultTorchThreads(r, cores),
-    workers: layout.map((w) => ({ name: w.name, roles: [...w.roles], torchThreads: r.torch_threads })),
+    workers,
+    processes: workers.reduce((n, w) => n + w.replicas, 0),
     python: pythonPlan(r, opts.env ?? process.env, problems),
   };
 }
