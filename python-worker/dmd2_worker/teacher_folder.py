@@ -86,16 +86,21 @@ def write_teacher_folder(out: str | Path, unet: UNet2DModel, diffusion: Diffusio
 
 # --- reading -----------------------------------------------------------------------------------------------------
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path, error: type[Exception] | None = None) -> dict[str, Any]:
+    """The JSON object in `path`; a missing, unreadable or non-object file raises `error` (default
+    TeacherFolderError) with one line naming the file."""
+    error = error or TeacherFolderError
     if not path.is_file():
-        raise TeacherFolderError(f"{path}: missing")
+        raise error(f"{path}: missing")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TeacherFolderError(f"{path}: not valid JSON: {e}") from None
+        raise error(f"{path}: not valid JSON: {' '.join(str(e).split())}") from None
     if not isinstance(obj, dict):
-        raise TeacherFolderError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+        raise error(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
 
 
 def _is_int(v: Any) -> bool:
@@ -109,7 +114,7 @@ def _is_number(v: Any) -> bool:
 def read_diffusion_config(path: Path) -> dict[str, Any]:
     """The diffusion config (dataclasses.asdict(DiffusionConfig) form) in a scheduler_config.json; every key of
     it must be there (as the CLI requires)."""
-    raw = _read_json_object(path)
+    raw = read_json_object(path)
     missing = [f.name for f in dataclasses.fields(DiffusionConfig) if f.name not in raw]
     if missing:
         raise TeacherFolderError(f"{path}: missing {', '.join(missing)}")
@@ -140,7 +145,7 @@ def read_class_layout(directory: Path, unet_config: dict[str, Any]) -> tuple[int
     path = directory / TEACHER_INFO
     if not path.exists():
         return unet_config.get("num_class_embeds"), None
-    info = _read_json_object(path)
+    info = read_json_object(path)
     if info.get("format") != TEACHER_INFO_FORMAT:
         raise TeacherFolderError(f"{path}: format {info.get('format')!r} is not supported "
                                  f"(this worker reads {TEACHER_INFO_FORMAT})")
@@ -183,12 +188,12 @@ def load_teacher_folder(directory: str | Path, device: torch.device | str = "cpu
     {"arch": "diffusers.UNet2DModel", "diffusion": {...}, "num_classes": K | None, "image_shape": [C, H, W]}."""
     directory = Path(directory)
     if (directory / MODEL_INDEX).exists():
-        index = _read_json_object(directory / MODEL_INDEX)
+        index = read_json_object(directory / MODEL_INDEX)
         if index.get("unet") != ["diffusers", "UNet2DModel"]:
             raise TeacherFolderError(f"{directory / MODEL_INDEX}: unet must be ['diffusers', 'UNet2DModel'], "
                                      f"got {index.get('unet')!r}")
     config_path = directory / UNET_CONFIG
-    unet_config = _read_json_object(config_path)
+    unet_config = read_json_object(config_path)
     if unet_config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise TeacherFolderError(f"{config_path}: _class_name must be 'UNet2DModel', got {unet_config['_class_name']!r}")
     weights = _weights_path(directory)

@@ -12,7 +12,6 @@ A family is one file that defines a `TeacherAdapter` subclass and decorates it w
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from ..diffusion import PREDICTION_TYPES, NoiseSchedule
-from ..teacher_folder import TeacherFolderError
+from ..teacher_folder import TeacherFolderError, read_json_object as _read_json_object
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
@@ -109,15 +108,7 @@ class Conditioning:
 # --- folder reading ----------------------------------------------------------------------------------------------
 
 def read_json_object(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise AdapterError(f"{path}: missing")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path}: not valid JSON: {one_line(e)}") from None
-    if not isinstance(obj, dict):
-        raise AdapterError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return _read_json_object(path, AdapterError)
 
 
 def _is_number(v: Any) -> bool:
