@@ -255,7 +255,7 @@ export class WorkerTimeoutError extends DmdError {
       exitCode: 1,
       hint:
         init.kind === "heartbeat"
-          ? "the worker is hung or overloaded; check its log, or raise heartbeat.timeout_s in the recipe"
+          ? "the worker is hung or overloaded (or, if it joined from another host, stopped or cut off there); check its log, or raise heartbeat.timeout_s in the recipe"
           : undefined,
     });
     this.worker = init.worker;

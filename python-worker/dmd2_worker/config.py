@@ -80,6 +80,7 @@ class GeneratorConfig:
     conditioning_timestep: int
     timesteps: list[int]
     lr: float
+    ema_decay: float  # > 0: keep an EMA of the weights, sample and evaluate with it (roles/generator.py)
 
 
 @dataclass
@@ -345,6 +346,8 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append("teacher.path: required when teacher.source is 'diffusers'")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
+    if not 0 <= r.generator.ema_decay < 1:
+        problems.append(f"generator.ema_decay: must be in [0, 1), got {r.generator.ema_decay}")
     for name in ("teacher", "generator", "fake_score"):
         p = getattr(r.roles, name)
         if p.replicas < 1 or len(p.device) != p.replicas:

@@ -67,7 +67,7 @@ export interface Recipe {
     path: string | null;
   };
   diffusion: DiffusionConfig;
-  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number };
+  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number };
   fake_score: { lr: number };
   dmd: { weight: number; real_guidance_scale: number; min_t: number; max_t: number };
   ttur: { ratio: number };

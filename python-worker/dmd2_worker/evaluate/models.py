@@ -111,7 +111,9 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
     teacher_dir = run_dir / "teacher" if recipe.teacher.source == "builtin" else Path(str(recipe.teacher.path))
     net, _ = _load_network(teacher_dir, run_key, device)
     try:
-        load_module(checkpoint / "generator.safetensors", net)
+        # the EMA of the weights when the run kept one (generator.ema_decay > 0): what dmd2 sample uses too
+        ema = checkpoint / "generator.ema.safetensors"
+        load_module(ema if ema.is_file() else checkpoint / "generator.safetensors", net)
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
     sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator)

@@ -10,6 +10,7 @@ Random draws, in order:
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,16 @@ import torch
 
 from .base import TensorStore, WorkerContext
 from .common import Args, RoleBase, TrainedNetworkState, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
-from ..checkpoint import save_tensors
+from ..checkpoint import load_module, module_state, save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
 from ..placement import all_reduce_gradients, all_reduce_sum
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 from ..sampling import backward_simulation, sample_generator
+
+
+EMA_FILE = "generator.ema.safetensors"
 
 
 class GeneratorRole(TrainedNetworkState, RoleBase):
@@ -46,6 +50,11 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         self.graph: tuple[torch.Tensor, int | None] | None = None  # (x_gen with grad, its step)
         self.updates = 0
         self.writes_files = ctx.writes_files
+        # an exponential moving average of the weights (generator.ema_decay > 0): what sample uses and saves as
+        # generator.ema.safetensors; the raw weights go on training
+        decay = ctx.recipe.generator.ema_decay
+        self.ema_decay = decay
+        self.ema = [p.detach().clone() for p in net.parameters()] if decay > 0 else None
         self.ready = True
         return {"params": param_count(net)}
 
@@ -127,6 +136,10 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         dmd_grad_norm = float(all_reduce_sum(grad.detach().pow(2).sum(), ctx.shard).sqrt())
         metrics = {"loss_dmd": float(loss_dmd.detach()), "dmd_grad_norm": dmd_grad_norm, "gen_grad_norm": gen_grad_norm}
         metrics["skipped_nonfinite"] = guarded_step(self.optimizer, lr, metrics, self.recipe.train.on_nonfinite, where, step)
+        if self.ema is not None and not metrics["skipped_nonfinite"]:
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.net.parameters()):
+                    e.lerp_(p.detach(), 1.0 - self.ema_decay)
         self.updates += 1
         return metrics
 
@@ -158,7 +171,8 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         dev = ctx.device
         z = randn((n, *self.image_shape), g, dev)
         cond = labels.to(dev) if K is not None else None
-        samples = sample_generator(self.G, z, cond, ts, self.schedule, g).float()
+        with self.ema_weights():
+            samples = sample_generator(self.G, z, cond, ts, self.schedule, g).float()
         store["samples"] = samples
         store["labels"] = labels.to(dev)
         if not ctx.writes_files:  # a sharded generator's other ranks only took part in the forward passes
@@ -171,6 +185,51 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
 
     # --- state -----------------------------------------------------------------------------------------------
 
-    def restore(self, directory: Path) -> None:  # save: TrainedNetworkState
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The network with the EMA weights in place (when kept), the raw ones back afterwards."""
+        if self.ema is None:
+            yield
+            return
+        self._reshard()
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.net.parameters()]
+            for p, e in zip(self.net.parameters(), self.ema):
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            self._reshard()
+            with torch.no_grad():
+                for p, r in zip(self.net.parameters(), raw):
+                    p.copy_(r)
+
+    def _reshard(self) -> None:
+        """A sharded (FSDP) network keeps its root's parameters gathered after a forward pass without backward:
+        shard them again so that its parameters are the sharded ones the EMA mirrors."""
+        reshard = getattr(self.net, "reshard", None)
+        if callable(reshard):
+            reshard()
+
+    def save(self, directory: Path) -> list[Path]:
+        files = super().save(directory)  # generator.safetensors (raw weights) and the optimizer
+        if self.ema is None:
+            return files
+        with self.ema_weights():
+            # copies: the state dict's tensors are the parameters themselves, which get the raw weights back
+            ema = {k: v.detach().clone() for k, v in module_state(self.net).items()}  # a collective when sharded
+        if not self.writes_files:
+            return files
+        return [*files, save_tensors(Path(directory) / EMA_FILE, ema)]
+
+    def restore(self, directory: Path) -> None:
         super().restore(directory)
         self.graph = None
+        if self.ema is not None:
+            path = Path(directory) / EMA_FILE
+            if path.is_file():
+                with self.ema_weights():
+                    load_module(path, self.net)
+                    self.ema = [p.detach().clone() for p in self.net.parameters()]
+            else:  # a checkpoint from a run without EMA: start the average at the weights
+                self.ema = [p.detach().clone() for p in self.net.parameters()]
