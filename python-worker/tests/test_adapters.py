@@ -162,6 +162,9 @@ def test_ddim_sampling_matches_the_diffusers_pipeline(folders, adapters, family,
         ours = ddim_sample(adapter, PROMPTS, steps=steps, guidance_scale=scale, seed=seed)
         assert ours.shape == ref.shape == (2, 4, 8, 8)
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+        if scale != 1.0:  # guidance changes the result (the comparison above is not between two unguided runs)
+            unguided = ddim_sample(adapter, PROMPTS, steps=steps, guidance_scale=1.0, seed=seed)
+            assert (ours - unguided).abs().max() > 1e-2
     if prediction_type == "epsilon":  # the decoded images too ("pt": (x / 2 + 0.5) clamped to [0, 1])
         ref = pipe(prompt=PROMPTS[:1], num_inference_steps=2, guidance_scale=2.0, output_type="pt",
                    generator=torch.Generator().manual_seed(3)).images
