@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from .checkpoint import write_json
 from .config import DiffusionConfig
+from .diffusion import PREDICTION_TYPES
 from .models.unet2d import UNet2DNet
 
 MODEL_INDEX = "model_index.json"
@@ -41,7 +42,6 @@ TEACHER_INFO_FORMAT = 1
 ARCH_NAME = "diffusers.UNet2DModel"  # the "arch" of the config dict load_teacher_folder returns
 
 BETA_SCHEDULES = ("linear", "scaled_linear")  # NoiseSchedule's (and diffusers') names
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class TeacherFolderError(ValueError):
@@ -107,6 +107,29 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def check_schedule_values(path: Path, cfg: dict[str, Any], raw: dict[str, Any],
+                          error: type[Exception] | None = None) -> None:
+    """The scheduler-config values NoiseSchedule supports: `cfg` holds the diffusion keys (defaults filled in),
+    `raw` the file as read. Raises `error` (default TeacherFolderError) with one line naming the file."""
+    error = error or TeacherFolderError
+    T = cfg["num_train_timesteps"]
+    if not _is_int(T) or T < 2:
+        raise error(f"{path}: num_train_timesteps must be an integer >= 2, got {T!r}")
+    if cfg["beta_schedule"] not in BETA_SCHEDULES:
+        raise error(f"{path}: beta_schedule {cfg['beta_schedule']!r} is not supported "
+                    f"(supported: {', '.join(map(repr, BETA_SCHEDULES))})")
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        raise error(f"{path}: prediction_type {cfg['prediction_type']!r} is not supported "
+                    f"(supported: {', '.join(map(repr, PREDICTION_TYPES))})")
+    b0, b1 = cfg["beta_start"], cfg["beta_end"]
+    if not (_is_number(b0) and _is_number(b1) and 0 < b0 < b1 < 1):
+        raise error(f"{path}: beta_start, beta_end: need numbers with 0 < beta_start < beta_end < 1, got {b0!r}, {b1!r}")
+    if raw.get("trained_betas") is not None:
+        raise error(f"{path}: trained_betas is not supported (set it to null and use beta_schedule)")
+    if raw.get("rescale_betas_zero_snr"):
+        raise error(f"{path}: rescale_betas_zero_snr is not supported (set it to false)")
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -119,23 +142,8 @@ def read_diffusion_config(path: Path) -> dict[str, Any]:
     if missing:
         raise TeacherFolderError(f"{path}: missing {', '.join(missing)}")
     d = {f.name: raw[f.name] for f in dataclasses.fields(DiffusionConfig)}
-    T = d["num_train_timesteps"]
-    if not _is_int(T) or T < 2:
-        raise TeacherFolderError(f"{path}: num_train_timesteps must be an integer >= 2, got {T!r}")
-    if d["beta_schedule"] not in BETA_SCHEDULES:
-        raise TeacherFolderError(f"{path}: beta_schedule {d['beta_schedule']!r} is not supported "
-                                 f"(supported: {', '.join(map(repr, BETA_SCHEDULES))})")
-    if d["prediction_type"] not in PREDICTION_TYPES:
-        raise TeacherFolderError(f"{path}: prediction_type {d['prediction_type']!r} is not supported "
-                                 f"(supported: {', '.join(map(repr, PREDICTION_TYPES))})")
+    check_schedule_values(path, d, raw)
     b0, b1 = d["beta_start"], d["beta_end"]
-    if not (_is_number(b0) and _is_number(b1) and 0 < b0 < b1 < 1):
-        raise TeacherFolderError(f"{path}: beta_start, beta_end: need numbers with 0 < beta_start < beta_end < 1, "
-                                 f"got {b0!r}, {b1!r}")
-    if raw.get("trained_betas") is not None:
-        raise TeacherFolderError(f"{path}: trained_betas is not supported (set it to null and use beta_schedule)")
-    if raw.get("rescale_betas_zero_snr"):
-        raise TeacherFolderError(f"{path}: rescale_betas_zero_snr is not supported (set it to false)")
     d["beta_start"], d["beta_end"] = float(b0), float(b1)
     return d
 

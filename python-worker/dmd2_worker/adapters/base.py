@@ -21,12 +21,11 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from ..diffusion import PREDICTION_TYPES, NoiseSchedule
-from ..teacher_folder import TeacherFolderError, read_json_object as _read_json_object
+from ..diffusion import NoiseSchedule
+from ..teacher_folder import TeacherFolderError, check_schedule_values, read_json_object as _read_json_object
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
-BETA_SCHEDULES = ("linear", "scaled_linear")
 
 # The defaults diffusers' DDPM/DDIM/PNDM/Euler schedulers share, for keys a scheduler_config.json leaves out.
 SCHEDULER_DEFAULTS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
@@ -111,33 +110,13 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return _read_json_object(path, AdapterError)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def read_scheduler_config(folder: Path) -> dict[str, Any]:
     """scheduler/scheduler_config.json as a dict, the keys the schedule needs filled in with diffusers' defaults
     and checked (what `NoiseSchedule` supports)."""
     path = folder / SCHEDULER_CONFIG
     raw = read_json_object(path)
     cfg = {**SCHEDULER_DEFAULTS, **{k: v for k, v in raw.items() if v is not None or k not in SCHEDULER_DEFAULTS}}
-    T = cfg["num_train_timesteps"]
-    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
-        raise AdapterError(f"{path}: num_train_timesteps must be an integer >= 2, got {T!r}")
-    if cfg["beta_schedule"] not in BETA_SCHEDULES:
-        raise AdapterError(f"{path}: beta_schedule {cfg['beta_schedule']!r} is not supported "
-                           f"(supported: {', '.join(map(repr, BETA_SCHEDULES))})")
-    if cfg["prediction_type"] not in PREDICTION_TYPES:
-        raise AdapterError(f"{path}: prediction_type {cfg['prediction_type']!r} is not supported "
-                           f"(supported: {', '.join(map(repr, PREDICTION_TYPES))})")
-    b0, b1 = cfg["beta_start"], cfg["beta_end"]
-    if not (_is_number(b0) and _is_number(b1) and 0 < b0 < b1 < 1):
-        raise AdapterError(f"{path}: beta_start, beta_end: need numbers with 0 < beta_start < beta_end < 1, "
-                           f"got {b0!r}, {b1!r}")
-    if cfg.get("trained_betas") is not None:
-        raise AdapterError(f"{path}: trained_betas is not supported (use beta_schedule)")
-    if cfg.get("rescale_betas_zero_snr"):
-        raise AdapterError(f"{path}: rescale_betas_zero_snr is not supported yet")
+    check_schedule_values(path, cfg, raw, AdapterError)
     return cfg
 
 
