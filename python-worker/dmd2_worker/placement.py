@@ -186,9 +186,13 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter], shard: Shard | No
     dist.all_reduce(flat)
     flat /= shard.world
     offset = 0
-    for p in params:
+    for p in params:  # back into the gradients in place (a new one only where there was none)
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        averaged = flat[offset:offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = averaged.clone()
+        else:
+            p.grad.copy_(averaged)
         offset += n
 
 
