@@ -234,6 +234,14 @@ test("eval: where the data comes from, and the inputs it refuses with exit 2", a
   assert.match(badSteps.stderr, /--steps takes comma-separated step counts from 1 to 4, like 1,2,4 — got "1,8"/);
   const badFeatures = await dmd2(["eval", run, "--features", "inception"], evalEnv());
   assert.equal(badFeatures.exitCode, 2);
-  assert.match(badFeatures.stderr, /expected classifier or torchscript:<file.pt>, got "inception"/);
-  for (const r of [noData, differ, notModel]) assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  assert.match(badFeatures.stderr, /expected classifier, torchscript:<file.pt> or inception:<inception-2015-12-05.pt>, got "inception"/);
+  const noInception = await dmd2(["eval", run, "--features", `inception:${path.join(work, "nope.pt")}`], evalEnv());
+  assert.equal(noInception.exitCode, 2);
+  assert.match(noInception.stderr, /--features: .*nope.pt does not exist \(give a local copy of the TorchScript Inception FID detector, inception-2015-12-05.pt\)/);
+  const inception = path.join(work, "inception-2015-12-05.pt");
+  writeFileSync(inception, "stands in for the detector: the fake worker does not load it");
+  const withInception = await dmd2(["eval", run, "--json", "--features", `inception:${inception}`], evalEnv({ FAKE_SPEC_COPY: copy }));
+  assert.equal(withInception.exitCode, 0, withInception.stderr);
+  assert.deepEqual(JSON.parse(readFileSync(copy, "utf8")).features, { kind: "inception", path: inception });
+  for (const r of [noData, differ, notModel, noInception]) assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
 });

@@ -255,3 +255,61 @@ def test_evaluate_with_torchscript_features(models_on_disk, tmp_path: Path):
     result = evaluate(spec, lambda message: None)
     assert result["features"] == "torchscript" and result["heldout_accuracy"] is None
     assert result["rows"][0]["accuracy"] is None and result["rows"][0]["fd"] > 0
+
+
+class _StandInInceptionDetector(torch.nn.Module):
+    """The calling convention of the Inception FID detector (inception-2015-12-05.pt): uint8 RGB in, resized inside,
+    (N, 2048) features out with return_features=True. It refuses anything else, so the test checks what
+    InceptionExtractor feeds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3 * 12 * 12, 2048)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.shape[1] != 3:
+            raise RuntimeError("expected uint8 RGB images")
+        if not return_features:
+            raise RuntimeError("this stand-in only returns features")
+        y = torch.nn.functional.interpolate(x.to(torch.float32), size=(12, 12), mode="bilinear", align_corners=False)
+        return self.proj((y / 127.5 - 1).flatten(1))
+
+
+def test_inception_input_is_uint8_rgb_in_0_255():
+    from dmd2_worker.evaluate.features import inception_input
+    images = torch.tensor([-1.0, -0.5, 0.0, 1.0, 2.0]).view(1, 1, 1, 5)
+    x = inception_input(images)
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (1, 3, 1, 5)
+    assert x[0, :, 0].tolist() == [[0, 64, 128, 255, 255]] * 3  # (v + 1) * 127.5 rounded, clamped
+    with pytest.raises(EvalInputError, match="features.kind: inception takes grey or RGB images"):
+        inception_input(torch.zeros(1, 2, 4, 4))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_evaluate_with_inception_features(models_on_disk, tmp_path: Path):
+    torch.manual_seed(0)
+    torch.jit.save(torch.jit.script(_StandInInceptionDetector()), str(tmp_path / "inception.pt"))
+    teacher = {"label": "teacher", "kind": "teacher", "path": str(models_on_disk["teacher"]), "steps": [1, 4],
+               "guidance_scale": 1.0}
+    spec = parse_eval_spec(spec_dict([teacher], features={"kind": "inception", "path": str(tmp_path / "inception.pt")}))
+    result = evaluate(spec, lambda message: None)
+    assert result["features"] == "inception" and result["heldout_accuracy"] is None
+    assert all(row["fd"] > 0 and row["accuracy"] is None for row in result["rows"])
+    # the noise floor is the distance in the detector's own feature space, computed here by hand
+    detector = torch.jit.load(str(tmp_path / "inception.pt"))
+    to_uint8_rgb = lambda x: ((x + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    train_images, _ = build_data_source(digits_config(), "train").all()
+    heldout_images, _ = build_data_source(digits_config(), "heldout").all()
+    count = min(len(train_images), len(heldout_images))
+    subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(spec.seed))[:count]
+    with torch.no_grad():
+        by_hand = feature_distance(detector(to_uint8_rgb(train_images[subset]), return_features=True),
+                                   detector(to_uint8_rgb(heldout_images), return_features=True))
+    assert result["noise_floor"] == pytest.approx(by_hand, rel=1e-4)
+
+    # a TorchScript module without the detector's calling convention: one line naming features.path
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5))),
+                   str(tmp_path / "plain.pt"))
+    spec = parse_eval_spec(spec_dict([teacher], features={"kind": "inception", "path": str(tmp_path / "plain.pt")}))
+    with pytest.raises(EvalInputError, match=r"features.path: .*plain.pt does not work as an Inception FID detector"):
+        evaluate(spec, lambda message: None)

@@ -51,8 +51,10 @@ function stepList(name: string, max: number) {
 }
 function featuresArg(v: string): Features {
   if (v === "classifier") return { kind: "classifier" };
-  if (v.startsWith("torchscript:") && v.length > "torchscript:".length) return { kind: "torchscript", path: path.resolve(v.slice("torchscript:".length)) };
-  throw new InvalidArgumentError(`expected classifier or torchscript:<file.pt>, got "${v}"`);
+  for (const kind of ["torchscript", "inception"] as const) {
+    if (v.startsWith(`${kind}:`) && v.length > kind.length + 1) return { kind, path: path.resolve(v.slice(kind.length + 1)) };
+  }
+  throw new InvalidArgumentError(`expected classifier, torchscript:<file.pt> or inception:<inception-2015-12-05.pt>, got "${v}"`);
 }
 function classList(v: string): number[] {
   const parts = v.split(",").map((s) => s.trim());
@@ -152,7 +154,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--teacher-steps <list>", "DDIM steps of each teacher").argParser(stepList("--teacher-steps", 1000)).default([1, 2, 4, 10, 25, 50], "1,2,4,10,25,50"))
     .option("--n <n>", "samples per model and step count", intArg("--n"), 1000)
     .option("--seed <n>", "random seed of the samples", intArg("--seed"), 0)
-    .addOption(new Option("--features <kind>", "feature space: classifier (trained on the data's train split, cached) or torchscript:<file.pt>").argParser(featuresArg).default({ kind: "classifier" }, "classifier"))
+    .addOption(new Option("--features <kind>", "feature space: classifier (trained on the data's train split, cached), torchscript:<file.pt> or inception:<inception-2015-12-05.pt> (a local copy of the FID Inception detector)").argParser(featuresArg).default({ kind: "classifier" }, "classifier"))
     .option("--picture <file>", "also write a PNG: real images, then each teacher at its most steps, each run at its fewest and most")
     .option("--device <device>", "cpu, cuda or cuda:N", "cpu")
     .addOption(new Option("--torch-threads <n>", "torch threads").argParser(intArg("--torch-threads")).default(os.availableParallelism(), "all cores"))

@@ -6,7 +6,8 @@ import path from "node:path";
 import type { DataConfig } from "../recipe/types.js";
 import type { Target } from "./targets.js";
 
-export type Features = { kind: "classifier" } | { kind: "torchscript"; path: string };
+/** classifier: the project's CNN; torchscript: a user's module; inception: a local inception-2015-12-05.pt FID detector. */
+export type Features = { kind: "classifier" } | { kind: "torchscript" | "inception"; path: string };
 
 type EvalModel =
   | { label: string; kind: "teacher"; path: string; steps: number[]; guidance_scale: number }

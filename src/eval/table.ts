@@ -7,7 +7,7 @@ export interface EvalRow {
   kind: "teacher" | "student";
   steps: number;
   fd: number;
-  /** null with torchscript features */
+  /** null with torchscript or inception features */
   accuracy: number | null;
   images_per_s: number;
   seconds: number;

@@ -32,6 +32,15 @@ class TorchscriptFeatures:
 
 
 @dataclass
+class InceptionFeatures:
+    """A TorchScript Inception-v3 FID detector in the format of `inception-2015-12-05.pt` (the file StyleGAN2-ADA's
+    and clean-fid's FID use): called as `module(images, return_features=True)` on uint8 RGB (N, 3, H, W) in
+    [0, 255], it resizes internally and returns (N, 2048) pool features."""
+    kind: Literal["inception"]
+    path: str
+
+
+@dataclass
 class TeacherModel:
     label: str
     kind: Literal["teacher"]
@@ -69,7 +78,7 @@ class EvalSpec:
     batch_size: int
     device: str
     torch_threads: int | None
-    features: ClassifierFeatures | TorchscriptFeatures
+    features: ClassifierFeatures | TorchscriptFeatures | InceptionFeatures
     cache_dir: str | None
     models: list[TeacherModel | StudentModel]
     picture: PictureSpec | None
@@ -170,7 +179,8 @@ def parse_eval_spec(obj: Any) -> EvalSpec:
     if not _check_keys(obj, _TOP_KEYS, "", problems):
         raise _error(problems)
     typed = {key: _parse(obj[key], tp, key, problems) for key, tp in _TYPED_KEYS.items()}
-    features = _by_kind(obj["features"], {"classifier": ClassifierFeatures, "torchscript": TorchscriptFeatures},
+    features = _by_kind(obj["features"], {"classifier": ClassifierFeatures, "torchscript": TorchscriptFeatures,
+                                               "inception": InceptionFeatures},
                         "features", problems)
     models = []
     if isinstance(obj["models"], list):

@@ -32,8 +32,11 @@ export interface EvalFlags {
 export async function evalCommand(paths: string[], flags: EvalFlags, reporter: Reporter): Promise<number> {
   const targets = paths.map(readTarget);
   const data = chooseData(targets, flags.dataFrom === undefined ? null : loadDataGroup(flags.dataFrom));
-  if (flags.features.kind === "torchscript" && !existsSync(flags.features.path)) {
-    throw new UsageError(`--features: ${flags.features.path} does not exist (give a TorchScript module saved with torch.jit.save)`);
+  if (flags.features.kind !== "classifier" && !existsSync(flags.features.path)) {
+    const what = flags.features.kind === "inception"
+      ? "give a local copy of the TorchScript Inception FID detector, inception-2015-12-05.pt"
+      : "give a TorchScript module saved with torch.jit.save";
+    throw new UsageError(`--features: ${flags.features.path} does not exist (${what})`);
   }
   const spec = buildSpec(targets, {
     data,
