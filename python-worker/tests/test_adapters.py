@@ -1,5 +1,5 @@
-"""adapters/: tiny SD-1.5-like and SDXL-like pipelines built from configs (random weights, a CLIP tokenizer whose
-vocab.json / merges.txt are written here), saved with save_pretrained and read back through the adapters
+"""adapters/: tiny SD-1.5-like and SDXL-like pipelines built from configs (pipelines.py: random weights, a CLIP
+tokenizer whose vocab.json / merges.txt are written there), saved with save_pretrained and read back through the adapters
 (docs/adapters.md): DDIM sampling against diffusers' own pipelines, the conditioning and unconditional rules,
 the VAE scaling, and the one-line errors."""
 from __future__ import annotations
@@ -10,103 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, EulerDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel, UNet2DModel)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import DDIMScheduler, DDPMPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DModel
 
 from dmd2_worker.adapters import (AdapterError, Conditioning, UNET2D_FAMILY, ddim_sample, families, family_of,
                                   guided, load_adapter)
 from dmd2_worker.adapters.sd15 import SD15Adapter
 from dmd2_worker.adapters.sdxl import SDXLAdapter
+from pipelines import MAX_LEN, build_sd15, build_sdxl, with_prediction_type
 
-MAX_LEN = 16           # tokenizer model_max_length (77 in the real models)
 PROMPTS = ["a cat", "the dog on a mat"]
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-
-# --- building the tiny pipelines -----------------------------------------------------------------------------
-
-def write_tokenizer_files(folder: Path) -> None:
-    """A CLIP BPE vocabulary over printable ASCII: every character alone and word-final ('x</w>'), a few merges,
-    and the two special tokens. Characters outside it become <|endoftext|> (the unknown token)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = [chr(c) for c in range(33, 127)]
-    merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("t", "h"), ("th", "e</w>"), ("m", "a"),
-              ("ma", "t</w>"), ("o", "n</w>")]
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-
-
-def tiny_tokenizer(tmp: Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
-    write_tokenizer_files(tmp)
-    return CLIPTokenizer.from_pretrained(tmp, model_max_length=MAX_LEN, pad_token=pad_token)
-
-
-def text_config(tokenizer: CLIPTokenizer, hidden: int, projection: int, act: str) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LEN,
-                          projection_dim=projection, hidden_act=act,
-                          bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
-                          eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-                          pad_token_id=tokenizer.pad_token_id)
-
-
-def tiny_vae() -> AutoencoderKL:
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-                         latent_channels=4, norm_num_groups=8, sample_size=16)
-
-
-def tiny_unet(cross_attention_dim: int, **extra) -> UNet2DConditionModel:
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-                                layers_per_block=1, norm_num_groups=32, attention_head_dim=(2, 4),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                                cross_attention_dim=cross_attention_dim, **extra)
-
-
-def build_sd15(out: Path, work: Path) -> Path:
-    torch.manual_seed(0)
-    tokenizer = tiny_tokenizer(work / "tok")
-    text_encoder = CLIPTextModel(text_config(tokenizer, 32, 32, "quick_gelu"))
-    # SD 1.5's own scheduler config: PNDM, set_alpha_to_one false, steps_offset 1, no clip_sample key.
-    scheduler = PNDMScheduler(**SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
-                                   unet=tiny_unet(32), scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(out)
-    return out
-
-
-def build_sdxl(out: Path, work: Path) -> Path:
-    torch.manual_seed(1)
-    tokenizer = tiny_tokenizer(work / "tok")
-    tokenizer_2 = tiny_tokenizer(work / "tok2", pad_token="!")  # SDXL's second tokenizer pads with "!"
-    text_encoder = CLIPTextModel(text_config(tokenizer, 32, 32, "quick_gelu"))
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, 48, 24, "gelu"))
-    # cross-attention sees both encoders' hidden states (32 + 48); the added embedding takes 6 time ids x 8
-    # + the pooled projection (24).
-    unet = tiny_unet(80, addition_embed_type="text_time", addition_time_embed_dim=8,
-                     projection_class_embeddings_input_dim=6 * 8 + 24, use_linear_projection=True)
-    # SDXL base's own scheduler config: Euler, leading spacing, steps_offset 1, no set_alpha_to_one / clip_sample.
-    scheduler = EulerDiscreteScheduler(**SCHEDULE, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
-                                     add_watermarker=False)
-    pipe.save_pretrained(out)
-    return out
-
-
-def with_prediction_type(folder: Path, out: Path, prediction_type: str) -> Path:
-    shutil.copytree(folder, out)
-    path = out / "scheduler" / "scheduler_config.json"
-    cfg = json.loads(path.read_text())
-    cfg["prediction_type"] = prediction_type
-    path.write_text(json.dumps(cfg))
-    return out
 
 
 @pytest.fixture(scope="module")

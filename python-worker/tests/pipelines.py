@@ -1,0 +1,140 @@
+"""Tiny SD-1.5-like and SDXL-like pipeline folders built from configs (random weights, a CLIP tokenizer whose
+vocab.json / merges.txt are written here), saved with save_pretrained: what the adapter, role and end-to-end tests
+load through the real `from_pretrained(folder)` code. Also a command line for the TypeScript end-to-end tests:
+
+    python python-worker/tests/pipelines.py sd15|sdxl OUT        # a pipeline folder
+    python python-worker/tests/pipelines.py images OUT N [SIZE]  # N random RGB PNGs and a captions.txt
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+MAX_LEN = 16           # tokenizer model_max_length (77 in the real models)
+SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """A CLIP BPE vocabulary over printable ASCII: every character alone and word-final ('x</w>'), a few merges,
+    and the two special tokens. Characters outside it become <|endoftext|> (the unknown token)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(c) for c in range(33, 127)]
+    merges = [("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("t", "h"), ("th", "e</w>"), ("m", "a"),
+              ("ma", "t</w>"), ("o", "n</w>")]
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+
+
+def tiny_tokenizer(tmp: Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    write_tokenizer_files(tmp)
+    return CLIPTokenizer.from_pretrained(tmp, model_max_length=MAX_LEN, pad_token=pad_token)
+
+
+def text_config(tokenizer: CLIPTokenizer, hidden: int, projection: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LEN,
+                          projection_dim=projection, hidden_act=act,
+                          bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+                          eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                          pad_token_id=tokenizer.pad_token_id)
+
+
+def tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=8, sample_size=16)
+
+
+def tiny_unet(cross_attention_dim: int, **extra) -> UNet2DConditionModel:
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, norm_num_groups=32, attention_head_dim=(2, 4),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=cross_attention_dim, **extra)
+
+
+def build_sd15(out: Path, work: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer(work / "tok")
+    text_encoder = CLIPTextModel(text_config(tokenizer, 32, 32, "quick_gelu"))
+    # SD 1.5's own scheduler config: PNDM, set_alpha_to_one false, steps_offset 1, no clip_sample key.
+    scheduler = PNDMScheduler(**SCHEDULE, set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=tiny_unet(32), scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_sdxl(out: Path, work: Path) -> Path:
+    torch.manual_seed(1)
+    tokenizer = tiny_tokenizer(work / "tok")
+    tokenizer_2 = tiny_tokenizer(work / "tok2", pad_token="!")  # SDXL's second tokenizer pads with "!"
+    text_encoder = CLIPTextModel(text_config(tokenizer, 32, 32, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, 48, 24, "gelu"))
+    # cross-attention sees both encoders' hidden states (32 + 48); the added embedding takes 6 time ids x 8
+    # + the pooled projection (24).
+    unet = tiny_unet(80, addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=6 * 8 + 24, use_linear_projection=True)
+    # SDXL base's own scheduler config: Euler, leading spacing, steps_offset 1, no set_alpha_to_one / clip_sample.
+    scheduler = EulerDiscreteScheduler(**SCHEDULE, steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+                                     add_watermarker=False)
+    pipe.save_pretrained(out)
+    return out
+
+
+def with_prediction_type(folder: Path, out: Path, prediction_type: str) -> Path:
+    shutil.copytree(folder, out)
+    path = out / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["prediction_type"] = prediction_type
+    path.write_text(json.dumps(cfg))
+    return out
+
+
+CAPTIONS = ["a cat", "the dog", "a mat", "the cat on a mat"]
+
+
+def write_images(folder: Path, n: int, size: int = 16, seed: int = 0, captions: bool = True) -> Path:
+    """`n` random RGB PNGs `<i>.png` of `size` x `size` and, with `captions`, a captions.txt giving all but the
+    last a caption (the last gets the empty prompt)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        pixels = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
+    if captions:
+        lines = ["# file name, a tab, its caption"] + [f"{i}.png\t{CAPTIONS[i % len(CAPTIONS)]}" for i in range(n - 1)]
+        (folder / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def main(argv: list[str]) -> int:
+    import tempfile
+
+    if len(argv) >= 2 and argv[0] in ("sd15", "sdxl"):
+        with tempfile.TemporaryDirectory() as work:
+            (build_sd15 if argv[0] == "sd15" else build_sdxl)(Path(argv[1]), Path(work))
+        return 0
+    if len(argv) in (3, 4) and argv[0] == "images":
+        write_images(Path(argv[1]), int(argv[2]), int(argv[3]) if len(argv) == 4 else 16)
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
