@@ -1,13 +1,14 @@
 // `npm run bench:quality` (node dist/src/bench/quality.js [--set key=value]... [--teacher-set key=value]...
 // [--n N] [--out DIR]): the digits benchmark of docs/pipeline.md, in one invocation and through the CLI as a
 // user runs it: (a) dmd2 train-teacher recipes/digits-teacher.yaml, (b) dmd2 distill recipes/digits-1step.yaml and
-// recipes/digits.yaml (4 steps) from that teacher, (c) dmd2 eval of the teacher at 1-50 DDIM steps and the students
+// recipes/digits.yaml (4 steps) from that teacher, both at once (each with half the cores: these small networks
+// use two cores poorly, two runs side by side finish sooner than one after the other), (c) dmd2 eval of the teacher at 1-50 DDIM steps and the students
 // at 1, 2, 4 steps (up to the steps each was trained for), with a
 // picture. Writes quality.md and quality.json (default docs/bench/) and the picture (default
 // docs/img/digits-compare.png; with --out, into that folder). Scratch: $DMD2_BENCH_DIR, else a new
 // temporary folder; it is kept (the teacher and both runs are in it).
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parseBenchArgs, runIfMain } from "./cli.js";
@@ -24,11 +25,31 @@ function usage(): string {
   return "usage: npm run bench:quality -- [--set key=value]... [--teacher-set key=value]... [--n N] [--out DIR]";
 }
 
-/** Runs `dmd2 <args>` in the project root, its progress on this terminal; returns its stdout (captured when asked). */
-async function dmd2(args: string[], captureStdout: boolean): Promise<string> {
-  const r = await execa("node", [cli, ...args], { cwd: PROJECT_ROOT, reject: false, stdin: "ignore", stdout: captureStdout ? "pipe" : "inherit", stderr: "inherit" });
+/**
+ * Runs `dmd2 <args>` in the project root, its progress on this terminal (or, `quiet`, only its errors); returns its
+ * stdout (captured when asked).
+ */
+async function dmd2(args: string[], captureStdout: boolean, quiet = false): Promise<string> {
+  const r = await execa("node", [cli, ...args, ...(quiet ? ["-q"] : [])], { cwd: PROJECT_ROOT, reject: false, stdin: "ignore", stdout: captureStdout ? "pipe" : "inherit", stderr: "inherit" });
   if (r.exitCode !== 0) throw new Error(`dmd2 ${args.join(" ")} failed with exit code ${r.exitCode ?? r.signal}`);
   return String(r.stdout ?? "");
+}
+
+/** "1-step: step 1200 of 4000, 4-step: step 900 of 2000" from the runs' metrics.jsonl files (quiet runs print nothing). */
+function runProgress(runs: Array<{ name: string; dir: string }>): string {
+  return runs
+    .map((r) => {
+      const file = path.join(r.dir, "metrics.jsonl");
+      let step: number | undefined;
+      try {
+        const lines = existsSync(file) ? readFileSync(file, "utf8").trimEnd().split("\n") : [];
+        step = (JSON.parse(lines[lines.length - 1] || "{}") as { step?: number }).step;
+      } catch {
+        step = undefined; // a line being written
+      }
+      return `${r.name}: ${step === undefined ? "starting" : `step ${step}`}`;
+    })
+    .join(", ");
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -61,23 +82,30 @@ export async function main(argv: string[]): Promise<number> {
   const fromRoot = (p: string) => (path.relative(PROJECT_ROOT, p).startsWith("..") ? p : path.relative(PROJECT_ROOT, p));
   const asWork = (args: string[]) => `dmd2 ${args.join(" ").split(work).join("$WORK")}`;
 
-  const plan: Array<{ name: string; args: string[]; capture: boolean }> = [
-    {
-      name: "train teacher",
-      args: ["train-teacher", "recipes/digits-teacher.yaml", "--out", teacher, "--force", ...values["teacher-set"].flatMap((s) => ["--set", s])],
-      capture: false,
-    },
-    ...runs.map((r) => ({
+  // the two distillations run side by side, each worker with its share of the cores (3 workers per run)
+  const threads = Math.max(1, Math.floor(os.cpus().length / (runs.length * 3)));
+  type PlannedStage = { name: string; args: string[]; capture: boolean };
+  const plan: PlannedStage[][] = [
+    [
+      {
+        name: "train teacher",
+        args: ["train-teacher", "recipes/digits-teacher.yaml", "--out", teacher, "--force", ...values["teacher-set"].flatMap((s) => ["--set", s])],
+        capture: false,
+      },
+    ],
+    runs.map((r) => ({
       name: r.name,
-      args: ["distill", r.recipe, "--set", `run_dir=${r.dir}`, "--set", `teacher.path=${teacher}`, ...values.set.flatMap((s) => ["--set", s])],
+      args: ["distill", r.recipe, "--set", `run_dir=${r.dir}`, "--set", `teacher.path=${teacher}`, "--set", `torch_threads=${threads}`, ...values.set.flatMap((s) => ["--set", s])],
       capture: false,
     })),
-    {
-      name: "evaluate",
-      // each student at 1, 2, 4 steps up to the steps it was trained for
-      args: ["eval", teacher, ...runs.map((r) => r.dir), "--teacher-steps", TEACHER_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
-      capture: true,
-    },
+    [
+      {
+        name: "evaluate",
+        // each student at 1, 2, 4 steps up to the steps it was trained for
+        args: ["eval", teacher, ...runs.map((r) => r.dir), "--teacher-steps", TEACHER_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
+        capture: true,
+      },
+    ],
   ];
 
   try {
@@ -89,11 +117,23 @@ export async function main(argv: string[]): Promise<number> {
     const t0 = performance.now();
     const stages: Stage[] = [];
     let stdout = "";
-    for (const step of plan) {
-      log(`\n== ${step.name}: ${asWork(step.args)}`);
-      const t = performance.now();
-      stdout = await dmd2(step.args, step.capture);
-      stages.push({ name: step.name, command: asWork(step.args), seconds: (performance.now() - t) / 1000 });
+    for (const phase of plan) {
+      const together = phase.length > 1;
+      for (const step of phase) log(`\n== ${step.name}${together ? " (alongside the others below)" : ""}: ${asWork(step.args)}`);
+      const progress = together ? setInterval(() => log(`   ${runProgress(runs)}`), 30_000) : undefined;
+      try {
+        const done = await Promise.all(
+          phase.map(async (step) => {
+            const t = performance.now();
+            const out = await dmd2(step.args, step.capture, together);
+            return { out, stage: { name: step.name, command: asWork(step.args), seconds: (performance.now() - t) / 1000 } };
+          }),
+        );
+        stages.push(...done.map((d) => d.stage));
+        stdout = done[done.length - 1].out;
+      } finally {
+        clearInterval(progress);
+      }
     }
     const evaluation = JSON.parse(stdout) as EvalResult;
     const results: QualityResults = {

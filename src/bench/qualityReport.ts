@@ -76,7 +76,7 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     "",
     "## Wall time",
     "",
-    `\`$WORK\` was ${res.work_dir}.`,
+    `\`$WORK\` was ${res.work_dir}. The two distillations run side by side, so their times overlap.`,
     "",
     "| stage | command | wall time |",
     "|---|---|---:|",
