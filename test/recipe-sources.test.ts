@@ -31,7 +31,7 @@ test("teacher.source diffusers: teacher.path absolute, diffusion taken from the 
   assert.equal(r.teacher.path, linear);
   assert.deepEqual(r.diffusion, { num_train_timesteps: 500, beta_schedule: "linear", beta_start: 0.0001, beta_end: 0.02, prediction_type: "v_prediction" });
   assert.equal(r.generator.conditioning_timestep, 499, "the generator's timesteps follow the teacher's T");
-  assert.deepEqual(r.data, { source: "digits", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: null, channels: 1 } });
+  assert.deepEqual(r.data, { source: "digits", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: null, channels: 1 }, prompts: { file: null, images: null } });
 });
 
 test("a diffusion key written in the recipe may repeat the teacher's value; a different one names both values", () => {
@@ -101,7 +101,7 @@ test("teacher recipe: defaults, name from the file, out relative to the current 
     python: null,
     torch_threads: 6,
     device: "cpu",
-    data: { source: "digits", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: null, channels: 1 } },
+    data: { source: "digits", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: null, channels: 1 }, prompts: { file: null, images: null } },
     diffusion: { num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012, prediction_type: "epsilon" },
     model: { block_out_channels: [32, 64], layers_per_block: 1, norm_num_groups: 8 },
     train: { steps: 5000, batch_size: 128, lr: 1e-3, warmup_steps: 100, weight_decay: 0, grad_clip: 1, ema_decay: 0.999, label_dropout: 0.1, log_every: 100 },
@@ -141,9 +141,9 @@ test("teacher recipe: every problem at once with its line, distillation keys are
 test("the data group alone (dmd2 eval --data-from): other keys are not read, the folder path is resolved", () => {
   mkdirSync(path.join(tmp, "imgs"), { recursive: true });
   const f = writeRecipe("any.yaml", ["anything: goes", "data:", "  source: folder", "  folder: { path: ../imgs }"]);
-  assert.deepEqual(loadDataGroup(f), { source: "folder", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: path.join(tmp, "imgs"), channels: 1 } });
+  assert.deepEqual(loadDataGroup(f), { source: "folder", gmm: { num_classes: 4, image_size: 8, std: 0.1 }, folder: { path: path.join(tmp, "imgs"), channels: 1 }, prompts: { file: null, images: null } });
   const bad = writeRecipe("bad-data.yaml", ["data:", "  source: mnist"]);
-  assert.deepEqual(issuesOf(() => loadDataGroup(bad)), [`${shown(bad)}:2: data.source: expected one of gmm | digits | folder, got string "mnist"`]);
+  assert.deepEqual(issuesOf(() => loadDataGroup(bad)), [`${shown(bad)}:2: data.source: expected one of gmm | digits | folder | prompts, got string "mnist"`]);
 });
 
 test("a recipe of the other kind says which command reads it", () => {

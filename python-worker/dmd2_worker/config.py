@@ -43,10 +43,19 @@ class FolderConfig:
 
 
 @dataclass
+class PromptsConfig:
+    """`data.source: prompts` (text-to-image teachers, docs/adapters.md §6): the prompts file the generator draws
+    from and the image folder of the GAN's real branch (absolute once resolved)."""
+    file: str | None
+    images: str | None
+
+
+@dataclass
 class DataConfig:
-    source: Literal["gmm", "digits", "folder"]
+    source: Literal["gmm", "digits", "folder", "prompts"]
     gmm: GmmConfig
     folder: FolderConfig
+    prompts: PromptsConfig
 
 
 @dataclass
@@ -315,6 +324,8 @@ def _check_data(data: DataConfig, problems: list[str]) -> None:
         problems.append("data.folder.path: required when data.source is 'folder'")
     if data.folder.channels not in (1, 3):
         problems.append(f"data.folder.channels: must be 1 or 3, got {data.folder.channels}")
+    if data.source == "prompts" and not data.prompts.file:
+        problems.append("data.prompts.file: required when data.source is 'prompts'")
 
 
 def _check_values(r: Recipe, problems: list[str]) -> None:
@@ -344,6 +355,13 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
     _check_data(r.data, problems)
     if r.teacher.source == "diffusers" and not r.teacher.path:
         problems.append("teacher.path: required when teacher.source is 'diffusers'")
+    if r.data.source == "prompts":
+        if r.teacher.source != "diffusers":
+            problems.append("data.source: prompts needs teacher.source 'diffusers' (a StableDiffusionPipeline or "
+                            "StableDiffusionXLPipeline folder)")
+        if r.gan.enabled and not r.data.prompts.images:
+            problems.append("data.prompts.images: required when gan.enabled is true (the GAN's real images), or set "
+                            "gan.enabled: false")
     if r.ttur.ratio < 1:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
     if not 0 <= r.generator.ema_decay < 1:
@@ -433,6 +451,8 @@ def _check_teacher_values(r: TeacherRecipe, problems: list[str]) -> None:
         problems.append(f"train.ema_decay: must be in [0, 1), got {r.train.ema_decay}")
     if not 0 <= r.train.label_dropout < 1:
         problems.append(f"train.label_dropout: must be in [0, 1), got {r.train.label_dropout}")
+    if r.data.source == "prompts":
+        problems.append("data.source: prompts has no images to train a teacher on (use gmm, digits or folder)")
     _check_data(r.data, problems)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig
+from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig, PromptsConfig
 from dmd2_worker.data import DataSourceError, build_data_source
 from dmd2_worker.data.digits import heldout_mask, load_digits_tensors
 from dmd2_worker.data.gmm import GaussianMixture
@@ -16,7 +16,7 @@ from dmd2_worker.data.gmm import GaussianMixture
 
 def data_config(source: str, path: str | None = None, channels: int = 1) -> DataConfig:
     return DataConfig(source=source, gmm=GmmConfig(num_classes=4, image_size=8, std=0.1),
-                      folder=FolderConfig(path=path, channels=channels))
+                      folder=FolderConfig(path=path, channels=channels), prompts=PromptsConfig(file=None, images=None))
 
 
 def seeded(seed: int) -> torch.Generator:

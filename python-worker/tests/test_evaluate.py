@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import tiny_dict
 from dmd2_worker.checkpoint import save_module, write_json
-from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig
+from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig, PromptsConfig
 from dmd2_worker.data import build_data_source
 from dmd2_worker.evaluate.__main__ import USAGE
 from dmd2_worker.evaluate.__main__ import main as evaluate_main
@@ -37,7 +37,7 @@ WORKER_ROOT = Path(__file__).resolve().parents[1]
 
 def digits_config() -> DataConfig:
     return DataConfig(source="digits", gmm=GmmConfig(num_classes=4, image_size=8, std=0.1),
-                      folder=FolderConfig(path=None, channels=1))
+                      folder=FolderConfig(path=None, channels=1), prompts=PromptsConfig(file=None, images=None))
 
 
 # --- Fréchet distance ------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ export function dataPlan(r: Recipe): DataPlan {
         classesKnown: false,
         note: `image size and classes unknown until the worker reads ${r.data.folder.path ?? "the folder"}`,
       };
+    case "prompts":
+      return { source: "prompts", imageShape: null, numClasses: null, classesKnown: true, note: `text prompts (${r.data.prompts.file ?? "data.prompts.file"}); latents of the teacher's VAE` };
   }
 }
 

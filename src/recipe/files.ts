@@ -4,7 +4,8 @@
 
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
-import { readTeacherDiffusion, SCHEDULER_CONFIG } from "./teacherFolder.js";
+import { readPromptsFile } from "./prompts.js";
+import { MODEL_INDEX, readTeacherDiffusion, SCHEDULER_CONFIG, TEXT_PIPELINES, textFamily } from "./teacherFolder.js";
 import type { Problem } from "./validate.js";
 
 type Obj = Record<string, unknown>;
@@ -24,17 +25,35 @@ export function showPath(p: string): string {
 
 const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
 
-/** data.folder.path: absolute; with data.source folder it must be a folder. */
+/** data.folder.path, data.prompts.file and data.prompts.images: absolute; with data.source folder the folder must
+ * be one, with data.source prompts the prompts file must hold prompts and the image folder (if given) exist. */
 export function checkDataFolder(data: Obj, ctx: FileContext): Problem[] {
+  const base = path.dirname(path.resolve(ctx.recipeFile));
+  const prompts = data.prompts as { file: string | null; images: string | null };
+  const written = { file: prompts.file, images: prompts.images };
+  if (prompts.file !== null) prompts.file = path.resolve(base, prompts.file);
+  if (prompts.images !== null) prompts.images = path.resolve(base, prompts.images);
+  const problems: Problem[] = [];
+  if (data.source === "prompts") {
+    if (prompts.file !== null) {
+      const read = readPromptsFile(prompts.file);
+      if ("error" in read) problems.push({ path: ["data", "prompts", "file"], message: `${written.file} ${read.error}${read.error.startsWith("does not exist") ? ` (${showPath(prompts.file)}; a relative path starts at the recipe's folder)` : ""}` });
+    }
+    if (prompts.images !== null) {
+      const at = ["data", "prompts", "images"];
+      if (!existsSync(prompts.images)) problems.push({ path: at, message: `${written.images} does not exist (${showPath(prompts.images)}; a relative path starts at the recipe's folder)` });
+      else if (!isDir(prompts.images)) problems.push({ path: at, message: `${written.images} is not a folder (give the folder of real images for the GAN)` });
+    }
+  }
   const folder = data.folder as { path: string | null };
-  if (folder.path === null) return [];
-  const written = folder.path;
-  folder.path = path.resolve(path.dirname(path.resolve(ctx.recipeFile)), written);
-  if (data.source !== "folder") return [];
+  if (folder.path === null) return problems;
+  const writtenFolder = folder.path;
+  folder.path = path.resolve(base, writtenFolder);
+  if (data.source !== "folder") return problems;
   const at = ["data", "folder", "path"];
-  if (!existsSync(folder.path)) return [{ path: at, message: `${written} does not exist (${showPath(folder.path)}; a relative path starts at the recipe's folder)` }];
-  if (!isDir(folder.path)) return [{ path: at, message: `${written} is not a folder (give the folder that holds the images)` }];
-  return [];
+  if (!existsSync(folder.path)) return [{ path: at, message: `${writtenFolder} does not exist (${showPath(folder.path)}; a relative path starts at the recipe's folder)` }];
+  if (!isDir(folder.path)) return [{ path: at, message: `${writtenFolder} is not a folder (give the folder that holds the images)` }];
+  return problems;
 }
 
 /** The teacher recipe a "train it first" hint names: `<folder name>-teacher.yaml` or `<recipe name>-teacher.yaml` next to the recipe. */
@@ -62,6 +81,15 @@ export function checkTeacherFolder(r: Obj, ctx: FileContext): Problem[] {
   if ("problems" in read) return read.problems.map((message) => ({ path: at, message }));
 
   const problems: Problem[] = [];
+  // text-to-image pipelines go with prompts data, and prompts data with them (docs/adapters.md §6)
+  const family = textFamily(teacher.path);
+  const source = (r.data as Obj).source;
+  const index = showPath(path.join(teacher.path, MODEL_INDEX));
+  if (source === "prompts" && family === null) {
+    problems.push({ path: at, message: `${written} is not a text-to-image pipeline, which data.source prompts needs (${index} must name ${Object.keys(TEXT_PIPELINES).join(" or ")})` });
+  } else if (source !== "prompts" && family !== null) {
+    problems.push({ path: ["data", "source"], message: `${String(source)} does not fit the teacher: ${written} is a text-to-image pipeline (${family}); set data.source: prompts with data.prompts.file` });
+  }
   const diffusion = r.diffusion as Obj;
   for (const [key, value] of Object.entries(read.diffusion)) {
     if (ctx.written(["diffusion", key]) && diffusion[key] !== value) {

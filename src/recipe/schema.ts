@@ -43,9 +43,9 @@ const rolePlacement = (): Group =>
     join: { kind: "bool", default: false },
   });
 
-/** Where real images come from (docs/pipeline.md §1). */
+/** Where real images come from (docs/pipeline.md §1), or the prompts of a text-to-image teacher (docs/adapters.md §6). */
 export const dataSchema: Group = group({
-  source: { kind: "enum", values: ["gmm", "digits", "folder"], default: "gmm" },
+  source: { kind: "enum", values: ["gmm", "digits", "folder", "prompts"], default: "gmm" },
   gmm: group({
     num_classes: { kind: "int", min: 2, max: 10, default: 4 },
     image_size: { kind: "int", min: 4, max: 32, default: 8 },
@@ -54,6 +54,10 @@ export const dataSchema: Group = group({
   folder: group({
     path: { kind: "path", default: null, nullable: true },
     channels: { kind: "int", oneOf: [1, 3], default: 1 },
+  }),
+  prompts: group({
+    file: { kind: "path", default: null, nullable: true },
+    images: { kind: "path", default: null, nullable: true },
   }),
 });
 

@@ -7,7 +7,23 @@ import path from "node:path";
 import type { DiffusionConfig } from "./types.js";
 import { describe } from "./validate.js";
 
-const MODEL_INDEX = "model_index.json";
+export const MODEL_INDEX = "model_index.json";
+
+/** The text-to-image pipelines dmd2 distils (python-worker/dmd2_worker/adapters), by model_index.json's _class_name. */
+export const TEXT_PIPELINES: Readonly<Record<string, "sd15" | "sdxl">> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl" };
+export type TextFamily = "sd15" | "sdxl";
+
+/** What diffusers' DDPM/DDIM/PNDM/Euler schedulers assume for keys a scheduler_config.json leaves out (the SD 1.5
+ * folder's PNDM config has no prediction_type, for one); the adapters fill them in the same way. */
+const SCHEDULER_DEFAULTS: Record<string, unknown> = { num_train_timesteps: 1000, beta_schedule: "linear", beta_start: 0.0001, beta_end: 0.02, prediction_type: "epsilon" };
+
+/** The family of a text-to-image pipeline folder (model_index.json's _class_name), or null for any other folder. */
+export function textFamily(dir: string): TextFamily | null {
+  const json = readJson(path.join(dir, MODEL_INDEX));
+  if ("error" in json || typeof json.value !== "object" || json.value === null) return null;
+  const name = (json.value as { _class_name?: unknown })._class_name;
+  return typeof name === "string" && Object.hasOwn(TEXT_PIPELINES, name) ? TEXT_PIPELINES[name]! : null;
+}
 const UNET_CONFIG = path.join("unet", "config.json");
 export const SCHEDULER_CONFIG = path.join("scheduler", "scheduler_config.json");
 export const TEACHER_META = "dmd2_teacher.json";
@@ -45,7 +61,8 @@ export function readTeacherDiffusion(dir: string, show: (p: string) => string): 
   const file = path.join(dir, SCHEDULER_CONFIG);
   const json = readJson(file);
   if ("error" in json) return { problems: [`${show(file)} is not valid JSON (${json.error}): the teacher folder is damaged`] };
-  const cfg = (typeof json.value === "object" && json.value !== null ? json.value : {}) as Record<string, unknown>;
+  const raw = (typeof json.value === "object" && json.value !== null ? json.value : {}) as Record<string, unknown>;
+  const cfg = textFamily(dir) === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
   const problems: string[] = [];
   const num = (key: string, int: boolean): number => {
     const v = cfg[key];

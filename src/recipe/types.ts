@@ -5,13 +5,15 @@ export type Placement = "per_role" | "colocated";
 export type Role = "teacher" | "generator" | "fake_score" | "discriminator";
 export const ROLES: readonly Role[] = ["teacher", "generator", "fake_score", "discriminator"];
 
-export type DataSource = "gmm" | "digits" | "folder";
+export type DataSource = "gmm" | "digits" | "folder" | "prompts";
 
-/** docs/pipeline.md §1. `folder.path` is absolute (or null when unused). */
+/** docs/pipeline.md §1 and docs/adapters.md §6. Paths are absolute (or null when unused). */
 export interface DataConfig {
   source: DataSource;
   gmm: { num_classes: number; image_size: number; std: number };
   folder: { path: string | null; channels: 1 | 3 };
+  /** text-to-image teachers: the prompts file the generator draws from, the GAN's real images */
+  prompts: { file: string | null; images: string | null };
 }
 
 export type BetaSchedule = "linear" | "scaled_linear";

@@ -163,6 +163,9 @@ export function checkDataRules(r: Obj): Problem[] {
   if (g("data.source") === "folder" && g("data.folder.path") === null) {
     problems.push({ path: ["data", "folder", "path"], message: "required when data.source is folder (the folder of images to learn from)" });
   }
+  if (g("data.source") === "prompts" && g("data.prompts.file") === null) {
+    problems.push({ path: ["data", "prompts", "file"], message: "required when data.source is prompts (a UTF-8 text file, one prompt a line)" });
+  }
   return problems;
 }
 
@@ -198,7 +201,9 @@ export function checkRules(r: Obj): Problem[] {
     if (ct !== null && ts[0] !== ct) problems.push({ path: ["generator", "timesteps"], message: `first entry (${ts[0]}) must equal generator.conditioning_timestep (${ct}); drop one of the two keys` });
   }
   const source = g("data.source") as string;
-  if (g("teacher.source") === "builtin" && source !== "gmm") {
+  if (g("teacher.source") === "builtin" && source === "prompts") {
+    problems.push({ path: ["data", "source"], message: "prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline folder)" });
+  } else if (g("teacher.source") === "builtin" && source !== "gmm") {
     problems.push({ path: ["data", "source"], message: `${source} needs a trained teacher: the built-in teacher learns only gmm data (set teacher.source: diffusers and teacher.path to a folder dmd2 train-teacher wrote)` });
   }
   if (g("teacher.source") === "diffusers" && g("teacher.path") === null) {
@@ -207,6 +212,9 @@ export function checkRules(r: Obj): Problem[] {
   const gan = g("gan") as Obj;
   if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
     problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });
+  }
+  if (source === "prompts" && gan.enabled === true && g("data.prompts.images") === null) {
+    problems.push({ path: ["data", "prompts", "images"], message: "required when gan.enabled is true: the GAN's real branch needs real images (give a folder of images, with captions.txt for their captions, or set gan.enabled: false)" });
   }
   return problems;
 }
@@ -223,6 +231,7 @@ function knownImageSize(r: Obj): number | null {
 export function checkTeacherRules(r: Obj): Problem[] {
   const problems = checkDataAndDiffusion(r);
   const g = getter(r);
+  if (g("data.source") === "prompts") problems.push({ path: ["data", "source"], message: "prompts has no images to train a teacher on (use gmm, digits or folder)" });
   const widths = g("model.block_out_channels") as number[];
   const groups = g("model.norm_num_groups") as number;
   const off = widths.filter((w) => w % groups !== 0);

@@ -57,6 +57,8 @@ export function runClassCount(recipe: Recipe): number | null {
       if ("error" in read) throw new UsageError(`cannot tell the run's classes: ${read.error}`);
       return read.numClasses;
     }
+    case "prompts":
+      return null; // conditioned on text (--prompt), not on classes
   }
 }
 

@@ -4,6 +4,7 @@
 // in another is returned by its producer and attached, untouched, to the consumer's request. Roles sharing a
 // process exchange nothing through the coordinator.
 
+import { textFamily } from "../recipe/teacherFolder.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import {
   ganDiscriminatorWeight,
@@ -30,10 +31,29 @@ export interface RoutedCall extends OpCall {
   attach: string[];
 }
 
-export function planStep(step: number, r: Recipe): OpCall[][] {
+/** Text step tensors of each text-to-image family (docs/protocol.md §4): SDXL adds the pooled embedding and time ids. */
+export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"] } as const;
+
+const familyOf = new Map<string, ReturnType<typeof textFamily>>();
+
+/**
+ * The conditioning step tensors `generator.generate` makes and the other ops read: the class labels `cond`, or
+ * with `data.source: prompts` the text tensors of the teacher's family (model_index.json's _class_name, read once
+ * per folder; the recipe check made sure it is a text-to-image pipeline).
+ */
+export function conditioningTensors(r: Recipe): string[] {
+  if (r.data.source !== "prompts") return ["cond"];
+  const dir = r.teacher.path;
+  if (dir === null) throw new Error("step plan: data.source prompts without teacher.path");
+  if (!familyOf.has(dir)) familyOf.set(dir, textFamily(dir));
+  const family = familyOf.get(dir);
+  if (family === null || family === undefined) throw new Error(`step plan: ${dir} is not a text-to-image pipeline folder (model_index.json)`);
+  return [...TEXT_TENSORS[family]];
+}
+
+export function planStep(step: number, r: Recipe, cond: string[] = conditioningTensors(r)): OpCall[][] {
   const genStep = isGeneratorStep(step, r.ttur.ratio);
   const phases: OpCall[][] = [];
-  const cond = ["cond"]; // the built-in data is class-conditional
   phases.push([
     {
       role: "generator",

@@ -197,8 +197,9 @@ class TeacherAdapter(ABC):
     @classmethod
     @abstractmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "TeacherAdapter":
-        """Read the folder (checked first: one AdapterError line for what is missing), on `device` in `dtype`."""
+             dtype: torch.dtype = torch.float32, unet: nn.Module | None = None) -> "TeacherAdapter":
+        """Read the folder (checked first: one AdapterError line for what is missing), on `device` in `dtype`.
+        `unet`: a UNet already loaded from the folder's unet/ (a role's own copy), used instead of loading another."""
 
     @staticmethod
     def vae_dtype(vae_config: dict[str, Any], dtype: torch.dtype) -> torch.dtype:

@@ -74,10 +74,11 @@ def family_of(folder: str | Path) -> str:
 
 
 def load_adapter(folder: str | Path, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> TeacherAdapter:
-    """The folder behind its family's adapter, on `device` in `dtype`."""
+                 dtype: torch.dtype = torch.float32, unet: torch.nn.Module | None = None) -> TeacherAdapter:
+    """The folder behind its family's adapter, on `device` in `dtype` (with `unet`, a UNet already loaded from the
+    folder, instead of loading another)."""
     family = family_of(folder)
     if family == UNET2D_FAMILY:
         raise AdapterError(f"{folder}: a UNet2DModel (DDPMPipeline) folder is read by "
                            f"teacher_folder.load_teacher_folder, not by a text-to-image adapter")
-    return families()[family].load(folder, device=device, dtype=dtype)
+    return families()[family].load(folder, device=device, dtype=dtype, unet=unet)

@@ -77,13 +77,14 @@ class SDXLAdapter(TeacherAdapter):
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "SDXLAdapter":
+             dtype: torch.dtype = torch.float32, unet: nn.Module | None = None) -> "SDXLAdapter":
         folder = Path(folder).absolute()
         check_components(folder, cls.pipeline_classes[0], COMPONENTS)
         index = read_json_object(folder / MODEL_INDEX)
         scheduler_config = read_scheduler_config(folder)
         vae_config = read_json_object(folder / "vae" / "config.json")
-        unet = load_component(UNet2DConditionModel.from_pretrained, folder, "unet", torch_dtype=dtype)
+        if unet is None:
+            unet = load_component(UNet2DConditionModel.from_pretrained, folder, "unet", torch_dtype=dtype)
         vae = load_component(AutoencoderKL.from_pretrained, folder, "vae", torch_dtype=cls.vae_dtype(vae_config, dtype))
         tokenizers = (load_component(CLIPTokenizer.from_pretrained, folder, "tokenizer"),
                       load_component(CLIPTokenizer.from_pretrained, folder, "tokenizer_2"))

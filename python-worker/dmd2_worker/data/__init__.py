@@ -82,4 +82,8 @@ def build_data_source(cfg: DataConfig, split: Split = "train") -> DataSource:
         from .folder import folder_split
 
         return folder_split(cfg.folder, split)
-    raise DataSourceError("data.source", f"data.source: unknown source {cfg.source!r} (expected gmm, digits or folder)")
+    if cfg.source == "prompts":
+        raise DataSourceError("data.source", "data.source: prompts is a text-to-image source: it has prompts and "
+                                             "latents (the latent cache), not an image data set of its own")
+    raise DataSourceError("data.source", f"data.source: unknown source {cfg.source!r} (expected gmm, digits, folder "
+                                         f"or prompts)")

@@ -17,6 +17,7 @@ from ..data import build_data_source
 from ..diffusion import NoiseSchedule
 from ..placement import Shard, apply_fsdp, apply_precision, enable_gradient_checkpointing, randint_rows, randn_rows
 from ..teacher_training import load_network
+from .text import check_family_fits, check_text_teacher, conditioning_input, is_text_recipe, load_text_unet
 
 OpHandler = Callable[["Args", TensorStore, WorkerContext, "int | None"], dict[str, float]]
 
@@ -50,6 +51,10 @@ class Args:
         if name not in self._args:
             raise ValueError(f"{self.where}: missing arg {name!r}")
         return self._args[name]
+
+    def optional(self, name: str) -> Any:
+        """An optional arg's raw value (None when absent); the caller checks it."""
+        return self._args.get(name)
 
     def int(self, name: str, minimum: int | None = None) -> int:
         v = self._get(name)
@@ -151,16 +156,35 @@ def cond_input(store: TensorStore, where: str, batch: int, num_classes: int | No
     return index_input(store, "cond", where, batch, 0, num_classes + 1, device)
 
 
+def net_cond_input(store: TensorStore, where: str, batch: int, net: Any, device: torch.device) -> Any:
+    """What `net` is conditioned on, from the store: a Conditioning built from the text step tensors for a
+    text-to-image UNet (roles/text.py), else the class labels `cond` (or None when unconditional)."""
+    if getattr(net, "text_conditioned", False):
+        return conditioning_input(store, where, batch, net, device)
+    return cond_input(store, where, batch, net.num_classes, device)
+
+
 def param_count(*modules: torch.nn.Module) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str) -> tuple[torch.nn.Module, NoiseSchedule]:
-    """Build a trainable copy of the teacher from `teacher_dir` (generator, fake score) and its schedule."""
+def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
+                         unet: torch.nn.Module | None = None) -> tuple[torch.nn.Module, NoiseSchedule]:
+    """Build a trainable copy of the teacher from `teacher_dir` (generator, fake score) and its schedule. With
+    text-to-image data the network is a UNet2DConditionNet around `unet` (the folder's UNet, loaded by the caller)
+    or around a UNet loaded here."""
     if not isinstance(teacher_dir, str) or not teacher_dir:
         raise ValueError(f"{where}: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
-    net, config = load_network(Path(teacher_dir), ctx.device)
-    check_teacher_fits(config, ctx.recipe, teacher_dir)
+    if is_text_recipe(ctx.recipe):
+        from ..models.unet2d_condition import UNet2DConditionNet  # imports diffusers: only for such a teacher
+
+        check_text_teacher(teacher_dir, ctx.recipe)
+        net = UNet2DConditionNet(unet if unet is not None else load_text_unet(teacher_dir, ctx.device))
+        net = net.to(device=ctx.device, dtype=torch.float32)
+    else:
+        check_family_fits(ctx.recipe)
+        net, config = load_network(Path(teacher_dir), ctx.device)
+        check_teacher_fits(config, ctx.recipe, teacher_dir)
     net.requires_grad_(True)
     net.train()
     if ctx.gradient_checkpointing:

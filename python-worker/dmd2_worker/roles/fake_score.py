@@ -9,6 +9,10 @@ Random draws, in order:
   and folder draw indices), and with `gan.diffusion_gan` D's t and noise for the fake batch, then for the real
   batch.
 - discriminator.generator_gan_grad: with `gan.diffusion_gan`: t (uniform in [0, T)), noise.
+
+Text-to-image teachers (`data.source: prompts`): conditioning comes from the step tensors `cond_hidden` (SDXL:
+also `cond_pooled`, `cond_time_ids`); the real batch is drawn from the latent cache (latent_cache.py, indices
+uniform over its images, with their captions' encodings), which set-up makes or reuses when the GAN is on.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from typing import Any
 import torch
 
 from .base import TensorStore, WorkerContext
-from .common import (Args, RoleBase, TrainedNetworkState, cond_input, image_input, index_input, load_student_network,
-                     param_count, randint, randn, seeded_generator)
+from .common import (Args, RoleBase, TrainedNetworkState, image_input, index_input, load_student_network, log,
+                     net_cond_input, param_count, randint, randn, seeded_generator)
+from .text import check_text_teacher, is_text_recipe, load_text_unet
 from ..checkpoint import load_module, module_state, save_tensors
 from ..config import SALT_HEAD_INIT, op_seed
 from ..data import build_data_source
@@ -34,17 +39,44 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
     OP_ARGS = {"predict_x0": set(), "update": {"seed", "lr", "gan_weight"}}
 
     def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
-        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "fake_score.setup")
+        unet = None
+        self.latents = None  # text: the latent cache of the GAN's real images
+        if is_text_recipe(ctx.recipe):
+            unet, self.latents = self._text_setup(body.get("teacher_dir"), ctx)
+        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "fake_score.setup", unet=unet)
         self.net = net
         self.schedule = schedule
         self.recipe = ctx.recipe
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
-        self.data = build_data_source(ctx.recipe.data, "train")
+        self.data = None if is_text_recipe(ctx.recipe) else build_data_source(ctx.recipe.data, "train")
         self.optimizer = build_adamw(net.parameters(), ctx.recipe.fake_score.lr, ctx.recipe.optim)
         self.updates = 0
         self.writes_files = ctx.writes_files
         self.ready = True
         return {"params": param_count(net)}
+
+    def _text_setup(self, teacher_dir: Any, ctx: WorkerContext) -> tuple[torch.nn.Module, Any]:
+        """The folder's UNet and, with the GAN on, the latent cache (made now unless the run's is up to date: the
+        VAE and text encoders are loaded for that only, around this UNet, and dropped after)."""
+        if not isinstance(teacher_dir, str) or not teacher_dir:
+            raise ValueError("fake_score.setup: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
+        recipe = ctx.recipe
+        check_text_teacher(teacher_dir, recipe)
+        unet = load_text_unet(teacher_dir, ctx.device)
+        images = recipe.data.prompts.images
+        if not recipe.gan.enabled or not images:
+            return unet, None
+        from ..adapters.base import read_json_object
+        from ..adapters.registry import load_adapter
+        from ..latent_cache import latent_cache
+
+        cfg = unet.config
+        size = cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size
+        vae_config = read_json_object(Path(teacher_dir) / "vae" / "config.json")
+        image_size = int(size) * 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+        cache = latent_cache(Path(ctx.run_dir), Path(images), Path(teacher_dir), image_size,
+                             lambda: load_adapter(teacher_dir, ctx.device, unet=unet), log, writer=ctx.writes_files)
+        return unet, cache
 
     @torch.no_grad()
     def op_predict_x0(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
@@ -53,7 +85,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         x_t = image_input(store, "x_t_dmd", where, self.image_shape, ctx.device)
         B = x_t.shape[0]
         t = index_input(store, "t_dmd", where, B, 0, self.schedule.num_train_timesteps, ctx.device)
-        cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
+        cond = net_cond_input(store, where, B, self.net, ctx.device)
         store["x0_fake"] = self.schedule.to_x0(self.net(x_t, t, cond), x_t, t)
         return {}
 
@@ -68,7 +100,7 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         where = args.where
         x = image_input(store, "x_gen", where, self.image_shape, ctx.device).detach()
         B = x.shape[0]
-        cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
+        cond = net_cond_input(store, where, B, self.net, ctx.device)
         disc = None
         if gan_weight > 0:
             disc = ctx.roles.get("discriminator")
@@ -84,12 +116,21 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         total = loss_fake
         metrics = {"loss_fake": float(loss_fake.detach()), "loss_gan_d": 0.0, "d_real": 0.0, "d_fake": 0.0}
         if disc is not None:
-            x_real, labels_real = self.data.sample(B * (shard.world if shard else 1), g)
-            if shard is not None:
-                x_real = x_real[shard.rows(B)]
-                labels_real = None if labels_real is None else labels_real[shard.rows(B)]
-            x_real = x_real.to(dev)
-            cond_real = None if labels_real is None else labels_real.to(dev)  # None: unconditional data
+            if self.latents is not None:  # text: cached latents and their captions' encodings
+                x_real, cond_real = self.latents.sample(B * (shard.world if shard else 1), g)
+                if shard is not None:
+                    x_real, cond_real = x_real[shard.rows(B)], cond_real.rows(shard.rows(B))
+                x_real, cond_real = x_real.to(dev), cond_real.to(dev)
+            elif self.data is None:
+                raise ValueError(f"{where}: gan_weight is {gan_weight} but there are no real images (set "
+                                 f"data.prompts.images)")
+            else:
+                x_real, labels_real = self.data.sample(B * (shard.world if shard else 1), g)
+                if shard is not None:
+                    x_real = x_real[shard.rows(B)]
+                    labels_real = None if labels_real is None else labels_real[shard.rows(B)]
+                x_real = x_real.to(dev)
+                cond_real = None if labels_real is None else labels_real.to(dev)  # None: unconditional data
             logits_fake = disc.logits(x, cond, g, dev, shard)
             logits_real = disc.logits(x_real, cond_real, g, dev, shard)
             loss_d = gan_discriminator_loss(logits_real, logits_fake)
@@ -137,7 +178,7 @@ class DiscriminatorRole(RoleBase):
         self.ready = True
         return {"params": param_count(self.head)}
 
-    def logits(self, x: torch.Tensor, cond: torch.Tensor | None, g: torch.Generator, device: torch.device,
+    def logits(self, x: torch.Tensor, cond: Any, g: torch.Generator, device: torch.device,
                shard: Any = None) -> torch.Tensor:
         """D(x) = head(fake_score.features(x_t', t', c)); with diffusion_gan t' ~ U[0, T) and x_t' the noised x
         (draws t', then noise), else t' = 0 and x_t' = x."""
@@ -158,7 +199,7 @@ class DiscriminatorRole(RoleBase):
         where = args.where
         x_gen = image_input(store, "x_gen", where, self.fake.image_shape, ctx.device)
         B = x_gen.shape[0]
-        cond = cond_input(store, where, B, self.fake.net.num_classes, ctx.device)
+        cond = net_cond_input(store, where, B, self.fake.net, ctx.device)
         g = seeded_generator(seed)
         x = x_gen.detach().clone().requires_grad_(True)
         logits = self.logits(x, cond, g, ctx.device, ctx.shard)

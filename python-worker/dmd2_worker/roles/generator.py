@@ -3,9 +3,14 @@
 `generator.generate` keeps the autograd graph of `x_gen` (when `grad`) until `generator.update` of the same step
 back-propagates the DMD loss (and the discriminator's `gan_grad`) through it.
 
+Text-to-image teachers (`data.source: prompts`, docs/adapters.md §6): this role's worker holds the tokenizer(s)
+and text encoder(s) (and the VAE, for `sample`): `generate` draws the batch's prompts from `data.prompts.file` and
+writes their encodings as the step tensors `cond_hidden` (and for SDXL `cond_pooled`, `cond_time_ids`) instead of
+`cond`; `x_gen`, `x_t_dmd` are latents; `sample` encodes its prompts and VAE-decodes the latents to pixels.
+
 Random draws, in order:
-- generate: cond (uniform classes; only when conditional), k (uniform in [0, N)), z, one re-noise noise per step
-  before k, then if `dmd`: t_dmd, noise.
+- generate: cond (uniform classes; only when conditional) or, for text, the prompts (indices uniform over the
+  prompts file), k (uniform in [0, N)), z, one re-noise noise per step before k, then if `dmd`: t_dmd, noise.
 - sample: z, then one re-noise noise per step after the first.
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from .base import TensorStore, WorkerContext
 from .common import Args, RoleBase, TrainedNetworkState, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
+from .text import is_text_recipe, store_conditioning
 from ..checkpoint import load_module, module_state, save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
@@ -35,11 +41,26 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
     OP_ARGS = {
         "generate": {"seed", "batch_size", "grad", "dmd"},
         "update": {"lr", "dmd_weight"},
-        "sample": {"seed", "n", "steps", "classes", "out_dir"},
+        "sample": {"seed", "n", "steps", "classes", "out_dir", "prompts"},
     }
+    ENCODE_BATCH = 64  # prompts per text-encoder call in sample
 
     def setup(self, body: dict[str, Any], ctx: WorkerContext) -> dict[str, Any]:
-        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup")
+        self.adapter = None  # text-to-image: the teacher folder's adapter (tokenizers, text encoders, VAE)
+        self._prompts: list[str] | None = None  # data.prompts.file, read at first use
+        unet = None
+        if is_text_recipe(ctx.recipe):
+            from ..adapters.registry import load_adapter
+
+            teacher_dir = body.get("teacher_dir")
+            if not isinstance(teacher_dir, str) or not teacher_dir:
+                raise ValueError("generator.setup: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
+            from .text import check_text_teacher
+
+            check_text_teacher(teacher_dir, ctx.recipe)
+            self.adapter = load_adapter(teacher_dir, ctx.device)
+            unet = self.adapter.unet  # trained here as the generator (the adapter never calls it)
+        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup", unet=unet)
         self.net = net
         self.schedule = schedule
         self.G = x0_function(net, schedule)
@@ -72,7 +93,12 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         if shard is not None:
             B = shard.local_batch(B, args.where)
         K = self.net.num_classes
-        cond = randint(0, K, B, g, dev, shard) if K is not None else None
+        if self.adapter is not None:  # text: the whole batch's prompt draw, this rank's rows, encoded once
+            prompts = self.training_prompts()
+            index = randint(0, len(prompts), B, g, dev, shard)
+            cond = self.encode([prompts[i] for i in index.tolist()])
+        else:
+            cond = randint(0, K, B, g, dev, shard) if K is not None else None
         N = len(self.timesteps)
         k = int(torch.randint(0, N, (1,), generator=g))
         z = randn((B, *self.image_shape), g, dev, shard)
@@ -83,7 +109,9 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             x_gen = self.G(x, t_k, cond)
         if grad:
             self.graph = (x_gen, step)
-        if cond is not None:
+        if self.adapter is not None:
+            store_conditioning(store, cond)
+        elif cond is not None:
             store["cond"] = cond
         store["x_gen"] = x_gen.detach()
         if dmd:
@@ -145,14 +173,22 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
 
     @torch.no_grad()
     def op_sample(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
+        """`n` samples in `steps` steps. Class labels: `classes` cycled (default: i mod K). Text: `prompts` (an
+        optional arg; default the prompts file's) cycled, `labels` their indices; latents are VAE-decoded to pixels
+        and `out_dir/prompts.txt` lists each image's prompt."""
         seed = args.int("seed", 0)
         n = args.int("n", 1)
         steps = args.int("steps", 1)
         classes = args.int_list_or_none("classes")
         out_dir = Path(args.str("out_dir"))
         where = args.where
+        prompts = self._sample_prompts(args.optional("prompts"), where)
         K = self.net.num_classes
-        if K is None:
+        if prompts is not None:
+            if classes is not None:
+                raise ValueError(f"{where}: this generator is conditioned on text: give 'prompts', not 'classes'")
+            labels = torch.arange(n, dtype=torch.long) % len(prompts)
+        elif K is None:
             labels = torch.full((n,), -1, dtype=torch.long)
         elif classes is None:
             labels = torch.arange(n, dtype=torch.long) % K
@@ -170,9 +206,17 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         g = seeded_generator(seed)
         dev = ctx.device
         z = randn((n, *self.image_shape), g, dev)
-        cond = labels.to(dev) if K is not None else None
+        if prompts is not None:
+            texts = [prompts[i] for i in labels.tolist()]
+            cond = self.encode(texts)
+        else:
+            cond = labels.to(dev) if K is not None else None
         with self.ema_weights():
             samples = sample_generator(self.G, z, cond, ts, self.schedule, g).float()
+        latents = None
+        if self.adapter is not None:
+            latents = samples
+            samples = torch.cat([self.adapter.vae_decode(latents[i:i + 8]) for i in range(0, n, 8)]).clamp(-1, 1)
         store["samples"] = samples
         store["labels"] = labels.to(dev)
         if not ctx.writes_files:  # a sharded generator's other ranks only took part in the forward passes
@@ -180,8 +224,43 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         out_dir.mkdir(parents=True, exist_ok=True)
         save_images(samples, out_dir / "images")
         save_grid(samples, out_dir / "grid.png")
-        save_tensors(out_dir / "samples.safetensors", {"samples": samples, "labels": labels})
+        tensors = {"samples": samples, "labels": labels}
+        if latents is not None:
+            tensors["latents"] = latents
+            (out_dir / "prompts.txt").write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
+        save_tensors(out_dir / "samples.safetensors", tensors)
         return {}
+
+    # --- text --------------------------------------------------------------------------------------------------
+
+    def training_prompts(self) -> list[str]:
+        """data.prompts.file's prompts (prompts.py), read once."""
+        if self._prompts is None:
+            from ..prompts import read_prompts_file
+
+            self._prompts = read_prompts_file(self.recipe.data.prompts.file)
+        return self._prompts
+
+    def _sample_prompts(self, value: Any, where: str) -> list[str] | None:
+        """The prompts `sample` uses: None for a class-label generator (where `prompts` must be null or absent)."""
+        if self.adapter is None:
+            if value is not None:
+                raise ValueError(f"{where}: this generator is not conditioned on text (its data is "
+                                 f"{self.recipe.data.source}): give 'classes', not 'prompts'")
+            return None
+        if value is None:
+            return self.training_prompts()
+        if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+            raise ValueError(f"{where}: arg 'prompts' must be a non-empty list of strings or null, got {value!r}")
+        return value
+
+    def encode(self, prompts: list[str]) -> Any:
+        """The prompts' Conditioning (float32, on the role's device), ENCODE_BATCH at a time."""
+        from ..adapters.base import Conditioning
+
+        parts = [self.adapter.encode_prompts(prompts[i:i + self.ENCODE_BATCH])
+                 for i in range(0, len(prompts), self.ENCODE_BATCH)]
+        return Conditioning.cat(parts).to(self.adapter.device, torch.float32)
 
     # --- state -----------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import torch
 
 from .base import TensorStore, WorkerContext
 from .common import Args, RoleBase, check_teacher_fits, cond_input, image_input, index_input, log, param_count
+from .text import check_family_fits, check_text_teacher, conditioning_input, guided_text_output, is_text_recipe
 from ..diffusion import NoiseSchedule
 from ..placement import apply_precision
 from ..sampling import guided_output
@@ -22,6 +23,9 @@ class TeacherRole(RoleBase):
         """Load the teacher frozen: `teacher.source: diffusers` from `teacher.path` itself (docs/pipeline.md §2);
         the built-in one trained (or taken from the cache) and copied to <run_dir>/teacher/ first."""
         recipe = ctx.recipe
+        if is_text_recipe(recipe):
+            return self._setup_text(ctx)
+        check_family_fits(recipe)
         if recipe.teacher.source == "diffusers":
             teacher_dir = Path(recipe.teacher.path)
         else:
@@ -38,17 +42,46 @@ class TeacherRole(RoleBase):
         self.config = config
         self.schedule = NoiseSchedule.from_config(recipe.diffusion)
         self.image_shape = tuple(config["image_shape"])
+        self.uncond = None
         self.ready = True
         return {"teacher_dir": str(teacher_dir), "params": param_count(net)}
 
+    def _setup_text(self, ctx: WorkerContext) -> dict[str, Any]:
+        """A StableDiffusion(XL)Pipeline folder: its UNet frozen, and the family's unconditional input for guidance
+        (`adapter.uncond(1)`, encoded once here and kept); the text encoders and the VAE are dropped after."""
+        from ..adapters.registry import load_adapter
+        from ..models.unet2d_condition import UNet2DConditionNet
+
+        recipe = ctx.recipe
+        folder = Path(recipe.teacher.path)
+        check_text_teacher(folder, recipe)
+        adapter = load_adapter(folder, ctx.device)
+        self.uncond = adapter.uncond(1).to(ctx.device, torch.float32)
+        net = UNet2DConditionNet(adapter.unet)
+        del adapter  # the text encoders and the VAE go with it
+        net.requires_grad_(False)
+        net.eval()
+        apply_precision(net, ctx.device, ctx.precision)
+        self.net = net
+        self.schedule = NoiseSchedule.from_config(recipe.diffusion)
+        self.image_shape = (net.in_channels, net.image_size, net.image_size)
+        self.ready = True
+        return {"teacher_dir": str(folder), "params": param_count(net)}
+
     @torch.no_grad()
     def op_predict_x0(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
-        """x0_real = teacher output with CFG `uncond + s (cond - uncond)` (when conditional and s != 1), as x0."""
+        """x0_real = teacher output with CFG `uncond + s (cond - uncond)` (when conditional and s != 1), as x0; `uncond`
+        is the null class, or for text the family's unconditional input."""
         scale = args.number("guidance_scale")
         where = args.where
         x_t = image_input(store, "x_t_dmd", where, self.image_shape, ctx.device)
         B = x_t.shape[0]
         t = index_input(store, "t_dmd", where, B, 0, self.schedule.num_train_timesteps, ctx.device)
+        if self.uncond is not None:  # text: guidance with the family's unconditional input
+            cond = conditioning_input(store, where, B, self.net, ctx.device)
+            out = guided_text_output(self.net, x_t, t, cond, self.uncond.expand(B), scale)
+            store["x0_real"] = self.schedule.to_x0(out, x_t, t)
+            return {}
         cond = cond_input(store, where, B, self.net.num_classes, ctx.device)
         out = guided_output(self.net, x_t, t, cond, scale, self.net.null_class)
         store["x0_real"] = self.schedule.to_x0(out, x_t, t)
