@@ -103,14 +103,16 @@ export function buildProgram(): Command {
       .argument("<run_dir>", "the run folder of a dmd2 distill run, e.g. runs/tiny")
       .option("--checkpoint <name>", "checkpoint folder name (step-00000200) or step number; default: the newest")
       .option("--steps <n>", "sampling steps, 1-4 (default: the steps it was trained with)", intArg("--steps"))
-      .option("--num <n>", "number of images", intArg("--num"), 16)
+      .option("--num <n>", "number of images (default: 16, or one per prompt given)", intArg("--num"))
       .option("--seed <n>", "random seed", intArg("--seed"), 0)
       .option("--classes <list>", "class labels, e.g. 0,1,2 (default: cycles through the classes)", classList)
+      .option("--prompt <text>", "a text prompt, for a run distilled from a Stable Diffusion teacher (repeatable; cycled through --num images)", collect, [])
+      .option("--prompts-file <file>", "prompts from a UTF-8 file, one a line (blank lines and # comments skipped)")
       .option("--out <dir>", "output folder (default: <run_dir>/samples/<checkpoint>-<steps>step-seed<seed>)")
       .option("--set <key=value>", "override a key of the run's recipe for sampling, e.g. --set device=cuda (repeatable)", collect, [])
-      .addHelpText("after", "\nExamples:\n  dmd2 sample runs/tiny\n  dmd2 sample runs/tiny --steps 1 --num 64 --seed 7 --classes 0,1,2,3"),
-  ).action(async (runDir: string, opts: OutputFlags & { checkpoint?: string; steps?: number; num: number; seed: number; classes?: number[]; out?: string; set: string[] }) => {
-    if (opts.num < 1 || opts.num > 4096) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
+      .addHelpText("after", '\nExamples:\n  dmd2 sample runs/tiny\n  dmd2 sample runs/tiny --steps 1 --num 64 --seed 7 --classes 0,1,2,3\n  dmd2 sample runs/sd15-1step --prompt "a photo of a cat" --prompt "a red bicycle" --num 8'),
+  ).action(async (runDir: string, opts: OutputFlags & { checkpoint?: string; steps?: number; num?: number; seed: number; classes?: number[]; prompt: string[]; promptsFile?: string; out?: string; set: string[] }) => {
+    if (opts.num !== undefined && (opts.num < 1 || opts.num > 4096)) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
     const { sample } = await import("../run/sample.js");
     const res = await sample(runDir, opts, reporterFor(opts));
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");

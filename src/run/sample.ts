@@ -6,6 +6,7 @@ import path from "node:path";
 import { UsageError } from "../errors.js";
 import { readTeacherClasses } from "../plan/unet2d.js";
 import { overrideResolved } from "../recipe/load.js";
+import { readPromptsFile } from "../recipe/prompts.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointName, listCheckpoints, verifyCheckpoint } from "./checkpoints.js";
 import { Cluster } from "./cluster.js";
@@ -14,9 +15,14 @@ import type { Reporter } from "./reporter.js";
 export interface SampleOptions {
   checkpoint?: string;
   steps?: number;
-  num: number;
+  /** default: one image per prompt given, else 16 */
+  num?: number;
   seed: number;
   classes?: number[];
+  /** text prompts (`--prompt`, repeatable) for a run distilled from a text-to-image teacher */
+  prompt?: string[];
+  /** a prompts file (`--prompts-file`): UTF-8, one a line, blank lines and # comments skipped */
+  promptsFile?: string;
   out?: string;
   /** `--set key=value` overrides of the run's resolved recipe (device, python, ...) */
   set?: string[];
@@ -69,6 +75,25 @@ export function checkClasses(classes: readonly number[] | undefined, k: number |
   for (const c of classes) if (!Number.isInteger(c) || c < 0 || c >= k) throw new UsageError(`--classes: ${c} is not a class of this run (0..${k - 1})`);
 }
 
+/**
+ * The prompts to sample with: `--prompt`s, then `--prompts-file`'s; null when neither is given (a text run then
+ * samples its recipe's prompts file). Refused for a run conditioned on classes, as --classes is for a text run.
+ */
+export function samplePrompts(recipe: Recipe, opts: Pick<SampleOptions, "prompt" | "promptsFile" | "classes">): string[] | null {
+  const given = [...(opts.prompt ?? [])];
+  if (opts.promptsFile !== undefined) {
+    const read = readPromptsFile(path.resolve(opts.promptsFile));
+    if ("error" in read) throw new UsageError(`--prompts-file ${opts.promptsFile} ${read.error}`);
+    given.push(...read.prompts);
+  }
+  const text = recipe.data.source === "prompts";
+  if (text && opts.classes !== undefined) throw new UsageError("--classes: this run's generator is conditioned on text (data.source prompts); give --prompt or --prompts-file instead");
+  if (!text && (opts.prompt?.length ?? 0) + (opts.promptsFile === undefined ? 0 : 1) > 0) {
+    throw new UsageError(`--prompt: this run's generator is conditioned on ${runClassCount(recipe) === null ? "nothing (unconditional)" : "classes (--classes)"}, not on text; only runs with data.source prompts take prompts`);
+  }
+  return given.length > 0 ? given : null;
+}
+
 export function pickCheckpoint(runDir: string, name?: string): string {
   const all = listCheckpoints(runDir);
   if (name === undefined) {
@@ -88,7 +113,9 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
   const recipe = overrideResolved(readRunRecipe(path.resolve(runDir)), opts.set ?? []);
   const steps = opts.steps ?? recipe.generator.steps;
   if (!Number.isInteger(steps) || steps < 1 || steps > 4) throw new UsageError(`--steps ${opts.steps}: must be 1, 2, 3 or 4`);
+  const prompts = samplePrompts(recipe, opts);
   checkClasses(opts.classes, runClassCount(recipe));
+  const num = opts.num ?? prompts?.length ?? 16;
   const teacherDir = runTeacherDir(recipe);
   const ckpt = pickCheckpoint(path.resolve(runDir), opts.checkpoint);
   const bad = verifyCheckpoint(ckpt);
@@ -101,10 +128,11 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
       await cluster.setup("generator", { teacher_dir: teacherDir });
       reporter.phase("loading", path.relative(process.cwd(), ckpt) || ckpt);
       await cluster.restoreAll(ckpt);
-      reporter.phase("sampling", `${opts.num} images, ${steps} step(s), seed ${opts.seed}`);
-      await cluster.opOnce("generator", "sample", 0, { seed: opts.seed, n: opts.num, steps, classes: opts.classes ?? null, out_dir: outDir }, [], []);
+      reporter.phase("sampling", `${num} images, ${steps} step(s), seed ${opts.seed}${prompts === null ? "" : `, ${prompts.length} prompt(s)`}`);
+      const args = { seed: opts.seed, n: num, steps, classes: opts.classes ?? null, out_dir: outDir, ...(prompts === null ? {} : { prompts }) };
+      await cluster.opOnce("generator", "sample", 0, args, [], []);
       const grid = path.join(outDir, "grid.png");
-      reporter.event("done", { out_dir: outDir, grid, checkpoint: ckpt }, `wrote ${opts.num} images to ${path.relative(process.cwd(), outDir) || outDir} (grid: ${path.relative(process.cwd(), grid)})`);
+      reporter.event("done", { out_dir: outDir, grid, checkpoint: ckpt }, `wrote ${num} images to ${path.relative(process.cwd(), outDir) || outDir} (grid: ${path.relative(process.cwd(), grid)})`);
       return { outDir, grid, checkpoint: ckpt };
     });
   } finally {
