@@ -1,12 +1,14 @@
 // The coordinator's schedule: TTUR, warm-ups, seeds, checkpoints, and which tensors cross processes.
 import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { loadRecipe } from "../src/recipe/load.js";
 import type { Recipe } from "../src/recipe/types.js";
 import { roleHome, workerLayout } from "../src/schedule/placement.js";
 import { ganGeneratorWeight, generatorUpdatesBefore, isCheckpointStep, isGeneratorStep, opSeed, warmupLr } from "../src/schedule/schedule.js";
-import { planStep, routeTensors } from "../src/schedule/stepPlan.js";
+import { conditioningTensors, planStep, routeTensors } from "../src/schedule/stepPlan.js";
 import { projectRoot } from "./helpers.js";
 
 function tiny(overrides: string[] = []): Recipe {
@@ -98,4 +100,34 @@ test("per-role placement routes tensors between processes; colocated routes none
     assert.deepEqual(c.attach, [], `${c.role}.${c.op}`);
   }
   assert.deepEqual(workerLayout("per_role").map((w) => w.name), ["teacher", "generator", "fake_score"]);
+});
+
+test("text-to-image teachers: the text tensors take cond's place (SDXL: pooled embeddings and time ids too)", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-route-"));
+  const pipeline = (name: string, className: string) => {
+    mkdirSync(path.join(dir, name, "unet"), { recursive: true });
+    mkdirSync(path.join(dir, name, "scheduler"), { recursive: true });
+    writeFileSync(path.join(dir, name, "model_index.json"), JSON.stringify({ _class_name: className }));
+    writeFileSync(path.join(dir, name, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DConditionModel" }));
+    writeFileSync(path.join(dir, name, "scheduler", "scheduler_config.json"), JSON.stringify({ beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012 }));
+    return path.join(dir, name);
+  };
+  writeFileSync(path.join(dir, "p.txt"), "a cat\n");
+  const text = (folder: string) => tiny(["data.source=prompts", `data.prompts.file=${path.join(dir, "p.txt")}`, "gan.enabled=false", "teacher.source=diffusers", `teacher.path=${folder}`]);
+  const sd15 = text(pipeline("sd15", "StableDiffusionPipeline"));
+  const sdxl = text(pipeline("sdxl", "StableDiffusionXLPipeline"));
+  assert.deepEqual(conditioningTensors(tiny()), ["cond"]);
+  assert.deepEqual(conditioningTensors(sd15), ["cond_hidden"]);
+  assert.deepEqual(conditioningTensors(sdxl), ["cond_hidden", "cond_pooled", "cond_time_ids"]);
+  for (const [r, cond] of [[sd15, ["cond_hidden"]], [sdxl, ["cond_hidden", "cond_pooled", "cond_time_ids"]]] as const) {
+    const per = routeTensors(planStep(0, r), roleHome(workerLayout("per_role")) as never).flat();
+    const by = (role: string, op: string) => per.find((c) => c.role === role && c.op === op)!;
+    assert.deepEqual(by("generator", "generate").returns.sort(), [...cond, "t_dmd", "x_gen", "x_t_dmd"].sort());
+    assert.deepEqual(by("teacher", "predict_x0").attach, ["x_t_dmd", "t_dmd", ...cond]);
+    assert.deepEqual(by("fake_score", "predict_x0").attach, ["x_t_dmd", "t_dmd", ...cond]);
+    assert.deepEqual(by("fake_score", "update").attach, ["x_gen", ...cond]);
+    assert.ok(per.every((c) => !c.inputs.includes("cond") && !c.outputs.includes("cond")));
+    const col = routeTensors(planStep(0, r), roleHome(workerLayout("colocated")) as never).flat();
+    assert.ok(col.every((c) => c.returns.length === 0 && c.attach.length === 0));
+  }
 });

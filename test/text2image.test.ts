@@ -1,0 +1,182 @@
+// End to end with text-to-image teachers (docs/adapters.md §6): tiny SD-1.5-like and SDXL-like pipeline folders
+// built from configs by python-worker/tests/pipelines.py (random weights, saved with save_pretrained), a prompts file
+// and a folder of captioned images; `dmd2 distill` through the real CLI in both placements, then `dmd2 sample
+// --prompt`. The recipe checks of data.source prompts need no Python and come first.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { test } from "node:test";
+import { execa } from "execa";
+import { showPath } from "../src/recipe/files.js";
+import { loadRecipe } from "../src/recipe/load.js";
+import { parsePrompts, readPromptsFile } from "../src/recipe/prompts.js";
+import { cliEntry, issuesOf, maxAbsDiff, projectPython, projectRoot, readSafetensors } from "./helpers.js";
+
+const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-t2i-"));
+const env = { HF_HUB_OFFLINE: "1", NO_COLOR: "1", DMD2_CACHE: path.join(work, "cache") };
+const builder = path.join(projectRoot, "python-worker", "tests", "pipelines.py");
+
+async function dmd2(args: string[]) {
+  const r = await execa("node", [cliEntry, ...args], { cwd: work, reject: false, env, timeout: 300_000 });
+  return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+const write = (name: string, text: string) => {
+  const f = path.join(work, name);
+  mkdirSync(path.dirname(f), { recursive: true });
+  writeFileSync(f, text);
+  return f;
+};
+
+/** The JSON files of a pipeline folder the CLI reads (no weights): enough for the recipe checks. */
+function fakePipeline(name: string, className: string): string {
+  const dir = path.join(work, name);
+  write(path.join(name, "model_index.json"), JSON.stringify({ _class_name: className }));
+  write(path.join(name, "unet", "config.json"), JSON.stringify({ _class_name: className === "DDPMPipeline" ? "UNet2DModel" : "UNet2DConditionModel", sample_size: 8 }));
+  // SD 1.5's PNDM config has no prediction_type: diffusers' default (epsilon) fills it, as in the worker
+  write(path.join(name, "scheduler", "scheduler_config.json"), JSON.stringify({ _class_name: "PNDMScheduler", num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012, ...(className === "DDPMPipeline" ? { prediction_type: "epsilon" } : {}) }));
+  return dir;
+}
+
+const rel = (name: string) => path.relative(process.cwd(), path.join(work, name));
+const PROMPTS = "# training prompts\na cat\n\nthe dog on a mat\nthe cat\n";
+
+test("prompts files: one prompt a line, blank lines and # comments skipped; an empty file is an error", () => {
+  assert.deepEqual(parsePrompts("\uFEFF  a cat \r\n# no\n\n\tthe dog\r\n#\n"), ["a cat", "the dog"]);
+  assert.deepEqual(readPromptsFile(write("p.txt", PROMPTS)), { prompts: ["a cat", "the dog on a mat", "the cat"] });
+  assert.deepEqual(readPromptsFile(write("e.txt", "# only a comment\n\n")), { error: "holds no prompts (one prompt a line; blank lines and # comments are skipped)" });
+  assert.deepEqual(readPromptsFile(path.join(work, "nope.txt")), { error: "does not exist (give a UTF-8 text file, one prompt a line)" });
+  writeFileSync(path.join(work, "latin1.txt"), Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x0a]));
+  assert.deepEqual(readPromptsFile(path.join(work, "latin1.txt")), { error: "is not UTF-8 text (save it as UTF-8)" });
+});
+
+test("recipe: data.source prompts, each problem one line naming the key", () => {
+  const sd = fakePipeline("fake-sd15", "StableDiffusionPipeline");
+  fakePipeline("fake-ddpm", "DDPMPipeline");
+  write("prompts.txt", PROMPTS);
+  write("empty.txt", "# nothing\n");
+  mkdirSync(path.join(work, "real"), { recursive: true });
+  const recipe = (name: string, lines: string[]) => write(`${name}.yaml`, lines.join("\n") + "\n");
+  const ok = loadRecipe(recipe("ok", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-sd15 }"]));
+  assert.deepEqual(ok.data.prompts, { file: path.join(work, "prompts.txt"), images: path.join(work, "real") });
+  assert.equal(ok.teacher.path, sd);
+  assert.equal(ok.diffusion.prediction_type, "epsilon"); // filled from diffusers' default
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("empty", ["data: { source: prompts, prompts: { file: empty.txt, images: real } }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
+    `${rel("empty.yaml")}:1: data.prompts.file: empty.txt holds no prompts (one prompt a line; blank lines and # comments are skipped)`,
+  ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("noimages", ["data: { source: prompts, prompts: { file: prompts.txt } }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
+    `${rel("noimages.yaml")}:1: data.prompts.images: required when gan.enabled is true: the GAN's real branch needs real images (give a folder of images, with captions.txt for their captions, or set gan.enabled: false)`,
+  ]);
+  assert.equal(loadRecipe(recipe("nogan", ["data: { source: prompts, prompts: { file: prompts.txt } }", "teacher: { source: diffusers, path: fake-sd15 }", "gan: { enabled: false }"])).data.prompts.images, null);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("nofile", ["data: { source: prompts }", "teacher: { source: diffusers, path: fake-sd15 }", "gan: { enabled: false }"]))), [
+    `${rel("nofile.yaml")}:1: data.prompts.file: required when data.source is prompts (a UTF-8 text file, one prompt a line)`,
+  ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("ddpm", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-ddpm }"]))), [
+    `${rel("ddpm.yaml")}:2: teacher.path: fake-ddpm is not a text-to-image pipeline, which data.source prompts needs (${showPath(path.join(work, "fake-ddpm", "model_index.json"))} must name StableDiffusionPipeline or StableDiffusionXLPipeline)`,
+  ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("classes", ["data: { source: digits }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
+    `${rel("classes.yaml")}:1: data.source: digits does not fit the teacher: fake-sd15 is a text-to-image pipeline (sd15); set data.source: prompts with data.prompts.file`,
+  ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("builtin", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }"]))), [
+    `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline folder)`,
+  ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("gone", ["data: { source: prompts, prompts: { file: prompts.txt, images: nowhere } }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
+    `${rel("gone.yaml")}:1: data.prompts.images: nowhere does not exist (${showPath(path.join(work, "nowhere"))}; a relative path starts at the recipe's folder)`,
+  ]);
+});
+
+// --- the real thing ----------------------------------------------------------------------------------------------
+
+let built: Promise<void> | null = null;
+/** The tiny pipelines, 5 captioned 20x20 images (resized to the pipelines' 16x16) and the prompts file, once. */
+function buildFixtures(): Promise<void> {
+  built ??= (async () => {
+    for (const args of [["sd15", path.join(work, "sd15")], ["sdxl", path.join(work, "sdxl")], ["images", path.join(work, "images"), "5", "20"]]) {
+      const r = await execa(projectPython, [builder, ...args], { reject: false, env, timeout: 300_000 });
+      assert.equal(r.exitCode, 0, r.stderr);
+    }
+    write("train-prompts.txt", PROMPTS);
+  })();
+  return built;
+}
+
+function textRecipe(family: "sd15" | "sdxl", placement: "per_role" | "colocated"): string {
+  const name = `${family}-${placement}`;
+  return write(`${name}.yaml`, [
+    `name: ${name}`,
+    `placement: ${placement}`,
+    "torch_threads: 1",
+    "data: { source: prompts, prompts: { file: train-prompts.txt, images: images } }",
+    `teacher: { source: diffusers, path: ${family} }`,
+    "generator: { steps: 1, lr: 1.0e-3 }",
+    "fake_score: { lr: 1.0e-3 }",
+    `dmd: { real_guidance_scale: ${family === "sd15" ? 1.75 : 8} }`,
+    "ttur: { ratio: 2 }",
+    "optim: { warmup_steps: 0 }",
+    "train: { steps: 4, batch_size: 2, log_every: 2, checkpoint_every: 2, sample_every: 4 }",
+    "sample: { num: 2 }",
+    "",
+  ].join("\n"));
+}
+
+const checkpoint = (runDir: string, step: number) => path.join(runDir, "checkpoints", `step-${String(step).padStart(8, "0")}`);
+
+/** Distils `family` in both placements; checks what each run leaves and that both computed the same. */
+async function distillBoth(family: "sd15" | "sdxl"): Promise<string> {
+  await buildFixtures();
+  const runs: string[] = [];
+  for (const placement of ["per_role", "colocated"] as const) {
+    const r = await dmd2(["distill", textRecipe(family, placement)]);
+    assert.equal(r.exitCode, 0, r.stderr);
+    const runDir = path.join(work, "runs", `${family}-${placement}`);
+    runs.push(runDir);
+    for (const step of [2, 4]) {
+      for (const f of ["generator.safetensors", "fake_score.safetensors", "discriminator.safetensors", "manifest.json"]) {
+        assert.ok(existsSync(path.join(checkpoint(runDir, step), f)), `${placement}: step ${step} ${f}`);
+      }
+    }
+    const rows = readFileSync(path.join(runDir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.equal(rows.length, 4);
+    for (const row of rows) {
+      for (const [k, v] of Object.entries(row)) if (k !== "generator_update") assert.ok(typeof v === "number" && Number.isFinite(v), `${placement} step ${row.step}: ${k} = ${v}`);
+    }
+    assert.ok(rows.some((row) => (row.loss_gan_d as number) > 0) && rows.some((row) => typeof row.loss_dmd === "number"));
+    // the latent cache of the real images, and decoded sample grids
+    const index = JSON.parse(readFileSync(path.join(runDir, "latents", "index.json"), "utf8")) as { num_images: number; latent_shape: number[] };
+    assert.deepEqual([index.num_images, index.latent_shape], [5, [4, 8, 8]]);
+    assert.ok(existsSync(path.join(runDir, "samples", "step-00000004", "grid.png")));
+    assert.deepEqual(readFileSync(path.join(runDir, "samples", "final", "prompts.txt"), "utf8").split("\n"), ["a cat", "the dog on a mat", ""]);
+    // generator.safetensors is the teacher's UNet state dict under "unet.", trained
+    const gen = readSafetensors(path.join(checkpoint(runDir, 4), "generator.safetensors"));
+    const teacher = readSafetensors(path.join(work, family, "unet", "diffusion_pytorch_model.safetensors"));
+    const stripped = new Map([...gen].map(([k, v]) => [k.replace(/^unet\./, ""), v]));
+    assert.ok([...gen.keys()].every((k) => k.startsWith("unet.")));
+    assert.ok(maxAbsDiff(stripped, teacher) > 1e-4, "the generator's weights moved away from the teacher's");
+  }
+  // one process per role or all in one: the same computation
+  const [perRole, colocated] = runs.map((d) => readSafetensors(path.join(checkpoint(d, 4), "generator.safetensors")));
+  assert.ok(maxAbsDiff(perRole!, colocated!) < 1e-4, "per_role and colocated trained the same generator");
+  return runs[0]!;
+}
+
+test("distill an SD-1.5-like pipeline with prompts and captioned images, per_role and colocated; then sample --prompt", async () => {
+  const runDir = await distillBoth("sd15");
+  const out = path.join(work, "sampled");
+  const s = await dmd2(["sample", runDir, "--prompt", "a cat", "--prompt", "the dog", "--num", "3", "--out", out]);
+  assert.equal(s.exitCode, 0, s.stderr);
+  assert.deepEqual(readFileSync(path.join(out, "prompts.txt"), "utf8").split("\n"), ["a cat", "the dog", "a cat", ""]);
+  assert.equal(readdirSync(path.join(out, "images")).length, 3);
+  assert.ok(existsSync(path.join(out, "grid.png")));
+  const file = write("sample-prompts.txt", "# two\nthe mat\na dog\n");
+  const fromFile = await dmd2(["sample", runDir, "--prompts-file", file, "--out", path.join(work, "sampled-file")]);
+  assert.equal(fromFile.exitCode, 0, fromFile.stderr);
+  assert.match(fromFile.stderr, /sampling 2 images, 1 step\(s\), seed 0, 2 prompt\(s\)/);
+  const classes = await dmd2(["sample", runDir, "--classes", "1"]);
+  assert.equal(classes.exitCode, 2);
+  assert.equal(classes.stderr.trim(), "error: --classes: this run's generator is conditioned on text (data.source prompts); give --prompt or --prompts-file instead");
+});
+
+test("distill an SDXL-like pipeline (pooled embeddings and time ids routed too), per_role and colocated", async () => {
+  await distillBoth("sdxl");
+});
