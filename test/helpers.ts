@@ -22,6 +22,21 @@ export function fakeTeacher(dir: string, scheduler: Record<string, unknown>): st
   return dir;
 }
 
+/**
+ * The JSON files of a text-to-image pipeline folder the CLI reads (no weights), a prompts file and an (empty) image
+ * folder beside it: the `--set` overrides that make a `data.source: prompts` recipe load without a real pipeline.
+ */
+export function fakeTextPipeline(dir: string, className: "StableDiffusionPipeline" | "StableDiffusionXLPipeline"): string[] {
+  mkdirSync(path.join(dir, "unet"), { recursive: true });
+  mkdirSync(path.join(dir, "scheduler"), { recursive: true });
+  mkdirSync(path.join(dir, "real-images"), { recursive: true });
+  writeFileSync(path.join(dir, "model_index.json"), JSON.stringify({ _class_name: className }));
+  writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DConditionModel", sample_size: className === "StableDiffusionPipeline" ? 64 : 128 }));
+  writeFileSync(path.join(dir, "scheduler", "scheduler_config.json"), JSON.stringify({ _class_name: "PNDMScheduler", num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012 }));
+  writeFileSync(path.join(dir, "prompts.txt"), "a photo of a cat\n");
+  return [`teacher.path=${dir}`, `data.prompts.file=${path.join(dir, "prompts.txt")}`, `data.prompts.images=${path.join(dir, "real-images")}`];
+}
+
 /** Reads a float32 safetensors file into name -> Float32Array (test-only; the coordinator never reads tensors). */
 export function readSafetensors(file: string): Map<string, Float32Array> {
   const buf = readFileSync(file);

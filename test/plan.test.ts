@@ -20,7 +20,7 @@ import { ROLES, type Recipe } from "../src/recipe/types.js";
 import { checkpointName } from "../src/run/checkpoints.js";
 import { isCheckpointStep } from "../src/schedule/schedule.js";
 import { planStep } from "../src/schedule/stepPlan.js";
-import { cliEntry, fakeTeacher, projectPython, projectRoot } from "./helpers.js";
+import { cliEntry, fakeTeacher, fakeTextPipeline, projectPython, projectRoot } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-plan-"));
 const recipesDir = path.join(projectRoot, "recipes");
@@ -135,16 +135,28 @@ test("plan: every recipe in recipes/ plans, per_role and colocated, consistent w
     assert.throws(() => loadPlanRecipe(path.join(recipesDir, f), []), (e: unknown) => e instanceof UsageError && e.exitCode === 2 && /is a teacher recipe/.test(e.message) && /dmd2 train-teacher/.test(e.hint ?? ""));
   }
   // a distillation recipe with a diffusers teacher gets a stand-in folder (what train-teacher writes, without weights)
+  // and a text-to-image recipe (data.source prompts) a stand-in pipeline of its family, which plan cannot size yet
+  const text = { sd15: fakeTextPipeline(path.join(tmp, "plan-sd15"), "StableDiffusionPipeline"), sdxl: fakeTextPipeline(path.join(tmp, "plan-sdxl"), "StableDiffusionXLPipeline") };
   for (const f of files.filter((f) => !f.endsWith("-teacher.yaml"))) {
-    const diffusers = (parse(readFileSync(path.join(recipesDir, f), "utf8")) as { teacher?: { source?: string } }).teacher?.source === "diffusers";
+    const raw = parse(readFileSync(path.join(recipesDir, f), "utf8")) as { teacher?: { source?: string }; data?: { source?: string } };
+    const textToImage = raw.data?.source === "prompts";
+    const diffusers = raw.teacher?.source === "diffusers";
+    const stand = textToImage ? text[f.startsWith("sdxl") ? "sdxl" : "sd15"] : diffusers ? [`teacher.path=${digitsTeacher}`] : [];
     for (const placement of ["per_role", "colocated"]) {
-      const r = load(path.join(recipesDir, f), [`placement=${placement}`, ...(diffusers ? [`teacher.path=${digitsTeacher}`] : [])]);
+      // a recipe placing roles on several devices (sdxl-4step) is a per_role one: colocated means one device
+      const placementSet = placement === "colocated" ? ["placement=colocated", "roles.teacher.device=null", "roles.generator.device=null", "roles.fake_score.device=null"] : [`placement=${placement}`];
+      const r = load(path.join(recipesDir, f), [...placementSet, ...stand]);
       const p = plan(r, path.join(recipesDir, f));
       checkPlan(p, r, `${f} ${placement}`);
       const moved = p.traffic.kinds.flatMap((k) => k.transfers);
       if (placement === "colocated") assert.equal(moved.length, 0, "one process: nothing travels");
       else assert.ok(moved.length > 0);
       assert.deepEqual(p.problems.filter((x) => x.subject !== "python"), [], `${f}: no problem with the recipe's networks`);
+      if (textToImage) {
+        // not sized yet: plan reads UNet2DModel configs only (docs/adapters.md §6)
+        assert.match(p.memory.unknown ?? "", /UNet2DConditionModel" is not UNet2DModel/, `${f}: says why it is not sized`);
+        continue;
+      }
       assert.equal(p.memory.unknown, null, `${f}: every shipped recipe is sized`);
     }
   }

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { loadRecipe, loadTeacherRecipe, parseOverride } from "../src/recipe/load.js";
 import { defaultTimesteps } from "../src/recipe/resolve.js";
 import { parse } from "yaml";
-import { fakeTeacher, issuesOf, projectRoot } from "./helpers.js";
+import { fakeTeacher, fakeTextPipeline, issuesOf, projectRoot } from "./helpers.js";
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-recipe-"));
 function writeRecipe(name: string, text: string): string {
@@ -28,9 +28,13 @@ test("every recipe in recipes/ loads and resolves (teacher recipes: *-teacher.ya
   }
   // a recipe with a diffusers teacher gets a stand-in folder with the default scheduler (no trained teacher here)
   const teacher = fakeTeacher(path.join(tmp, "stand-in-teacher"), {});
+  // and a text-to-image recipe (data.source prompts) a stand-in pipeline of its family, prompts and an image folder
+  const text = { sd15: fakeTextPipeline(path.join(tmp, "stand-in-sd15"), "StableDiffusionPipeline"), sdxl: fakeTextPipeline(path.join(tmp, "stand-in-sdxl"), "StableDiffusionXLPipeline") };
   for (const f of files.filter((f) => !f.endsWith("-teacher.yaml"))) {
-    const diffusers = (parse(readFileSync(path.join(dir, f), "utf8")) as { teacher?: { source?: string } }).teacher?.source === "diffusers";
-    const r = loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2, overrides: diffusers ? [`teacher.path=${teacher}`] : [] });
+    const raw = parse(readFileSync(path.join(dir, f), "utf8")) as { teacher?: { source?: string }; data?: { source?: string } };
+    const diffusers = raw.teacher?.source === "diffusers";
+    const overrides = raw.data?.source === "prompts" ? text[f.startsWith("sdxl") ? "sdxl" : "sd15"] : diffusers ? [`teacher.path=${teacher}`] : [];
+    const r = loadRecipe(path.join(dir, f), { cwd: tmp, cpuCount: 2, overrides });
     assert.equal(r.version, 1);
     assert.equal(r.generator.timesteps.length, r.generator.steps, f);
   }
@@ -117,4 +121,17 @@ test("--set overrides are validated like the file", () => {
   assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train"] }))[0]!, /expected key\.path=value/);
   assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train=3"] }))[0]!, /group of keys/);
   assert.deepEqual(parseOverride("seed=7"), { path: ["seed"], value: 7 });
+});
+
+test("the text-to-image recipes carry the paper's settings and need only the teacher, the prompts and the images", () => {
+  const dir = path.join(projectRoot, "recipes");
+  const sd15 = loadRecipe(path.join(dir, "sd15-1step.yaml"), { cwd: tmp, cpuCount: 2, overrides: fakeTextPipeline(path.join(tmp, "sd15-settings"), "StableDiffusionPipeline") });
+  assert.deepEqual([sd15.data.source, sd15.generator.timesteps, sd15.dmd.real_guidance_scale, sd15.generator.lr, sd15.fake_score.lr, sd15.ttur.ratio], ["prompts", [999], 1.75, 1e-5, 1e-5, 10]);
+  assert.deepEqual([sd15.gan.enabled, sd15.gan.generator_weight, sd15.gan.discriminator_weight, sd15.optim.warmup_steps, sd15.optim.grad_clip, sd15.optim.weight_decay], [true, 1e-3, 1e-2, 500, 10, 0.01]);
+  const sdxl = loadRecipe(path.join(dir, "sdxl-4step.yaml"), { cwd: tmp, cpuCount: 2, overrides: fakeTextPipeline(path.join(tmp, "sdxl-settings"), "StableDiffusionXLPipeline") });
+  assert.deepEqual([sdxl.data.source, sdxl.generator.timesteps, sdxl.dmd.real_guidance_scale, sdxl.generator.lr, sdxl.fake_score.lr, sdxl.ttur.ratio], ["prompts", [999, 749, 499, 249], 8, 5e-7, 5e-7, 5]);
+  assert.deepEqual([sdxl.gan.generator_weight, sdxl.gan.discriminator_weight], [5e-3, 1e-2]);
+  // as shipped (nothing filled in), each names the three paths to fill in, one line each
+  const lines = issuesOf(() => loadRecipe(path.join(dir, "sd15-1step.yaml"), { cwd: tmp, cpuCount: 2 }));
+  assert.deepEqual(lines.map((l) => / (teacher\.path|data\.prompts\.file|data\.prompts\.images): /.exec(l)?.[1]).sort(), ["data.prompts.file", "data.prompts.images", "teacher.path"]);
 });

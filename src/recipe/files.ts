@@ -37,7 +37,10 @@ export function checkDataFolder(data: Obj, ctx: FileContext): Problem[] {
   if (data.source === "prompts") {
     if (prompts.file !== null) {
       const read = readPromptsFile(prompts.file);
-      if ("error" in read) problems.push({ path: ["data", "prompts", "file"], message: `${written.file} ${read.error}${read.error.startsWith("does not exist") ? ` (${showPath(prompts.file)}; a relative path starts at the recipe's folder)` : ""}` });
+      if ("error" in read) {
+        const missing = read.error.startsWith("does not exist");
+        problems.push({ path: ["data", "prompts", "file"], message: missing ? `${written.file} does not exist (${showPath(prompts.file)}; a relative path starts at the recipe's folder; give a UTF-8 text file, one prompt a line)` : `${written.file} ${read.error}` });
+      }
     }
     if (prompts.images !== null) {
       const at = ["data", "prompts", "images"];
@@ -72,6 +75,9 @@ export function checkTeacherFolder(r: Obj, ctx: FileContext): Problem[] {
   teacher.path = path.resolve(path.dirname(path.resolve(ctx.recipeFile)), written);
   if (teacher.source !== "diffusers") return [];
   const at = ["teacher", "path"];
+  if (!existsSync(teacher.path) && (r.data as Obj).source === "prompts") {
+    return [{ path: at, message: `${written} does not exist (${showPath(teacher.path)}; give a StableDiffusionPipeline or StableDiffusionXLPipeline folder as save_pretrained writes it; a relative path starts at the recipe's folder)` }];
+  }
   if (!existsSync(teacher.path)) {
     const fix = `dmd2 train-teacher ${teacherRecipeFor(teacher.path, ctx.recipeFile)} --out ${showPath(teacher.path)}`;
     return [{ path: at, message: `${written} does not exist (train it first: ${fix})` }];
