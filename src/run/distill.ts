@@ -58,7 +58,8 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       reporter.phase("setting up teacher", recipe.teacher.source === "builtin" ? "(built-in; trained on first use, then cached)" : "");
       const t = await cluster.setup("teacher", { teacher_dir: null });
       const teacherDir = String(t.teacher_dir);
-      reporter.phase("setting up generator and fake score", "(initialised from the teacher)");
+      const cacheNote = recipe.data.source === "prompts" && recipe.gan.enabled ? `; the fake score encodes the real images into ${path.join(runDir, "latents")} unless they are there already (progress in its worker log)` : "";
+      reporter.phase("setting up generator and fake score", `(initialised from the teacher${cacheNote})`);
       await Promise.all([cluster.setup("generator", { teacher_dir: teacherDir }), cluster.setup("fake_score", { teacher_dir: teacherDir })]);
       await cluster.setup("discriminator", { teacher_dir: teacherDir });
 
