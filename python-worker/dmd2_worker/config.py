@@ -90,6 +90,9 @@ class GeneratorConfig:
     timesteps: list[int]
     lr: float
     ema_decay: float  # > 0: keep an EMA of the weights, sample and evaluate with it (roles/generator.py)
+    # train (DMD, GAN and the fake score) on the outputs of the last of the N steps only, the earlier ones run by
+    # backward simulation without gradient; false: on the output of a step k drawn uniformly (DMD2's default)
+    last_step_only: bool = False
 
 
 @dataclass
@@ -304,7 +307,12 @@ def _parse_dataclass(obj: dict, cls: type, path: str, problems: list[str]) -> An
         if key not in hints:
             problems.append(f"{prefix}{key}: unknown key")
     values = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     for name in names:
+        if name not in obj and name in defaults:
+            # a key added after this resolved recipe was written (an older run folder): what runs had before it
+            values[name] = defaults[name]
+            continue
         if name not in obj:
             problems.append(f"{prefix}{name}: missing key (expected {_type_name(hints[name])})")
             values[name] = None

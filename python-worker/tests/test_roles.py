@@ -1,6 +1,8 @@
 """roles/: every op of docs/protocol.md §4 on the tiny recipe: names, shapes, dtypes, RNG order, errors, state."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import subprocess
 import sys
@@ -108,6 +110,28 @@ def test_generate_draws_both_steps_and_without_dmd_only_cond_and_x_gen(setup):
         assert set(store) == {"cond", "x_gen"}
     assert ks == {0.0, 1.0}
     assert roles["generator"].graph is None
+
+
+def test_generate_last_step_only_trains_the_final_output(setup):
+    """generator.last_step_only: every generate runs all N steps (k = N - 1) and the draws after k stay as they
+    were, so x_gen is the seed's k = N - 1 output whatever k the seed draws."""
+    ctx, roles = setup
+    gen = roles["generator"]
+    full = {}
+    for seed in range(12):  # with the default, k varies: keep the stores of the seeds that drew k = 1
+        store = store_at(seed)
+        if generate(ctx, roles, store, seed=seed, grad=False, dmd=False)["gen_k"] == 1.0:
+            full[seed] = store["x_gen"]
+    assert full and len(full) < 12
+    gen.recipe = dataclasses.replace(gen.recipe, generator=dataclasses.replace(gen.recipe.generator, last_step_only=True))
+    try:
+        for seed in range(12):
+            store = store_at(seed)
+            assert generate(ctx, roles, store, seed=seed, grad=False, dmd=False)["gen_k"] == 1.0
+            if seed in full:
+                assert torch.equal(store["x_gen"], full[seed])
+    finally:
+        gen.recipe = ctx.recipe
 
 
 def test_predict_x0_teacher_and_fake_score(setup):

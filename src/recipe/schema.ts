@@ -114,6 +114,7 @@ export const recipeSchema: Group = group({
     timesteps: { kind: "intList", minLength: 1, maxLength: 4, min: 0, default: null, nullable: true },
     lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },
     ema_decay: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0 },
+    last_step_only: { kind: "bool", default: false },
   }),
   fake_score: group({
     lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },

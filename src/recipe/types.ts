@@ -69,7 +69,7 @@ export interface Recipe {
     path: string | null;
   };
   diffusion: DiffusionConfig;
-  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number };
+  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number; last_step_only: boolean };
   fake_score: { lr: number };
   dmd: { weight: number; real_guidance_scale: number; min_t: number; max_t: number };
   ttur: { ratio: number };

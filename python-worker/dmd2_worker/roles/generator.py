@@ -10,7 +10,8 @@ writes their encodings as the step tensors `cond_hidden` (and for SDXL `cond_poo
 
 Random draws, in order:
 - generate: cond (uniform classes; only when conditional) or, for text, the prompts (indices uniform over the
-  prompts file), k (uniform in [0, N)), z, one re-noise noise per step before k, then if `dmd`: t_dmd, noise.
+  prompts file), k (uniform in [0, N); then N - 1 with generator.last_step_only), z, one re-noise noise per step
+  before k, then if `dmd`: t_dmd, noise.
 - sample: z, then one re-noise noise per step after the first.
 """
 from __future__ import annotations
@@ -100,7 +101,9 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         else:
             cond = randint(0, K, B, g, dev, shard) if K is not None else None
         N = len(self.timesteps)
-        k = int(torch.randint(0, N, (1,), generator=g))
+        k = int(torch.randint(0, N, (1,), generator=g))  # drawn either way: the later draws stay the same
+        if self.recipe.generator.last_step_only:
+            k = N - 1
         z = randn((B, *self.image_shape), g, dev, shard)
         x = backward_simulation(self.G, z, cond, self.timesteps, k, self.schedule, g,
                                 noise_fn=lambda like: randn(tuple(like.shape), g, like.device, shard))
