@@ -180,3 +180,15 @@ test("distill an SD-1.5-like pipeline with prompts and captioned images, per_rol
 test("distill an SDXL-like pipeline (pooled embeddings and time ids routed too), per_role and colocated", async () => {
   await distillBoth("sdxl");
 });
+
+test("sample: --prompt on a run conditioned on classes is a one-line usage error, before any worker starts", async () => {
+  const runDir = path.join(work, "runs", "class-run");
+  const r = loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: work, cpuCount: 2, overrides: [`run_dir=${runDir}`] });
+  write(path.join("runs", "class-run", "recipe.resolved.json"), JSON.stringify(r));
+  const s = await dmd2(["sample", runDir, "--prompt", "a cat"]);
+  assert.equal(s.exitCode, 2);
+  assert.equal(s.stderr.trim(), "error: --prompt: this run's generator is conditioned on classes (--classes), not on text; only runs with data.source prompts take prompts");
+  const f = await dmd2(["sample", runDir, "--prompts-file", path.join(work, "nope.txt")]);
+  assert.equal(f.exitCode, 2);
+  assert.equal(f.stderr.trim(), `error: --prompts-file ${path.join(work, "nope.txt")} does not exist (give a UTF-8 text file, one prompt a line)`);
+});
