@@ -131,6 +131,12 @@ test("the text-to-image recipes carry the paper's settings and need only the tea
   const sdxl = loadRecipe(path.join(dir, "sdxl-4step.yaml"), { cwd: tmp, cpuCount: 2, overrides: fakeTextPipeline(path.join(tmp, "sdxl-settings"), "StableDiffusionXLPipeline") });
   assert.deepEqual([sdxl.data.source, sdxl.generator.timesteps, sdxl.dmd.real_guidance_scale, sdxl.generator.lr, sdxl.fake_score.lr, sdxl.ttur.ratio], ["prompts", [999, 749, 499, 249], 8, 5e-7, 5e-7, 5]);
   assert.deepEqual([sdxl.gan.generator_weight, sdxl.gan.discriminator_weight], [5e-3, 1e-2]);
+  assert.equal(sdxl.generator.lora.rank, null);
+  // the LoRA variant: the same settings but the generator's LoRA adapters and learning rate
+  const lora = loadRecipe(path.join(dir, "sdxl-4step-lora.yaml"), { cwd: tmp, cpuCount: 2, overrides: fakeTextPipeline(path.join(tmp, "sdxl-lora-settings"), "StableDiffusionXLPipeline") });
+  for (const group of ["dmd", "gan", "ttur", "optim", "train", "roles", "diffusion"] as const) assert.deepEqual(lora[group], sdxl[group], group);
+  assert.deepEqual({ ...lora.generator, lr: sdxl.generator.lr, lora: sdxl.generator.lora }, sdxl.generator);
+  assert.deepEqual([lora.generator.lr, lora.generator.lora.rank, lora.generator.lora.alpha, lora.generator.lora.target_modules?.length], [5e-6, 64, 64, 10]);
   // as shipped (nothing filled in), each names the three paths to fill in, one line each
   const lines = issuesOf(() => loadRecipe(path.join(dir, "sd15-1step.yaml"), { cwd: tmp, cpuCount: 2 }));
   assert.deepEqual(lines.map((l) => / (teacher\.path|data\.prompts\.file|data\.prompts\.images): /.exec(l)?.[1]).sort(), ["data.prompts.file", "data.prompts.images", "teacher.path"]);

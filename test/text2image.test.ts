@@ -101,15 +101,15 @@ function buildFixtures(): Promise<void> {
   return built;
 }
 
-function textRecipe(family: "sd15" | "sdxl", placement: "per_role" | "colocated"): string {
-  const name = `${family}-${placement}`;
+function textRecipe(family: "sd15" | "sdxl", placement: "per_role" | "colocated", lora = false): string {
+  const name = `${family}-${placement}${lora ? "-lora" : ""}`;
   return write(`${name}.yaml`, [
     `name: ${name}`,
     `placement: ${placement}`,
     "torch_threads: 1",
     "data: { source: prompts, prompts: { file: train-prompts.txt, images: images } }",
     `teacher: { source: diffusers, path: ${family} }`,
-    "generator: { steps: 1, lr: 1.0e-3 }",
+    lora ? "generator: { steps: 2, lr: 1.0e-3, lora: { rank: 4, alpha: 8, target_modules: [to_q, to_k, to_v, to_out.0, conv1] } }" : "generator: { steps: 1, lr: 1.0e-3 }",
     "fake_score: { lr: 1.0e-3 }",
     `dmd: { real_guidance_scale: ${family === "sd15" ? 1.75 : 8} }`,
     "ttur: { ratio: 2 }",
@@ -179,6 +179,31 @@ test("distill an SD-1.5-like pipeline with prompts and captioned images, per_rol
 
 test("distill an SDXL-like pipeline (pooled embeddings and time ids routed too), per_role and colocated", async () => {
   await distillBoth("sdxl");
+});
+
+test("a LoRA student of an SDXL-like pipeline: only the adapters train and are saved; sample decodes its images", async () => {
+  await buildFixtures();
+  const r = await dmd2(["distill", textRecipe("sdxl", "per_role", true)]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const m = /generator: LoRA rank 4, alpha 8: ([\d,]+) of ([\d,]+) parameters train/.exec(r.stderr);
+  assert.ok(m, r.stderr);
+  const [trained, all] = [Number(m[1]!.replaceAll(",", "")), Number(m[2]!.replaceAll(",", ""))];
+  assert.ok(trained > 0 && trained < all / 5, `${trained} of ${all}`);
+  const runDir = path.join(work, "runs", "sdxl-per_role-lora");
+  for (const file of ["generator.safetensors", "generator.optim.safetensors"]) assert.ok(existsSync(path.join(checkpoint(runDir, 4), file)), file);
+  const gen = readSafetensors(path.join(checkpoint(runDir, 4), "generator.safetensors"));
+  const keys = [...gen.keys()];
+  assert.ok(keys.length > 0 && keys.every((k) => k.startsWith("unet.") && /\.lora_[AB]\.default\.weight$/.test(k)), keys.slice(0, 3).join(", "));
+  assert.equal(keys.reduce((n, k) => n + gen.get(k)!.length, 0), trained, "the file holds exactly the trained parameters");
+  // B starts at zero: trained adapters have moved it
+  const bMax = Math.max(...keys.filter((k) => k.includes(".lora_B.")).map((k) => Math.max(...gen.get(k)!.map(Math.abs))));
+  assert.ok(bMax > 1e-5, `lora_B max |w| ${bMax}`);
+  // the fake score trains the whole network as before
+  assert.ok([...readSafetensors(path.join(checkpoint(runDir, 4), "fake_score.safetensors")).keys()].some((k) => !k.includes("lora")));
+  const out = path.join(work, "sampled-lora");
+  const s = await dmd2(["sample", runDir, "--prompt", "a cat", "--num", "2", "--out", out]);
+  assert.equal(s.exitCode, 0, s.stderr);
+  assert.equal(readdirSync(path.join(out, "images")).length, 2);
 });
 
 test("sample: --prompt on a run conditioned on classes is a one-line usage error, before any worker starts", async () => {

@@ -84,6 +84,15 @@ class DiffusionConfig:
 
 
 @dataclass
+class LoraConfig:
+    """generator.lora (docs/adapters.md §7): rank null = no LoRA, the whole network trains; alpha null = the rank;
+    target_modules null = lora.DEFAULT_TARGET_MODULES."""
+    rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] | None = None
+
+
+@dataclass
 class GeneratorConfig:
     steps: int
     conditioning_timestep: int
@@ -93,6 +102,8 @@ class GeneratorConfig:
     # train (DMD, GAN and the fake score) on the outputs of the last of the N steps only, the earlier ones run by
     # backward simulation without gradient; false: on the output of a step k drawn uniformly (DMD2's default)
     last_step_only: bool = False
+    # LoRA adapters on a frozen copy of the teacher instead of the whole network (lora.py)
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -307,7 +318,9 @@ def _parse_dataclass(obj: dict, cls: type, path: str, problems: list[str]) -> An
         if key not in hints:
             problems.append(f"{prefix}{key}: unknown key")
     values = {}
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     for name in names:
         if name not in obj and name in defaults:
             # a key added after this resolved recipe was written (an older run folder): what runs had before it
@@ -374,6 +387,15 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
     if not 0 <= r.generator.ema_decay < 1:
         problems.append(f"generator.ema_decay: must be in [0, 1), got {r.generator.ema_decay}")
+    try:
+        if lora_spec(r) is not None and r.teacher.source == "builtin":
+            problems.append("generator.lora: LoRA adapts a diffusers UNet: set teacher.source: diffusers with a "
+                            "UNet2DModel or Stable Diffusion folder, or drop generator.lora")
+        if lora_spec(r) is not None and r.roles.generator.strategy == "fsdp":
+            problems.append("generator.lora: LoRA students with roles.generator.strategy fsdp are not supported "
+                            "yet; use strategy replicate (the adapters are small) or drop generator.lora")
+    except ValueError as e:
+        problems.append(str(e))
     for name in ("teacher", "generator", "fake_score"):
         p = getattr(r.roles, name)
         if p.replicas < 1 or len(p.device) != p.replicas:
@@ -489,3 +511,17 @@ SALT_HEAD_INIT = 103  # discriminator head: initial weights
 def op_seed(seed: int, step: int, salt: int) -> int:
     """`(seed * 1000003 + step * 7919 + salt) mod 2^31`, the coordinator's per-op seed."""
     return (seed * 1000003 + step * 7919 + salt) % 2**31
+
+
+def lora_spec(recipe: Recipe):
+    """The generator's LoraSpec (lora.py), or None when generator.lora.rank is null (the whole network trains)."""
+    from .lora import DEFAULT_TARGET_MODULES, LoraSpec  # imports torch only
+
+    c = recipe.generator.lora
+    if c.rank is None:
+        if c.alpha is not None or c.target_modules is not None:
+            raise ValueError("generator.lora.rank: required when generator.lora.alpha or target_modules is set "
+                             "(e.g. rank: 64)")
+        return None
+    return LoraSpec(rank=c.rank, alpha=c.rank if c.alpha is None else c.alpha,
+                    target_modules=list(DEFAULT_TARGET_MODULES) if c.target_modules is None else c.target_modules)

@@ -133,6 +133,8 @@ export interface SetupBody {
 
 export interface SetupReplyBody {
   params: number;
+  /** Only from a LoRA generator: the adapters' parameters (what trains). */
+  trained_params?: number;
   /** Only from the teacher: `<run_dir>/teacher`. */
   teacher_dir?: string;
 }

@@ -44,6 +44,16 @@ export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions):
   r.roles = resolvePlacement(r.roles as never, {
     device: r.device, precision: r.precision, gradient_checkpointing: r.gradient_checkpointing, placement: r.placement, batchSize: r.train.batch_size, transport: r.transport,
   }, problems);
+  const lora = r.generator.lora;
+  if (lora.rank === null && (lora.alpha !== null || lora.target_modules !== null)) {
+    problems.push({ path: ["generator", "lora", "rank"], message: "required when generator.lora.alpha or target_modules is set (e.g. rank: 64; null trains the whole network)" });
+  }
+  if (lora.rank !== null && r.teacher.source === "builtin") {
+    problems.push({ path: ["generator", "lora"], message: "LoRA adapts a diffusers UNet: set teacher.source: diffusers with a UNet2DModel or Stable Diffusion folder, or drop generator.lora" });
+  }
+  if (lora.rank !== null && r.roles.generator.strategy === "fsdp") {
+    problems.push({ path: ["generator", "lora"], message: "LoRA students with roles.generator.strategy fsdp are not supported yet; use strategy replicate (the adapters are small) or drop generator.lora" });
+  }
   // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (plan/threads.ts)
   if ((r.torch_threads as number | null) === null) r.torch_threads = defaultTorchThreads(r, opts.cpuCount ?? os.availableParallelism()).threads;
   const T = r.diffusion.num_train_timesteps;

@@ -11,6 +11,7 @@ export type Leaf =
   | { kind: "devices"; default: string[] | null; nullable?: boolean }
   | { kind: "path"; default: string | null; nullable?: boolean }
   | { kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: number[] | null; nullable?: boolean }
+  | { kind: "stringList"; minLength?: number; default: string[] | null; nullable?: boolean }
   | { kind: "numberPair"; min?: number; max?: number; default: [number, number] };
 
 export interface Group {
@@ -115,6 +116,12 @@ export const recipeSchema: Group = group({
     lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },
     ema_decay: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0 },
     last_step_only: { kind: "bool", default: false },
+    // LoRA adapters on a frozen copy of the teacher (docs/adapters.md §7); rank null: the whole network trains
+    lora: group({
+      rank: { kind: "int", min: 1, max: 4096, default: null, nullable: true },
+      alpha: { kind: "number", min: 0, exclusiveMin: true, default: null, nullable: true },
+      target_modules: { kind: "stringList", minLength: 1, default: null, nullable: true },
+    }),
   }),
   fake_score: group({
     lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },

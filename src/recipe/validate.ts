@@ -101,6 +101,15 @@ function checkLeaf(leaf: Leaf, v: unknown, path: string[], problems: Problem[]):
       }
       return v;
     }
+    case "stringList": {
+      if (!Array.isArray(v)) return bad(`expected a list of strings, got ${describe(v)}`);
+      if (leaf.minLength !== undefined && v.length < leaf.minLength) return bad(`expected at least ${leaf.minLength} entries, got ${v.length}`);
+      for (const [i, x] of v.entries()) {
+        if (typeof x !== "string" || x.trim() === "") return bad(`entry ${i}: expected a non-empty string, got ${describe(x)}`);
+      }
+      if (new Set(v).size !== v.length) return bad("entries must not repeat");
+      return v;
+    }
     case "numberPair": {
       if (!Array.isArray(v) || v.length !== 2) return bad(`expected a list of two numbers, got ${describe(v)}`);
       for (const [i, x] of v.entries()) {

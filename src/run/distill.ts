@@ -60,8 +60,12 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       const teacherDir = String(t.teacher_dir);
       const cacheNote = recipe.data.source === "prompts" && recipe.gan.enabled ? `; the fake score encodes the real images into ${path.join(runDir, "latents")} unless they are there already (progress in its worker log)` : "";
       reporter.phase("setting up generator and fake score", `(initialised from the teacher${cacheNote})`);
-      await Promise.all([cluster.setup("generator", { teacher_dir: teacherDir }), cluster.setup("fake_score", { teacher_dir: teacherDir })]);
+      const [g] = await Promise.all([cluster.setup("generator", { teacher_dir: teacherDir }), cluster.setup("fake_score", { teacher_dir: teacherDir })]);
       await cluster.setup("discriminator", { teacher_dir: teacherDir });
+      if (g.trained_params !== undefined) {
+        const r = recipe.generator.lora;
+        reporter.info(`generator: LoRA rank ${r.rank}, alpha ${r.alpha ?? r.rank}: ${g.trained_params.toLocaleString("en-US")} of ${g.params.toLocaleString("en-US")} parameters train (${((100 * g.trained_params) / g.params).toFixed(1)}%)`);
+      }
 
       let start = 0;
       const metricsFile = path.join(runDir, "metrics.jsonl");

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_module, read_json
-from ..config import GeneratorConfig, parse_recipe
+from ..checkpoint import read_json
+from ..config import GeneratorConfig, lora_spec, parse_recipe
 from ..diffusion import NoiseSchedule, generator_timesteps
-from ..roles.common import x0_function
+from ..roles.common import load_network_state, x0_function
 from ..sampling import ddim_sample, sample_generator
 from ..teacher_training import load_network
 from .spec import EvalInputError, StudentModel, TeacherModel
@@ -111,9 +111,14 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
     teacher_dir = run_dir / "teacher" if recipe.teacher.source == "builtin" else Path(str(recipe.teacher.path))
     net, _ = _load_network(teacher_dir, run_key, device)
     try:
+        spec = lora_spec(recipe)
+        if spec is not None:  # a LoRA student: its checkpoint holds the adapters on the teacher's weights
+            from ..lora import apply_lora
+
+            apply_lora(net, spec, seed=recipe.seed)
         # the EMA of the weights when the run kept one (generator.ema_decay > 0): what dmd2 sample uses too
         ema = checkpoint / "generator.ema.safetensors"
-        load_module(ema if ema.is_file() else checkpoint / "generator.safetensors", net)
+        load_network_state(ema if ema.is_file() else checkpoint / "generator.safetensors", net)
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
     sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator)

@@ -169,10 +169,10 @@ def param_count(*modules: torch.nn.Module) -> int:
 
 
 def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
-                         unet: torch.nn.Module | None = None) -> tuple[torch.nn.Module, NoiseSchedule]:
+                         unet: torch.nn.Module | None = None, lora: Any = None) -> tuple[torch.nn.Module, NoiseSchedule]:
     """Build a trainable copy of the teacher from `teacher_dir` (generator, fake score) and its schedule. With
     text-to-image data the network is a UNet2DConditionNet around `unet` (the folder's UNet, loaded by the caller)
-    or around a UNet loaded here."""
+    or around a UNet loaded here. With `lora` (a lora.LoraSpec) only LoRA adapters on the frozen copy train."""
     if not isinstance(teacher_dir, str) or not teacher_dir:
         raise ValueError(f"{where}: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
     if is_text_recipe(ctx.recipe):
@@ -187,6 +187,10 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
         check_teacher_fits(config, ctx.recipe, teacher_dir)
     net.requires_grad_(True)
     net.train()
+    if lora is not None:
+        from ..lora import apply_lora  # imports peft: only for LoRA students
+
+        apply_lora(net, lora, seed=ctx.recipe.seed)  # before checkpointing, FSDP and precision (docs/adapters.md §7)
     if ctx.gradient_checkpointing:
         enable_gradient_checkpointing(net)
     if ctx.fsdp:
@@ -242,6 +246,25 @@ class RoleBase:
             raise RuntimeError(f"{self.name}.{what}: role {self.name!r} is not set up")
 
 
+def network_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of a trained network: its LoRA adapters only when it has them (lora.lora_state),
+    else its whole state dict. A collective when sharded."""
+    from ..lora import has_lora, lora_state
+
+    return lora_state(net) if has_lora(net) else module_state(net)
+
+
+def load_network_state(path: Path, net: torch.nn.Module) -> None:
+    """Load a file `network_state` wrote: adapters into a LoRA network, else the whole state dict (strict)."""
+    from ..checkpoint import load_tensors
+    from ..lora import has_lora, load_lora_state
+
+    if has_lora(net):
+        load_lora_state(net, load_tensors(path), where=str(path))
+    else:
+        load_module(path, net)
+
+
 class TrainedNetworkState:
     """save/restore for a role that trains `self.net` with `self.optimizer` (docs/protocol.md `save`):
     `<name>.safetensors` plus `<name>.optim.safetensors` / `<name>.optim.json`. Mixed into RoleBase subclasses."""
@@ -251,7 +274,7 @@ class TrainedNetworkState:
         with `writes_files` (rank 0) writes."""
         self.require_ready("save")
         directory = Path(directory)
-        weights, optim = module_state(self.net), optimizer_state(self.optimizer)
+        weights, optim = network_state(self.net), optimizer_state(self.optimizer)
         if not getattr(self, "writes_files", True):
             return []
         return [save_tensors(directory / f"{self.name}.safetensors", weights),
@@ -260,5 +283,5 @@ class TrainedNetworkState:
     def restore(self, directory: Path) -> None:
         self.require_ready("restore")
         directory = Path(directory)
-        load_module(directory / f"{self.name}.safetensors", self.net)
+        load_network_state(directory / f"{self.name}.safetensors", self.net)
         load_optimizer(directory, self.name, self.optimizer)

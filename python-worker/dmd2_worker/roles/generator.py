@@ -23,9 +23,11 @@ from typing import Any
 import torch
 
 from .base import TensorStore, WorkerContext
-from .common import Args, RoleBase, TrainedNetworkState, image_input, load_student_network, param_count, randint, randn, seeded_generator, x0_function
+from .common import (Args, RoleBase, TrainedNetworkState, image_input, load_network_state, load_student_network,
+                     network_state, param_count, randint, randn, seeded_generator, x0_function)
+from ..config import lora_spec
 from .text import is_text_recipe, store_conditioning
-from ..checkpoint import load_module, module_state, save_tensors
+from ..checkpoint import save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
@@ -61,24 +63,32 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             check_text_teacher(teacher_dir, ctx.recipe)
             self.adapter = load_adapter(teacher_dir, ctx.device)
             unet = self.adapter.unet  # trained here as the generator (the adapter never calls it)
-        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup", unet=unet)
+        self.lora = lora_spec(ctx.recipe)  # None: the whole network trains
+        net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup", unet=unet, lora=self.lora)
         self.net = net
         self.schedule = schedule
         self.G = x0_function(net, schedule)
         self.recipe = ctx.recipe
         self.timesteps = list(ctx.recipe.generator.timesteps)
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
-        self.optimizer = build_adamw(net.parameters(), ctx.recipe.generator.lr, ctx.recipe.optim)
+        self.optimizer = build_adamw(self.trained(), ctx.recipe.generator.lr, ctx.recipe.optim)
         self.graph: tuple[torch.Tensor, int | None] | None = None  # (x_gen with grad, its step)
         self.updates = 0
         self.writes_files = ctx.writes_files
         # an exponential moving average of the weights (generator.ema_decay > 0): what sample uses and saves as
-        # generator.ema.safetensors; the raw weights go on training
+        # generator.ema.safetensors; the raw weights go on training (with LoRA: of the adapters)
         decay = ctx.recipe.generator.ema_decay
         self.ema_decay = decay
-        self.ema = [p.detach().clone() for p in net.parameters()] if decay > 0 else None
+        self.ema = [p.detach().clone() for p in self.trained()] if decay > 0 else None
         self.ready = True
-        return {"params": param_count(net)}
+        reply = {"params": param_count(net)}
+        if self.lora is not None:
+            reply["trained_params"] = sum(p.numel() for p in self.trained())
+        return reply
+
+    def trained(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer and the EMA see: all of the network's, or its LoRA adapters'."""
+        return [p for p in self.net.parameters() if p.requires_grad]
 
     # --- ops -------------------------------------------------------------------------------------------------
 
@@ -169,7 +179,7 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         metrics["skipped_nonfinite"] = guarded_step(self.optimizer, lr, metrics, self.recipe.train.on_nonfinite, where, step)
         if self.ema is not None and not metrics["skipped_nonfinite"]:
             with torch.no_grad():
-                for e, p in zip(self.ema, self.net.parameters()):
+                for e, p in zip(self.ema, self.trained()):
                     e.lerp_(p.detach(), 1.0 - self.ema_decay)
         self.updates += 1
         return metrics
@@ -275,15 +285,15 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             return
         self._reshard()
         with torch.no_grad():
-            raw = [p.detach().clone() for p in self.net.parameters()]
-            for p, e in zip(self.net.parameters(), self.ema):
+            raw = [p.detach().clone() for p in self.trained()]
+            for p, e in zip(self.trained(), self.ema):
                 p.copy_(e)
         try:
             yield
         finally:
             self._reshard()
             with torch.no_grad():
-                for p, r in zip(self.net.parameters(), raw):
+                for p, r in zip(self.trained(), raw):
                     p.copy_(r)
 
     def _reshard(self) -> None:
@@ -299,7 +309,7 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             return files
         with self.ema_weights():
             # copies: the state dict's tensors are the parameters themselves, which get the raw weights back
-            ema = {k: v.detach().clone() for k, v in module_state(self.net).items()}  # a collective when sharded
+            ema = {k: v.detach().clone() for k, v in network_state(self.net).items()}  # a collective when sharded
         if not self.writes_files:
             return files
         return [*files, save_tensors(Path(directory) / EMA_FILE, ema)]
@@ -311,7 +321,7 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             path = Path(directory) / EMA_FILE
             if path.is_file():
                 with self.ema_weights():
-                    load_module(path, self.net)
-                    self.ema = [p.detach().clone() for p in self.net.parameters()]
+                    load_network_state(path, self.net)
+                    self.ema = [p.detach().clone() for p in self.trained()]
             else:  # a checkpoint from a run without EMA: start the average at the weights
-                self.ema = [p.detach().clone() for p in self.net.parameters()]
+                self.ema = [p.detach().clone() for p in self.trained()]
