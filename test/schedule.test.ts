@@ -131,3 +131,16 @@ test("text-to-image teachers: the text tensors take cond's place (SDXL: pooled e
     assert.ok(col.every((c) => c.returns.length === 0 && c.attach.length === 0));
   }
 });
+
+test("an image folder without class subfolders is unconditional: no cond is made or routed", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-flat-"));
+  mkdirSync(path.join(dir, "flat", ".cache"), { recursive: true }); // hidden entries do not make classes
+  writeFileSync(path.join(dir, "flat", "0.png"), "");
+  mkdirSync(path.join(dir, "classes", "zero"), { recursive: true });
+  const folder = (name: string) => ({ ...tiny(), data: { ...tiny().data, source: "folder" as const, folder: { ...tiny().data.folder, path: path.join(dir, name) } } });
+  assert.deepEqual(conditioningTensors(folder("classes")), ["cond"]);
+  assert.deepEqual(conditioningTensors(folder("flat")), []);
+  const per = routeTensors(planStep(0, folder("flat")), roleHome(workerLayout("per_role")) as never).flat();
+  assert.deepEqual(per.find((c) => c.role === "generator" && c.op === "generate")!.returns.sort(), ["t_dmd", "x_gen", "x_t_dmd"]);
+  assert.ok(per.every((c) => !c.inputs.includes("cond") && !c.attach.includes("cond")));
+});

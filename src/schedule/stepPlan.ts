@@ -4,6 +4,7 @@
 // in another is returned by its producer and attached, untouched, to the consumer's request. Roles sharing a
 // process exchange nothing through the coordinator.
 
+import { readdirSync } from "node:fs";
 import { textFamily } from "../recipe/teacherFolder.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import {
@@ -42,6 +43,7 @@ const familyOf = new Map<string, ReturnType<typeof textFamily>>();
  * per folder; the recipe check made sure it is a text-to-image pipeline).
  */
 export function conditioningTensors(r: Recipe): string[] {
+  if (r.data.source === "folder") return folderHasClasses(r.data.folder.path) ? ["cond"] : [];
   if (r.data.source !== "prompts") return ["cond"];
   const dir = r.teacher.path;
   if (dir === null) throw new Error("step plan: data.source prompts without teacher.path");
@@ -49,6 +51,27 @@ export function conditioningTensors(r: Recipe): string[] {
   const family = familyOf.get(dir);
   if (family === null || family === undefined) throw new Error(`step plan: ${dir} is not a text-to-image pipeline folder (model_index.json)`);
   return [...TEXT_TENSORS[family]];
+}
+
+const classesOf = new Map<string, boolean>();
+
+/**
+ * Whether an image folder is class-conditional: class subfolders (the rule of dmd2_worker/data/folder.py; hidden
+ * entries skipped) make labels, images directly in it make an unconditional model, which has no `cond` to route.
+ * Read once per folder; an unreadable folder counts as conditional and the worker reports the problem.
+ */
+function folderHasClasses(dir: string | null): boolean {
+  if (dir === null) return true;
+  if (!classesOf.has(dir)) {
+    let found = true;
+    try {
+      found = readdirSync(dir, { withFileTypes: true }).some((e) => e.isDirectory() && !e.name.startsWith("."));
+    } catch {
+      found = true;
+    }
+    classesOf.set(dir, found);
+  }
+  return classesOf.get(dir)!;
 }
 
 export function planStep(step: number, r: Recipe, cond: string[] = conditioningTensors(r)): OpCall[][] {
