@@ -172,6 +172,32 @@ test("distill an SD-1.5-like pipeline with prompts and captioned images, per_rol
   const fromFile = await dmd2(["sample", runDir, "--prompts-file", file, "--out", path.join(work, "sampled-file")]);
   assert.equal(fromFile.exitCode, 0, fromFile.stderr);
   assert.match(fromFile.stderr, /sampling 2 images, 1 step\(s\), seed 0, 2 prompt\(s\)/);
+  // dmd2 export: the stock StableDiffusionPipeline on the export gives dmd2 sample's latents for the same seed and prompts
+  const sampled = path.join(work, "sampled-seed5");
+  assert.equal((await dmd2(["sample", runDir, "--prompt", "a cat", "--prompt", "the dog", "--seed", "5", "--out", sampled])).exitCode, 0);
+  const exported = path.join(work, "exported-sd15");
+  const ex = await dmd2(["export", runDir, "--out", exported]);
+  assert.equal(ex.exitCode, 0, ex.stderr);
+  assert.match(ex.stderr, /exported to .*exported-sd15: timesteps \[999\]/);
+  const compare = [
+    "import json, sys, torch",
+    "from safetensors.torch import load_file",
+    "from diffusers import StableDiffusionPipeline",
+    "out, sampled = sys.argv[1], sys.argv[2]",
+    "ts = json.load(open(out + '/dmd2_student.json'))['timesteps']",
+    "pipe = StableDiffusionPipeline.from_pretrained(out, safety_checker=None, requires_safety_checker=False)",
+    "lat = pipe(['a cat', 'the dog'], timesteps=ts, guidance_scale=1.0, output_type='latent', height=16, width=16, generator=torch.Generator().manual_seed(5)).images",
+    "ours = load_file(sampled + '/samples.safetensors')['latents']",
+    "print(type(pipe.scheduler).__name__, float((lat - ours).abs().max()), float(ours.abs().max()))",
+  ].join("\n");
+  const py = await execa(projectPython, ["-c", compare, exported, sampled], { env, reject: false });
+  assert.equal(py.exitCode, 0, py.stderr);
+  const [scheduler, diff, size] = py.stdout.trim().split("\n").pop()!.split(" ");
+  assert.equal(scheduler, "LCMScheduler");
+  assert.ok(Number(diff) < 1e-4 && Number(size) > 0.1, py.stdout);
+  const again = await dmd2(["export", runDir, "--out", exported]);
+  assert.equal(again.exitCode, 2);
+  assert.equal(again.stderr.trim(), `error: --out ${exported} exists and is not empty (add --force to replace it, or give another folder)`);
   const classes = await dmd2(["sample", runDir, "--classes", "1"]);
   assert.equal(classes.exitCode, 2);
   assert.equal(classes.stderr.trim(), "error: --classes: this run's generator is conditioned on text (data.source prompts); give --prompt or --prompts-file instead");
@@ -200,6 +226,10 @@ test("a LoRA student of an SDXL-like pipeline: only the adapters train and are s
   assert.ok(bMax > 1e-5, `lora_B max |w| ${bMax}`);
   // the fake score trains the whole network as before
   assert.ok([...readSafetensors(path.join(checkpoint(runDir, 4), "fake_score.safetensors")).keys()].some((k) => !k.includes("lora")));
+  const loraOut = path.join(work, "exported-lora");
+  const ex = await dmd2(["export", runDir, "--out", loraOut, "--lora"]);
+  assert.equal(ex.exitCode, 0, ex.stderr);
+  assert.deepEqual(readdirSync(loraOut).sort(), ["README.md", "dmd2_student.json", "pytorch_lora_weights.safetensors"]);
   const out = path.join(work, "sampled-lora");
   const s = await dmd2(["sample", runDir, "--prompt", "a cat", "--num", "2", "--out", out]);
   assert.equal(s.exitCode, 0, s.stderr);

@@ -120,6 +120,21 @@ export function buildProgram(): Command {
 
   outputOptions(
     program
+      .command("export")
+      .description("write a run's distilled generator as a diffusers folder (the teacher's pipeline with the student's UNet and a scheduler that samples it) or, with --lora, a LoRA file")
+      .argument("<run_dir>", "the run folder of a dmd2 distill run whose teacher is a diffusers folder")
+      .requiredOption("--out <dir>", "the folder to write")
+      .option("--checkpoint <name>", "checkpoint folder name (step-00000200) or step number; default: the newest")
+      .option("--lora", "write only the LoRA adapters (pytorch_lora_weights.safetensors) of a LoRA student")
+      .option("--force", "replace --out if it exists")
+      .addHelpText("after", "\nExamples:\n  dmd2 export runs/digits --out exports/digits-4step\n  dmd2 export runs/sdxl-4step-lora --out exports/sdxl-lora --lora"),
+  ).action(async (runDir: string, opts: OutputFlags & { out: string; checkpoint?: string; lora?: boolean; force?: boolean }) => {
+    const { exportCommand } = await import("./commands/export.js");
+    process.exitCode = await exportCommand(runDir, opts, reporterFor(opts));
+  });
+
+  outputOptions(
+    program
       .command("train-teacher")
       .description("train a diffusion teacher (a diffusers UNet2DModel) on a data source; writes a folder distill reads with teacher.source: diffusers")
       .argument("<recipe>", "teacher recipe YAML file, e.g. recipes/digits-teacher.yaml")

@@ -1,0 +1,231 @@
+"""`python -m dmd2_worker.export <spec.json>` (docs/cli.md `dmd2 export`): a run's distilled generator as a folder
+a stock diffusers pipeline loads.
+
+Spec: {"run_dir": str, "checkpoint": str (a checkpoint folder), "out": str, "lora": bool}.
+
+- Full export: a copy of the teacher's folder (files hard-linked where the file system allows, else copied) with the
+  student's UNet in `unet/` (the EMA weights when the run kept them; a LoRA student's adapters merged in) and an
+  `LCMScheduler` in `scheduler/` (model_index.json updated). LCMScheduler samples the way the generator does: predict
+  x0, re-noise it to the next timestep with fresh noise drawn from the pipeline's generator; its boundary scalings
+  c_skip = 0.25 / ((t * s)^2 + 0.25) and c_out are made exact to float precision by `timestep_scaling` s = 1e4 (the
+  default 10 would leave c_skip = 4e-7 at t = 249). Given the student's timesteps
+  (`pipe(..., timesteps=[...])`), the same seed and prompt, the stock pipeline reproduces `dmd2 sample`.
+- `lora`: only `pytorch_lora_weights.safetensors` for `pipeline.load_lora_weights` on the teacher's pipeline
+  (lora.export_lora), for a LoRA student of a Stable Diffusion teacher.
+
+Both write `dmd2_student.json` (timesteps, source run and checkpoint) and a README.md model card, into a temporary
+folder beside `out` that is renamed to `out` at the end, so a failure leaves no half-written export.
+
+JSON lines on stdout: {"event": "progress", "message"} then {"event": "done", "out", "timesteps", "files"}; on
+failure {"event": "error", "message", "key"} and exit status 2 (bad input) or 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import Recipe, lora_spec, parse_recipe
+
+USAGE = "usage: python -m dmd2_worker.export <spec.json>"
+STUDENT_FILE = "dmd2_student.json"
+EMA_FILE = "generator.ema.safetensors"
+TIMESTEP_SCALING = 10000.0
+
+
+class ExportError(ValueError):
+    """Bad input: one line naming the run folder, checkpoint or option."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tuple[torch.nn.Module, str, bool]:
+    """The generator of `checkpoint` rebuilt on the teacher's UNet: (network with `.unet`, family, EMA used)."""
+    from .adapters.registry import family_of
+    from .roles.common import load_network_state
+
+    family = family_of(teacher_dir)
+    if family == "unet2d":
+        from .teacher_training import load_network
+
+        net, _ = load_network(teacher_dir)
+    else:
+        from .models.unet2d_condition import UNet2DConditionNet
+        from .roles.text import load_text_unet
+
+        net = UNet2DConditionNet(load_text_unet(teacher_dir, torch.device("cpu")))
+    spec = lora_spec(recipe)
+    if spec is not None:
+        from .lora import apply_lora
+
+        apply_lora(net, spec, seed=recipe.seed)
+    ema = checkpoint / EMA_FILE
+    weights = ema if ema.is_file() else checkpoint / "generator.safetensors"
+    if not weights.is_file():
+        raise ExportError(f"{checkpoint}: no generator.safetensors (an incomplete checkpoint?)", "checkpoint")
+    load_network_state(weights, net)
+    return net.eval(), family, ema.is_file()
+
+
+def lcm_scheduler_config(teacher_dir: Path) -> dict[str, Any]:
+    """The teacher's noise schedule as an LCMScheduler config (the student samples on the teacher's schedule)."""
+    from diffusers import LCMScheduler
+
+    from .adapters.base import read_scheduler_config
+
+    cfg = read_scheduler_config(teacher_dir)
+    keep = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
+                                "trained_betas") if k in cfg}
+    scheduler = LCMScheduler(**keep, clip_sample=False, set_alpha_to_one=False, thresholding=False,
+                             timestep_scaling=TIMESTEP_SCALING)
+    return dict(scheduler.config)
+
+
+def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path, checkpoint: Path, ema: bool,
+               lora: bool) -> str:
+    ts = ", ".join(map(str, timesteps))
+    n = len(timesteps)
+    kind = {"unet2d": "UNet2DModel", "sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}[family]
+    lines = [f"# {recipe.name}: a {n}-step student distilled with dmd2 (DMD2)", "",
+             f"- teacher: `{recipe.teacher.path}` ({kind})",
+             f"- run: `{run_dir}`, checkpoint `{checkpoint.name}`{' (EMA weights)' if ema else ''}",
+             f"- sampling: {n} step(s) at timesteps [{ts}], no classifier-free guidance (it is distilled in: "
+             f"real_guidance_scale {recipe.dmd.real_guidance_scale})", ""]
+    if lora:
+        lines += ["This folder holds LoRA adapters for the teacher's pipeline. Sample with:", "", "```python",
+                  "import torch", "from diffusers import DiffusionPipeline, LCMScheduler",
+                  f"pipe = DiffusionPipeline.from_pretrained(\"{recipe.teacher.path}\")",
+                  "pipe.load_lora_weights(\"<this folder>\", weight_name=\"pytorch_lora_weights.safetensors\")",
+                  f"pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, timestep_scaling={TIMESTEP_SCALING:g})",
+                  f"image = pipe(\"a photo of a cat\", timesteps=[{ts}], guidance_scale=1.0,",
+                  "             generator=torch.Generator().manual_seed(0)).images[0]", "```", ""]
+    elif family == "unet2d":
+        cond = ", class_labels=labels"
+        lines += ["A diffusers folder: `unet/` is the student, `scheduler/` an LCMScheduler that samples as it was "
+                  "trained (x0 prediction, re-noised with fresh noise). Sample with:", "", "```python",
+                  "import torch", "from diffusers import LCMScheduler, UNet2DModel",
+                  "unet = UNet2DModel.from_pretrained(\"<this folder>\", subfolder=\"unet\")",
+                  "scheduler = LCMScheduler.from_pretrained(\"<this folder>\", subfolder=\"scheduler\")",
+                  f"scheduler.set_timesteps(timesteps=[{ts}])",
+                  "g = torch.Generator().manual_seed(0)",
+                  "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)",
+                  "labels = torch.arange(16) % 10  # class-conditional students: the classes to draw (else drop class_labels)",
+                  "for t in scheduler.timesteps:",
+                  f"    eps = unet(x, t{cond}).sample",
+                  "    x = scheduler.step(eps, t, x, generator=g).prev_sample",
+                  "images = (x.clamp(-1, 1) + 1) / 2", "```", ""]
+    else:
+        lines += ["A diffusers pipeline folder with the student as its UNet and an LCMScheduler that samples as it "
+                  "was trained. Sample with:", "", "```python", "import torch",
+                  "from diffusers import DiffusionPipeline", "pipe = DiffusionPipeline.from_pretrained(\"<this folder>\")",
+                  f"image = pipe(\"a photo of a cat\", timesteps=[{ts}], guidance_scale=1.0,",
+                  "             generator=torch.Generator().manual_seed(0)).images[0]", "```", "",
+                  "With the same seed and prompt this gives the images `dmd2 sample` gives."]
+    return "\n".join(lines) + "\n"
+
+
+def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    run_dir, checkpoint, out = Path(spec["run_dir"]), Path(spec["checkpoint"]), Path(spec["out"])
+    want_lora = bool(spec.get("lora", False))
+    recipe = parse_recipe(json.loads((run_dir / "recipe.resolved.json").read_text(encoding="utf-8")))
+    if recipe.teacher.source != "diffusers" or not recipe.teacher.path:
+        raise ExportError(f"{run_dir}: its teacher is the built-in network, not a diffusers model; export needs a "
+                          f"run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)", "run_dir")
+    teacher_dir = Path(recipe.teacher.path)
+    if not teacher_dir.is_dir():
+        raise ExportError(f"the run's teacher folder {teacher_dir} does not exist (teacher.path of "
+                          f"{run_dir / 'recipe.resolved.json'}; put the teacher back there)", "teacher.path")
+    spec_lora = lora_spec(recipe)
+    if want_lora and spec_lora is None:
+        raise ExportError(f"--lora: {run_dir} trained the whole network (generator.lora.rank is null); drop --lora "
+                          f"for a full export", "lora")
+    log(f"loading the generator of {checkpoint.name} on the teacher {teacher_dir}")
+    net, family, ema = student_network(recipe, teacher_dir, checkpoint)
+    if want_lora and family == "unet2d":
+        raise ExportError("--lora: diffusers has no LoRA loader for UNet2DModel pipelines; drop --lora for a full "
+                          "export (the adapters merged into the UNet)", "lora")
+    timesteps = [int(t) for t in recipe.generator.timesteps]
+
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if want_lora:
+            from .lora import LORA_WEIGHT_NAME, export_lora
+
+            tmp.mkdir(parents=True)
+            export_lora(net, tmp / LORA_WEIGHT_NAME, spec_lora)
+        else:
+            log(f"copying {teacher_dir} (hard links where possible)")
+            shutil.copytree(teacher_dir, tmp, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns("unet", "scheduler", STUDENT_FILE, "README.md"))
+            unet = net.unet
+            if spec_lora is not None:
+                from .lora import merge_lora
+
+                unet = merge_lora(net)
+            log("writing the student's UNet")
+            unet.save_pretrained(tmp / "unet")
+            scheduler_cfg = lcm_scheduler_config(teacher_dir)
+            (tmp / "scheduler").mkdir()
+            (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_cfg, indent=2) + "\n")
+            index = tmp / "model_index.json"
+            if index.is_file():
+                model_index = json.loads(index.read_text(encoding="utf-8"))
+                model_index["scheduler"] = ["diffusers", "LCMScheduler"]
+                index.unlink()  # may be a hard link to the teacher's file: never write through it
+                index.write_text(json.dumps(model_index, indent=2) + "\n")
+        student = {"format": "dmd2-student", "version": 1, "timesteps": timesteps, "steps": len(timesteps),
+                   "run_dir": str(run_dir), "checkpoint": checkpoint.name, "ema": ema, "lora": want_lora,
+                   "teacher": str(teacher_dir), "family": family}
+        (tmp / STUDENT_FILE).write_text(json.dumps(student, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(recipe, family, timesteps, run_dir, checkpoint, ema, want_lora))
+        if out.exists():
+            shutil.rmtree(out)  # the CLI only gets here with --force (or an empty folder)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return {"out": str(out), "timesteps": timesteps, "files": files, "family": family, "ema": ema}
+
+
+def emit(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if len(args) != 1:
+            raise ExportError(USAGE)
+        spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+        result = export(spec, lambda m: emit({"event": "progress", "message": m}))
+        emit({"event": "done", **result})
+        return 0
+    except ExportError as e:
+        emit({"event": "error", "message": " ".join(str(e).split()), "key": e.key})
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line for the caller, the traceback on stderr
+        traceback.print_exc(file=sys.stderr)
+        emit({"event": "error", "message": " ".join(f"{type(e).__name__}: {e}".split())[:500], "key": None})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

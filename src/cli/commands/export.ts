@@ -1,0 +1,63 @@
+// `dmd2 export <run_dir> --out DIR [--checkpoint NAME] [--lora] [--force]`: the run's distilled generator as a folder
+// a stock diffusers pipeline loads (python -m dmd2_worker.export; docs/cli.md). Checks what it can before Python
+// starts: the run folder, the checkpoint (verified against its manifest), the output folder.
+
+import { existsSync, readdirSync, statSync } from "node:fs";
+import path from "node:path";
+import { UsageError } from "../../errors.js";
+import { verifyCheckpoint } from "../../run/checkpoints.js";
+import { runPythonJob } from "../../run/pythonJob.js";
+import type { Reporter } from "../../run/reporter.js";
+import { pickCheckpoint, readRunRecipe } from "../../run/sample.js";
+import { resolvePython } from "../../workers/python.js";
+import { onInterrupt } from "../interrupt.js";
+
+export interface ExportFlags {
+  out: string;
+  checkpoint?: string;
+  lora?: boolean;
+  force?: boolean;
+  json?: boolean;
+}
+
+export async function exportCommand(runDir: string, flags: ExportFlags, reporter: Reporter): Promise<number> {
+  const recipe = readRunRecipe(runDir);
+  if (recipe.teacher.source !== "diffusers") {
+    throw new UsageError(`${runDir}: its teacher is the built-in network, not a diffusers model; export needs a run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)`);
+  }
+  if (flags.lora && recipe.generator.lora.rank === null) {
+    throw new UsageError(`--lora: ${runDir} trained the whole network (generator.lora.rank is null); drop --lora for a full export`);
+  }
+  const checkpoint = pickCheckpoint(runDir, flags.checkpoint);
+  const bad = verifyCheckpoint(checkpoint);
+  if (bad.length > 0) throw new UsageError(`${checkpoint} is damaged: ${bad.join(", ")} (export another --checkpoint)`);
+  const out = path.resolve(flags.out);
+  if (existsSync(out)) {
+    if (!statSync(out).isDirectory()) throw new UsageError(`--out ${flags.out} is a file (give a folder to create)`);
+    if (readdirSync(out).length > 0 && !flags.force) throw new UsageError(`--out ${flags.out} exists and is not empty (add --force to replace it, or give another folder)`);
+  }
+  reporter.phase("exporting", `${path.basename(checkpoint)} of ${runDir} to ${flags.out}${flags.lora ? " (LoRA adapters)" : ""}`);
+  const interrupt = onInterrupt(reporter, "stopping the export");
+  try {
+    const outcome = await runPythonJob({
+      python: resolvePython(recipe.python ?? null),
+      module: "dmd2_worker.export",
+      spec: { run_dir: path.resolve(runDir), checkpoint, out, lora: flags.lora === true },
+      finalEvent: "done",
+      signal: interrupt.signal,
+      onEvent: (e) => (e.event === "progress" ? reporter.info(String(e.message)) : reporter.debug(JSON.stringify(e))),
+      onText: (line) => reporter.debug(line),
+    });
+    if (outcome.interrupted) {
+      reporter.info("interrupted: nothing exported");
+      return 130;
+    }
+    const { event: _event, ...result } = outcome.final;
+    const timesteps = (result.timesteps as number[]).join(", ");
+    if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
+    else reporter.info(`exported to ${flags.out}: timesteps [${timesteps}]; ${path.join(flags.out, "README.md")} says how to sample it`);
+    return 0;
+  } finally {
+    interrupt.dispose();
+  }
+}
