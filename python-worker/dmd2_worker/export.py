@@ -8,8 +8,9 @@ Spec: {"run_dir": str, "checkpoint": str (a checkpoint folder), "out": str, "lor
   `LCMScheduler` in `scheduler/` (model_index.json updated). LCMScheduler samples the way the generator does: predict
   x0, re-noise it to the next timestep with fresh noise drawn from the pipeline's generator; its boundary scalings
   c_skip = 0.25 / ((t * s)^2 + 0.25) and c_out are made exact to float precision by `timestep_scaling` s = 1e4 (the
-  default 10 would leave c_skip = 4e-7 at t = 249). Given the student's timesteps
-  (`pipe(..., timesteps=[...])`), the same seed and prompt, the stock pipeline reproduces `dmd2 sample`.
+  default 10 leaves c_skip = 1.1e-7 at t = 149 and 2.5e-3 at t = 1; with 1e4, under 1e-8 for every t >= 1). Given
+  the student's timesteps (`pipe(..., timesteps=[...])`), the same seed and prompt, the stock pipeline reproduces
+  `dmd2 sample`; `original_inference_steps` = T makes `num_inference_steps=N` give the timesteps T-1 - i T/N.
 - `lora`: only `pytorch_lora_weights.safetensors` for `pipeline.load_lora_weights` on the teacher's pipeline
   (lora.export_lora), for a LoRA student of a Stable Diffusion teacher.
 
@@ -92,8 +93,12 @@ def lcm_scheduler_config(teacher_dir: Path) -> dict[str, Any]:
     cfg = read_scheduler_config(teacher_dir)
     keep = {k: cfg[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type",
                                 "trained_betas") if k in cfg}
+    # original_inference_steps = T: LCM's "original schedule" is then every timestep 0..T-1, so custom timesteps are
+    # taken without its "not on the original training/distillation timestep schedule" warning, and
+    # set_timesteps(num_inference_steps=N) gives T-1 - i*T/N ([999, 749, 499, 249] for N = 4 of 1000; [999] for 1)
     scheduler = LCMScheduler(**keep, clip_sample=False, set_alpha_to_one=False, thresholding=False,
-                             timestep_scaling=TIMESTEP_SCALING)
+                             timestep_scaling=TIMESTEP_SCALING,
+                             original_inference_steps=int(cfg.get("num_train_timesteps", 1000)))
     return dict(scheduler.config)
 
 

@@ -8,7 +8,7 @@ import { UsageError } from "../../errors.js";
 import { verifyCheckpoint } from "../../run/checkpoints.js";
 import { runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
-import { pickCheckpoint, readRunRecipe } from "../../run/sample.js";
+import { pickCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
 import { resolvePython } from "../../workers/python.js";
 import { onInterrupt } from "../interrupt.js";
 
@@ -28,6 +28,7 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
   if (flags.lora && recipe.generator.lora.rank === null) {
     throw new UsageError(`--lora: ${runDir} trained the whole network (generator.lora.rank is null); drop --lora for a full export`);
   }
+  runTeacherDir(recipe); // the export copies the teacher's folder: it must still be at teacher.path (same line as dmd2 sample)
   const checkpoint = pickCheckpoint(runDir, flags.checkpoint);
   const bad = verifyCheckpoint(checkpoint);
   if (bad.length > 0) throw new UsageError(`${checkpoint} is damaged: ${bad.join(", ")} (export another --checkpoint)`);
