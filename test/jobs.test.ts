@@ -181,7 +181,8 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
     { label: "teacher", kind: "teacher", path: evalTeacher, steps: [1, 2, 4, 10, 25, 50], guidance_scale: 1 },
     { label: "student", kind: "student", run_dir: run, steps: [1, 2, 4] },
   ]);
-  assert.deepEqual(spec.data, digits);
+  // the data group as the worker parses it: keys added since (data.prompts) get their defaults
+  assert.deepEqual(spec.data, { ...digits, prompts: { file: null, images: null } });
   assert.deepEqual([spec.n, spec.seed, spec.batch_size, spec.device, spec.torch_threads, spec.features, spec.cache_dir], [64, 3, 64, "cpu", 3, { kind: "classifier" }, null]);
   assert.deepEqual(spec.picture, { path: picture, rows: [["real"], ["teacher", 50], ["student", 1], ["student", 4]], classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] });
   assert.equal(

@@ -4,7 +4,7 @@
 // with a manifest is complete. Retention removes the oldest complete ones beyond keep_last.
 
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 
 export interface ManifestFile {
@@ -57,6 +57,19 @@ export function readManifest(dir: string): Manifest {
   return JSON.parse(readFileSync(path.join(dir, "manifest.json"), "utf8")) as Manifest;
 }
 
+/** sha256 of a file read in 8 MiB chunks: a whole-file read fails above 2 GiB (an SD 1.5 UNet is 3.4 GB). */
+export function sha256OfFile(file: string): string {
+  const hash = createHash("sha256");
+  const buf = Buffer.allocUnsafe(8 << 20);
+  const fd = openSync(file, "r");
+  try {
+    for (let n = readSync(fd, buf, 0, buf.length, null); n > 0; n = readSync(fd, buf, 0, buf.length, null)) hash.update(buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
+}
+
 /** Files whose size or sha256 differ from the manifest (empty: intact). */
 export function verifyCheckpoint(dir: string): string[] {
   const m = readManifest(dir);
@@ -67,8 +80,7 @@ export function verifyCheckpoint(dir: string): string[] {
       bad.push(`${f.name} (missing)`);
       continue;
     }
-    const buf = readFileSync(p);
-    if (buf.length !== f.bytes || createHash("sha256").update(buf).digest("hex") !== f.sha256) bad.push(`${f.name} (checksum mismatch)`);
+    if (statSync(p).size !== f.bytes || sha256OfFile(p) !== f.sha256) bad.push(`${f.name} (checksum mismatch)`);
   }
   return bad;
 }
