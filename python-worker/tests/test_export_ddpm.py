@@ -1,0 +1,67 @@
+"""dmd2 export of an unconditional UNet2DModel student: the stock `DDPMPipeline` on the export (its own __call__, no
+loop written by hand) gives dmd2's own student sampling for the same seed, when the student's timesteps are the
+default ones from 999, which `num_inference_steps` alone selects in the exported LCMScheduler. (Class-conditional
+students and other timesteps: DDPMPipeline takes neither class labels nor timesteps; test_export.py and
+test/export.test.ts check the model card's scheduler loop for those.)"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, LCMScheduler, UNet2DModel
+
+from conftest import make_tiny_recipe
+from dmd2_worker.checkpoint import save_tensors, write_json
+from dmd2_worker.config import DiffusionConfig, recipe_to_dict
+from dmd2_worker.diffusion import NoiseSchedule
+from dmd2_worker.export import export
+from dmd2_worker.models.unet2d import teacher_unet_config
+from dmd2_worker.roles.common import network_state, x0_function
+from dmd2_worker.sampling import sample_generator
+from dmd2_worker.teacher_folder import write_teacher_folder
+from dmd2_worker.teacher_training import load_network
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_type):
+    torch.manual_seed(0)
+    diffusion = DiffusionConfig(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                beta_end=0.012, prediction_type=prediction_type)
+    cfg = teacher_unet_config(image_shape=(3, 8, 8), block_out_channels=[8, 16], layers_per_block=1,
+                              norm_num_groups=8, num_classes=None)
+    teacher = write_teacher_folder(tmp_path / "teacher", UNet2DModel(**cfg), diffusion, None, {}, {})
+    student, _ = load_network(teacher)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    timesteps = [999, 749, 499, 249]
+    recipe = make_tiny_recipe(tmp_path / "run", teacher__source="diffusers", teacher__path=str(teacher),
+                              generator__steps=4, generator__timesteps=timesteps, generator__conditioning_timestep=999)
+    run = Path(recipe.run_dir)
+    checkpoint = run / "checkpoints" / "step-00000002"
+    checkpoint.mkdir(parents=True)
+    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
+    save_tensors(checkpoint / "generator.safetensors", network_state(student))
+    out = tmp_path / "export"
+    export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, lambda m: None)
+
+    pipe = DDPMPipeline.from_pretrained(out)
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    images = pipe(batch_size=3, generator=torch.Generator().manual_seed(4), num_inference_steps=4,
+                  output_type="np").images
+    assert pipe.scheduler.timesteps.tolist() == timesteps
+    schedule = NoiseSchedule.from_config(diffusion)
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        ours = sample_generator(x0_function(student, schedule), z, None, timesteps, schedule, g)
+    # DDPMPipeline's output: (x / 2 + 0.5) clamped to [0, 1], channels last
+    want = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert images.shape == want.shape
+    assert np.allclose(images, want, atol=1e-5), float(np.abs(images - want).max())
+    assert 0.05 < float(want.std())  # not a blank image
