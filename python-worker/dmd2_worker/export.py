@@ -18,13 +18,15 @@ Both write `dmd2_student.json` (timesteps, source run and checkpoint) and a READ
 folder beside `out` that is renamed to `out` at the end, so a failure leaves no half-written export.
 
 JSON lines on stdout: {"event": "progress", "message"} then {"event": "done", "out", "timesteps", "files"}; on
-failure {"event": "error", "message", "key"} and exit status 2 (bad input) or 1.
+failure {"event": "error", "message", "key"} and exit status 2 (bad input) or 1; 130 after SIGTERM (the CLI's Ctrl-C),
+the temporary folder removed.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -214,8 +216,19 @@ def emit(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (what the CLI sends on Ctrl-C) raises KeyboardInterrupt, so that `export` removes its temporary
+    folder instead of the process ending with it half-written beside `out`."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    stop_on_sigterm()
     try:
         if len(args) != 1:
             raise ExportError(USAGE)
@@ -230,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         emit({"event": "error", "message": " ".join(f"{type(e).__name__}: {e}".split())[:500], "key": None})
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -65,3 +65,41 @@ def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_t
     assert images.shape == want.shape
     assert np.allclose(images, want, atol=1e-5), float(np.abs(images - want).max())
     assert 0.05 < float(want.std())  # not a blank image
+
+
+def test_an_interrupted_export_leaves_nothing(tmp_path):
+    """SIGTERM (the CLI's Ctrl-C) while the folder is being written: no `out`, no temporary folder beside it."""
+    import os
+    import signal
+
+    from dmd2_worker.export import stop_on_sigterm
+
+    diffusion = DiffusionConfig(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                                beta_end=0.012, prediction_type="epsilon")
+    cfg = teacher_unet_config(image_shape=(1, 8, 8), block_out_channels=[8, 16], layers_per_block=1,
+                              norm_num_groups=8, num_classes=None)
+    teacher = write_teacher_folder(tmp_path / "teacher", UNet2DModel(**cfg), diffusion, None, {}, {})
+    student, _ = load_network(teacher)
+    recipe = make_tiny_recipe(tmp_path / "run", teacher__source="diffusers", teacher__path=str(teacher))
+    run = Path(recipe.run_dir)
+    checkpoint = run / "checkpoints" / "step-00000002"
+    checkpoint.mkdir(parents=True)
+    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
+    save_tensors(checkpoint / "generator.safetensors", network_state(student))
+    out = tmp_path / "exports" / "x"
+    seen: list[str] = []
+
+    def log(message: str) -> None:
+        seen.append(message)
+        if message.startswith("writing the student's UNet"):  # the teacher's files are already copied
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = signal.getsignal(signal.SIGTERM)
+    stop_on_sigterm()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, log)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert any(m.startswith("writing the student's UNet") for m in seen)
+    assert list((tmp_path / "exports").iterdir()) == []
