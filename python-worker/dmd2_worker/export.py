@@ -100,14 +100,27 @@ def lcm_scheduler_config(teacher_dir: Path) -> dict[str, Any]:
     # set_timesteps(num_inference_steps=N) gives T-1 - i*T/N ([999, 749, 499, 249] for N = 4 of 1000; [999] for 1)
     scheduler = LCMScheduler(**keep, clip_sample=False, set_alpha_to_one=False, thresholding=False,
                              timestep_scaling=TIMESTEP_SCALING,
-                             original_inference_steps=int(cfg.get("num_train_timesteps", 1000)))
+                             original_inference_steps=int(cfg.get("num_train_timesteps", 1000)),
+                             # unused by LCMScheduler; 1 spares the SD pipelines' "outdated config" FutureWarning
+                             steps_offset=1)
     return dict(scheduler.config)
 
 
+def default_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
+    """What the exported LCMScheduler's `set_timesteps(num_inference_steps=steps)` gives (original_inference_steps = T):
+    T-1 - floor(i T / N), e.g. [999, 749, 499, 249] for 4 of 1000."""
+    T = num_train_timesteps
+    return [T - 1 - (i * T) // steps for i in range(steps)]
+
+
 def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path, checkpoint: Path, ema: bool,
-               lora: bool) -> str:
+               lora: bool, num_classes: int | None = None) -> str:
+    """README.md of the export. Its Python block runs as it stands once `<this folder>` is replaced by the export's
+    path (tests/test_export_card.py runs it)."""
     ts = ", ".join(map(str, timesteps))
     n = len(timesteps)
+    T = recipe.diffusion.num_train_timesteps
+    by_steps = timesteps == default_timesteps(n, T)
     kind = {"unet2d": "UNet2DModel", "sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}[family]
     lines = [f"# {recipe.name}: a {n}-step student distilled with dmd2 (DMD2)", "",
              f"- teacher: `{recipe.teacher.path}` ({kind})",
@@ -119,31 +132,45 @@ def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path,
                   "import torch", "from diffusers import DiffusionPipeline, LCMScheduler",
                   f"pipe = DiffusionPipeline.from_pretrained(\"{recipe.teacher.path}\")",
                   "pipe.load_lora_weights(\"<this folder>\", weight_name=\"pytorch_lora_weights.safetensors\")",
-                  f"pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, timestep_scaling={TIMESTEP_SCALING:g})",
+                  "pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, "
+                  f"timestep_scaling={TIMESTEP_SCALING:g},",
+                  f"                                           original_inference_steps={T})",
                   f"image = pipe(\"a photo of a cat\", timesteps=[{ts}], guidance_scale=1.0,",
                   "             generator=torch.Generator().manual_seed(0)).images[0]", "```", ""]
     elif family == "unet2d":
-        cond = ", class_labels=labels"
+        labels = ", class_labels=labels" if num_classes else ""
         lines += ["A diffusers folder: `unet/` is the student, `scheduler/` an LCMScheduler that samples as it was "
-                  "trained (x0 prediction, re-noised with fresh noise). Sample with:", "", "```python",
+                  "trained (x0 prediction, re-noised with fresh noise from the same generator). Sample 16 images "
+                  "with:", "", "```python",
                   "import torch", "from diffusers import LCMScheduler, UNet2DModel",
                   "unet = UNet2DModel.from_pretrained(\"<this folder>\", subfolder=\"unet\")",
                   "scheduler = LCMScheduler.from_pretrained(\"<this folder>\", subfolder=\"scheduler\")",
                   f"scheduler.set_timesteps(timesteps=[{ts}])",
                   "g = torch.Generator().manual_seed(0)",
-                  "x = torch.randn(16, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)",
-                  "labels = torch.arange(16) % 10  # class-conditional students: the classes to draw (else drop class_labels)",
-                  "for t in scheduler.timesteps:",
-                  f"    eps = unet(x, t{cond}).sample",
-                  "    x = scheduler.step(eps, t, x, generator=g).prev_sample",
-                  "images = (x.clamp(-1, 1) + 1) / 2", "```", ""]
+                  "size = unet.config.sample_size",
+                  "x = torch.randn(16, unet.config.in_channels, size, size, generator=g)"]
+        if num_classes:
+            lines += [f"labels = torch.arange(16) % {num_classes}  # the class of each image, 0..{num_classes - 1}"]
+        lines += ["with torch.no_grad():",
+                  "    for t in scheduler.timesteps:",
+                  f"        out = unet(x, t{labels}).sample",
+                  "        x = scheduler.step(out, t, x, generator=g).prev_sample",
+                  "images = (x.clamp(-1, 1) + 1) / 2  # (16, C, H, W) in [0, 1]", "```", "",
+                  "With the same seed this gives the images `dmd2 sample --num 16 --seed 0` gives."]
+        if not num_classes and by_steps:
+            lines += ["The stock pipeline does the same: `DDPMPipeline.from_pretrained(\"<this folder>\")(batch_size=16, "
+                      f"num_inference_steps={n}, generator=torch.Generator().manual_seed(0))`."]
+        elif num_classes:
+            lines += ["(No stock diffusers pipeline takes class labels, hence the loop.)"]
     else:
+        call = f"num_inference_steps={n}" if by_steps else f"timesteps=[{ts}]"
         lines += ["A diffusers pipeline folder with the student as its UNet and an LCMScheduler that samples as it "
                   "was trained. Sample with:", "", "```python", "import torch",
                   "from diffusers import DiffusionPipeline", "pipe = DiffusionPipeline.from_pretrained(\"<this folder>\")",
-                  f"image = pipe(\"a photo of a cat\", timesteps=[{ts}], guidance_scale=1.0,",
+                  f"image = pipe(\"a photo of a cat\", {call}, guidance_scale=1.0,",
                   "             generator=torch.Generator().manual_seed(0)).images[0]", "```", "",
-                  "With the same seed and prompt this gives the images `dmd2 sample` gives."]
+                  "With the same seed and prompt this gives the images `dmd2 sample` gives"
+                  + (f" (`timesteps=[{ts}]` does the same)." if by_steps else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +228,8 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                    "run_dir": str(run_dir), "checkpoint": checkpoint.name, "ema": ema, "lora": want_lora,
                    "teacher": str(teacher_dir), "family": family}
         (tmp / STUDENT_FILE).write_text(json.dumps(student, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(recipe, family, timesteps, run_dir, checkpoint, ema, want_lora))
+        (tmp / "README.md").write_text(model_card(recipe, family, timesteps, run_dir, checkpoint, ema, want_lora,
+                                                  getattr(net, "num_classes", None)))
         if out.exists():
             shutil.rmtree(out)  # the CLI only gets here with --force (or an empty folder)
         tmp.rename(out)
