@@ -11,6 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
+import { loadRecipe } from "../src/recipe/load.js";
 import { cliEntry, projectPython, projectRoot } from "./helpers.js";
 
 const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-export-"));
@@ -127,6 +128,12 @@ test("export: bad input is one line, exit 2, and leaves no half-written folder",
   mkdirSync(path.join(work, "fresh-run"));
   writeFileSync(path.join(work, "fresh-run", "recipe.resolved.json"), readFileSync(path.join(runDir, "recipe.resolved.json")));
   await one([path.join(work, "fresh-run"), "--out", out], /^error: \S+fresh-run has no complete checkpoint yet \(run dmd2 distill first/);
+  // a run of the built-in teacher (recipes/tiny.yaml): its network is not a diffusers model
+  const builtin = path.join(work, "builtin-run");
+  mkdirSync(builtin);
+  writeFileSync(path.join(builtin, "recipe.resolved.json"), JSON.stringify(loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: work, overrides: [`run_dir=${builtin}`] })));
+  await one([builtin, "--out", out], `${builtin}: its teacher is the built-in network, not a diffusers model; export needs a run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)`);
+  await one([runDir, "--out", out, "--lora"], `--lora: ${runDir} trained the whole network (generator.lora.rank is null); drop --lora for a full export`);
   await one([runDir, "--out", out, "--checkpoint", "7"], `--checkpoint 7: no such complete checkpoint in ${runDir} (available: step-00000002, step-00000004)`);
   await one([runDir], "required option '--out <dir>' not specified");
   const full = path.join(work, "full");

@@ -25,7 +25,7 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
   if (recipe.teacher.source !== "diffusers") {
     throw new UsageError(`${runDir}: its teacher is the built-in network, not a diffusers model; export needs a run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)`);
   }
-  if (flags.lora && recipe.generator.lora.rank === null) {
+  if (flags.lora && (recipe.generator.lora?.rank ?? null) === null) { // a run from before generator.lora: no LoRA
     throw new UsageError(`--lora: ${runDir} trained the whole network (generator.lora.rank is null); drop --lora for a full export`);
   }
   runTeacherDir(recipe); // the export copies the teacher's folder: it must still be at teacher.path (same line as dmd2 sample)
