@@ -39,6 +39,7 @@ from .config import Recipe, lora_spec, parse_recipe
 USAGE = "usage: python -m dmd2_worker.export <spec.json>"
 STUDENT_FILE = "dmd2_student.json"
 EMA_FILE = "generator.ema.safetensors"
+TEACHER_README = "TEACHER_README.md"
 TIMESTEP_SCALING = 10000.0
 
 
@@ -114,7 +115,7 @@ def default_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
 
 
 def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path, checkpoint: Path, ema: bool,
-               lora: bool, num_classes: int | None = None) -> str:
+               lora: bool, num_classes: int | None = None, teacher_readme: bool = False) -> str:
     """README.md of the export. Its Python block runs as it stands once `<this folder>` is replaced by the export's
     path (tests/test_export_card.py runs it)."""
     ts = ", ".join(map(str, timesteps))
@@ -126,7 +127,11 @@ def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path,
              f"- teacher: `{recipe.teacher.path}` ({kind})",
              f"- run: `{run_dir}`, checkpoint `{checkpoint.name}`{' (EMA weights)' if ema else ''}",
              f"- sampling: {n} step(s) at timesteps [{ts}], no classifier-free guidance (it is distilled in: "
-             f"real_guidance_scale {recipe.dmd.real_guidance_scale})", ""]
+             f"real_guidance_scale {recipe.dmd.real_guidance_scale})"]
+    if teacher_readme:
+        lines += [f"- the teacher's own model card, whose license and terms apply to this student too: "
+                  f"[{TEACHER_README}]({TEACHER_README})"]
+    lines += [""]
     if lora:
         lines += ["This folder holds LoRA adapters for the teacher's pipeline. Sample with:", "", "```python",
                   "import torch", "from diffusers import DiffusionPipeline, LCMScheduler",
@@ -206,8 +211,11 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
             export_lora(net, tmp / LORA_WEIGHT_NAME, spec_lora)
         else:
             log(f"copying {teacher_dir} (hard links where possible)")
+            replaced = {"unet", "scheduler", STUDENT_FILE, "README.md", TEACHER_README}  # at the top level only
             shutil.copytree(teacher_dir, tmp, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("unet", "scheduler", STUDENT_FILE, "README.md"))
+                            ignore=lambda d, names: [n for n in names if n in replaced and Path(d) == teacher_dir])
+            if (teacher_dir / "README.md").is_file():  # the teacher's model card: its license goes with the student
+                _link_or_copy(str(teacher_dir / "README.md"), str(tmp / TEACHER_README))
             unet = net.unet
             if spec_lora is not None:
                 from .lora import merge_lora
@@ -229,7 +237,8 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                    "teacher": str(teacher_dir), "family": family}
         (tmp / STUDENT_FILE).write_text(json.dumps(student, indent=2) + "\n")
         (tmp / "README.md").write_text(model_card(recipe, family, timesteps, run_dir, checkpoint, ema, want_lora,
-                                                  getattr(net, "num_classes", None)))
+                                                  getattr(net, "num_classes", None),
+                                                  (tmp / TEACHER_README).is_file()))
         if out.exists():
             shutil.rmtree(out)  # the CLI only gets here with --force (or an empty folder)
         tmp.rename(out)

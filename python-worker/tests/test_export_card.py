@@ -76,12 +76,19 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def test_card_of_a_class_conditional_unet2d_student(tmp_path):
     teacher = unet_teacher(tmp_path, "teacher3", 3)
+    (teacher / "README.md").write_text("# the teacher\nlicense: be nice\n")
+    (teacher / "extra" / "scheduler").mkdir(parents=True)  # only the top level's scheduler/ is replaced
+    (teacher / "extra" / "scheduler" / "README.md").write_text("kept")
     student, _ = load_network(teacher)
     perturb(student)
     ts = [599, 449, 299, 149]
     out, card = export_run(tmp_path, "classes", student, teacher__source="diffusers", teacher__path=str(teacher),
                            generator__steps=4, generator__timesteps=ts, generator__conditioning_timestep=599)
     assert "timesteps [599, 449, 299, 149]" in card and "torch.arange(16) % 3" in card and "DDPMPipeline" not in card
+    assert (out / "TEACHER_README.md").read_text() == "# the teacher\nlicense: be nice\n"
+    assert "license and terms apply to this student too: [TEACHER_README.md]" in card
+    assert (out / "extra" / "scheduler" / "README.md").read_text() == "kept"
+    assert (teacher / "README.md").read_text() == "# the teacher\nlicense: be nice\n"
     images = run_card(card, out)["images"]
     schedule = NoiseSchedule.from_config(DIFFUSION)
     g = torch.Generator().manual_seed(0)
@@ -99,7 +106,7 @@ def test_card_of_an_unconditional_unet2d_student(tmp_path):
     assert default_timesteps(2, 1000) == ts
     out, card = export_run(tmp_path, "uncond", student, teacher__source="diffusers", teacher__path=str(teacher),
                            generator__steps=2, generator__timesteps=ts, generator__conditioning_timestep=999)
-    assert "class_labels" not in card
+    assert "class_labels" not in card and "TEACHER_README" not in card
     images = run_card(card, out)["images"]
     schedule = NoiseSchedule.from_config(DIFFUSION)
     g = torch.Generator().manual_seed(0)
