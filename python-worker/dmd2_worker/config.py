@@ -46,8 +46,8 @@ class FolderConfig:
 class PromptsConfig:
     """`data.source: prompts` (text-to-image teachers, docs/adapters.md §6): the prompts file the generator draws
     from and the image folder of the GAN's real branch (absolute once resolved)."""
-    file: str | None
-    images: str | None
+    file: str | None = None
+    images: str | None = None
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DataConfig:
     source: Literal["gmm", "digits", "folder", "prompts"]
     gmm: GmmConfig
     folder: FolderConfig
-    prompts: PromptsConfig
+    prompts: PromptsConfig = dataclasses.field(default_factory=PromptsConfig)  # absent in recipes from before it
 
 
 @dataclass
