@@ -48,6 +48,9 @@ def load_torchscript(path: str, device: torch.device) -> torch.jit.ScriptModule:
 
 
 class TorchscriptExtractor:
+    """A user's TorchScript module mapping images in [-1, 1] (B, C, H, W) to (B, D) features. Subclasses change how
+    a batch is fed to the module (`_features`)."""
+
     name = "torchscript"
 
     def __init__(self, path: str, device: torch.device, batch_size: int) -> None:
@@ -56,11 +59,14 @@ class TorchscriptExtractor:
         self.device = device
         self.batch_size = batch_size
 
+    def _features(self, batch: torch.Tensor) -> object:
+        return self.module(batch.to(self.device))
+
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
         features = []
         for batch in images.split(self.batch_size):
-            f = self.module(batch.to(self.device))
+            f = self._features(batch)
             if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != batch.shape[0]:
                 got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
                 raise EvalInputError("features.path", f"features.path: {self.path} maps images of shape "
@@ -81,7 +87,7 @@ def inception_input(images: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
-class InceptionExtractor:
+class InceptionExtractor(TorchscriptExtractor):
     """The TorchScript Inception-v3 FID detector (`inception-2015-12-05.pt`, as StyleGAN2-ADA and clean-fid use it),
     from a local file: `module(uint8 images, return_features=True)` gives 2048 pool features per image. Distances
     in this space are comparable with published FIDs only for natural images at their usual resolution; on 8x8
@@ -89,31 +95,14 @@ class InceptionExtractor:
 
     name = "inception"
 
-    def __init__(self, path: str, device: torch.device, batch_size: int) -> None:
-        self.module = load_torchscript(path, device)
-        self.path = path
-        self.device = device
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
-        features = []
-        for batch in images.split(self.batch_size):
-            x = inception_input(batch).to(self.device)
-            try:
-                f = self.module(x, return_features=True)
-            except (RuntimeError, TypeError) as e:
-                reason = " ".join(str(e).split())[:200]
-                raise EvalInputError("features.path", f"features.path: {self.path} does not work as an Inception FID "
-                                     f"detector (module(uint8 images, return_features=True)): {reason}; use the "
-                                     f"inception-2015-12-05.pt file, or features torchscript for other "
-                                     f"modules") from None
-            if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] != batch.shape[0]:
-                got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-                raise EvalInputError("features.path", f"features.path: {self.path} returned {got} for "
-                                     f"{batch.shape[0]} images, expected ({batch.shape[0]}, 2048)")
-            features.append(f.to("cpu", torch.float32))
-        return torch.cat(features), None
+    def _features(self, batch: torch.Tensor) -> object:
+        try:
+            return self.module(inception_input(batch).to(self.device), return_features=True)
+        except (RuntimeError, TypeError) as e:
+            reason = " ".join(str(e).split())[:200]
+            raise EvalInputError("features.path", f"features.path: {self.path} does not work as an Inception FID "
+                                 f"detector (module(uint8 images, return_features=True)): {reason}; use the "
+                                 f"inception-2015-12-05.pt file, or features torchscript for other modules") from None
 
 
 FeatureExtractor = ClassifierExtractor | TorchscriptExtractor | InceptionExtractor
