@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,39 +14,20 @@ from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DModel
 
 from conftest import make_tiny_recipe
 from dmd2_worker.adapters import load_adapter
-from dmd2_worker.checkpoint import save_tensors, write_json
+from dmd2_worker.checkpoint import write_json
 from dmd2_worker.config import DiffusionConfig, recipe_to_dict
 from dmd2_worker.diffusion import NoiseSchedule
 from dmd2_worker.export import ExportError, export
 from dmd2_worker.models.unet2d import teacher_unet_config
 from dmd2_worker.models.unet2d_condition import UNet2DConditionNet
-from dmd2_worker.roles.common import network_state, x0_function
+from dmd2_worker.roles.common import x0_function
 from dmd2_worker.sampling import sample_generator
 from dmd2_worker.teacher_folder import write_teacher_folder
 from dmd2_worker.teacher_training import load_network
+from export_runs import perturb, write_run
 from pipelines import build_sd15
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def perturb(net: torch.nn.Module, seed: int = 1) -> None:
-    """A stand-in for training: every weight moved a little, deterministically."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
-
-
-def fake_run(tmp_path: Path, recipe, net: torch.nn.Module, ema: bool = False) -> tuple[Path, Path]:
-    run = Path(recipe.run_dir)
-    checkpoint = run / "checkpoints" / "step-00000004"
-    checkpoint.mkdir(parents=True)
-    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
-    save_tensors(checkpoint / ("generator.ema.safetensors" if ema else "generator.safetensors"), network_state(net))
-    if ema:  # the raw weights differ: export must take the EMA
-        save_tensors(checkpoint / "generator.safetensors", {k: v + 1 for k, v in network_state(net).items()})
-    write_json(checkpoint / "manifest.json", {})
-    return run, checkpoint
 
 
 def test_unet2d_student_in_the_stock_scheduler_loop(tmp_path):
@@ -61,8 +41,8 @@ def test_unet2d_student_in_the_stock_scheduler_loop(tmp_path):
                               generator__steps=4, generator__timesteps=[599, 449, 299, 149],
                               generator__conditioning_timestep=599)
     student, _ = load_network(teacher)
-    perturb(student)
-    run, checkpoint = fake_run(tmp_path, recipe, student, ema=True)
+    perturb(student, 0.02, seed=1)
+    run, checkpoint = write_run(recipe, student, step=4, ema=True)
     out = tmp_path / "export"
     result = export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, print)
     assert result["timesteps"] == [599, 449, 299, 149] and result["ema"] is True
@@ -102,8 +82,8 @@ def test_sd15_student_in_the_stock_pipeline(tmp_path):
                               teacher__source="diffusers", teacher__path=str(folder))
     adapter = load_adapter(folder)
     student = UNet2DConditionNet(adapter.unet)
-    perturb(student)
-    run, checkpoint = fake_run(tmp_path, recipe, student)
+    perturb(student, 0.02, seed=1)
+    run, checkpoint = write_run(recipe, student, step=4)
     out = tmp_path / "export"
     result = export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, print)
     timesteps = result["timesteps"]
@@ -145,7 +125,7 @@ def test_lora_student_full_and_adapter_exports_and_errors(tmp_path):
         for n, p in student.named_parameters():
             if ".lora_B." in n:
                 p.normal_(0, 0.05)
-    run, checkpoint = fake_run(tmp_path, recipe, student)
+    run, checkpoint = write_run(recipe, student, step=4)
     spec = {"run_dir": str(run), "checkpoint": str(checkpoint), "lora": True}
     only = export({**spec, "out": str(tmp_path / "lora")}, print)
     assert sorted(only["files"]) == sorted(["README.md", LORA_WEIGHT_NAME, "dmd2_student.json"])
@@ -166,7 +146,7 @@ def test_lora_student_full_and_adapter_exports_and_errors(tmp_path):
     # --lora on a run that trained the whole network; a teacher folder that went away
     plain = dataclasses.replace(recipe, run_dir=str(tmp_path / "run2"),
                                 generator=dataclasses.replace(recipe.generator, lora=type(recipe.generator.lora)()))
-    run2, checkpoint2 = fake_run(tmp_path, plain, UNet2DConditionNet(load_adapter(folder).unet))
+    run2, checkpoint2 = write_run(plain, UNet2DConditionNet(load_adapter(folder).unet), step=4)
     with pytest.raises(ExportError, match=r"^--lora: .*run2 trained the whole network"):
         export({"run_dir": str(run2), "checkpoint": str(checkpoint2), "out": str(tmp_path / "x"), "lora": True}, print)
     gone = dataclasses.replace(plain, teacher=dataclasses.replace(plain.teacher, path=str(tmp_path / "moved")))

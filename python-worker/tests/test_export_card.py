@@ -15,16 +15,16 @@ from diffusers import UNet2DModel
 
 from conftest import make_tiny_recipe
 from dmd2_worker.adapters import load_adapter
-from dmd2_worker.checkpoint import save_tensors, write_json
-from dmd2_worker.config import DiffusionConfig, lora_spec, recipe_to_dict
+from dmd2_worker.config import DiffusionConfig, lora_spec
 from dmd2_worker.diffusion import NoiseSchedule
 from dmd2_worker.export import default_timesteps, export
 from dmd2_worker.models.unet2d import teacher_unet_config
 from dmd2_worker.models.unet2d_condition import UNet2DConditionNet
-from dmd2_worker.roles.common import network_state, x0_function
+from dmd2_worker.roles.common import x0_function
 from dmd2_worker.sampling import sample_generator
 from dmd2_worker.teacher_folder import write_teacher_folder
 from dmd2_worker.teacher_training import load_network
+from export_runs import perturb, write_run
 from pipelines import build_sd15
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,22 +32,9 @@ DIFFUSION = DiffusionConfig(num_train_timesteps=1000, beta_schedule="scaled_line
                             beta_end=0.012, prediction_type="epsilon")
 
 
-def perturb(net: torch.nn.Module, scale: float = 0.03, only: str = "") -> None:
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if only in name:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-
-
 def export_run(tmp_path: Path, name: str, net: torch.nn.Module, lora: bool = False, **recipe) -> tuple[Path, str]:
     """A run folder with `net` as its generator checkpoint, exported; (the export, its card)."""
-    r = make_tiny_recipe(tmp_path / f"run-{name}", **recipe)
-    run = Path(r.run_dir)
-    checkpoint = run / "checkpoints" / "step-00000002"
-    checkpoint.mkdir(parents=True)
-    write_json(run / "recipe.resolved.json", recipe_to_dict(r))
-    save_tensors(checkpoint / "generator.safetensors", network_state(net))
+    run, checkpoint = write_run(make_tiny_recipe(tmp_path / f"run-{name}", **recipe), net)
     out = tmp_path / f"export-{name}"
     export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": lora}, lambda m: None)
     return out, (out / "README.md").read_text()
@@ -80,7 +67,7 @@ def test_card_of_a_class_conditional_unet2d_student(tmp_path):
     (teacher / "extra" / "scheduler").mkdir(parents=True)  # only the top level's scheduler/ is replaced
     (teacher / "extra" / "scheduler" / "README.md").write_text("kept")
     student, _ = load_network(teacher)
-    perturb(student)
+    perturb(student, 0.03, seed=2)
     ts = [599, 449, 299, 149]
     out, card = export_run(tmp_path, "classes", student, teacher__source="diffusers", teacher__path=str(teacher),
                            generator__steps=4, generator__timesteps=ts, generator__conditioning_timestep=599)
@@ -101,7 +88,7 @@ def test_card_of_a_class_conditional_unet2d_student(tmp_path):
 def test_card_of_an_unconditional_unet2d_student(tmp_path):
     teacher = unet_teacher(tmp_path, "teacher", None)
     student, _ = load_network(teacher)
-    perturb(student)
+    perturb(student, 0.03, seed=2)
     ts = [999, 499]
     assert default_timesteps(2, 1000) == ts
     out, card = export_run(tmp_path, "uncond", student, teacher__source="diffusers", teacher__path=str(teacher),
@@ -135,7 +122,7 @@ def test_card_of_an_sd15_student(tmp_path, sd15, ts, recwarn):
     prompts.write_text("a cat\n")
     adapter = load_adapter(sd15)
     student = UNet2DConditionNet(adapter.unet)
-    perturb(student, 0.02)
+    perturb(student, 0.02, seed=2)
     out, card = export_run(tmp_path, "sd15", student, data__source="prompts",
                            data__prompts={"file": str(prompts), "images": None}, gan__enabled=False,
                            teacher__source="diffusers", teacher__path=str(sd15), generator__steps=2,
@@ -167,7 +154,7 @@ def test_card_of_a_lora_student(tmp_path, sd15):
     adapter = load_adapter(sd15)
     student = UNet2DConditionNet(adapter.unet)
     apply_lora(student, lora_spec(make_tiny_recipe(tmp_path / "r", **recipe)), seed=0)
-    perturb(student, 0.05, only=".lora_B.")
+    perturb(student, 0.05, seed=2, only=".lora_B.")
     out, card = export_run(tmp_path, "lora", student, lora=True, **recipe)
     image = run_card(card, out)["image"]
     schedule = NoiseSchedule.from_config(DIFFUSION)

@@ -5,7 +5,6 @@ students and other timesteps: DDPMPipeline takes neither class labels nor timest
 test/export.test.ts check the model card's scheduler loop for those.)"""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +12,15 @@ import torch
 from diffusers import DDPMPipeline, LCMScheduler, UNet2DModel
 
 from conftest import make_tiny_recipe
-from dmd2_worker.checkpoint import save_tensors, write_json
-from dmd2_worker.config import DiffusionConfig, recipe_to_dict
+from dmd2_worker.config import DiffusionConfig
 from dmd2_worker.diffusion import NoiseSchedule
 from dmd2_worker.export import export
 from dmd2_worker.models.unet2d import teacher_unet_config
-from dmd2_worker.roles.common import network_state, x0_function
+from dmd2_worker.roles.common import x0_function
 from dmd2_worker.sampling import sample_generator
 from dmd2_worker.teacher_folder import write_teacher_folder
 from dmd2_worker.teacher_training import load_network
+from export_runs import perturb, write_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,18 +34,11 @@ def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_t
                               norm_num_groups=8, num_classes=None)
     teacher = write_teacher_folder(tmp_path / "teacher", UNet2DModel(**cfg), diffusion, None, {}, {})
     student, _ = load_network(teacher)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    perturb(student, 0.05, seed=1)
     timesteps = [999, 749, 499, 249]
     recipe = make_tiny_recipe(tmp_path / "run", teacher__source="diffusers", teacher__path=str(teacher),
                               generator__steps=4, generator__timesteps=timesteps, generator__conditioning_timestep=999)
-    run = Path(recipe.run_dir)
-    checkpoint = run / "checkpoints" / "step-00000002"
-    checkpoint.mkdir(parents=True)
-    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
-    save_tensors(checkpoint / "generator.safetensors", network_state(student))
+    run, checkpoint = write_run(recipe, student)
     out = tmp_path / "export"
     export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, lambda m: None)
 
@@ -81,11 +73,7 @@ def test_an_interrupted_export_leaves_nothing(tmp_path):
     teacher = write_teacher_folder(tmp_path / "teacher", UNet2DModel(**cfg), diffusion, None, {}, {})
     student, _ = load_network(teacher)
     recipe = make_tiny_recipe(tmp_path / "run", teacher__source="diffusers", teacher__path=str(teacher))
-    run = Path(recipe.run_dir)
-    checkpoint = run / "checkpoints" / "step-00000002"
-    checkpoint.mkdir(parents=True)
-    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
-    save_tensors(checkpoint / "generator.safetensors", network_state(student))
+    run, checkpoint = write_run(recipe, student)
     out = tmp_path / "exports" / "x"
     seen: list[str] = []
 

@@ -14,13 +14,12 @@ from diffusers import LCMScheduler, StableDiffusionXLPipeline
 
 from conftest import make_tiny_recipe
 from dmd2_worker.adapters import load_adapter
-from dmd2_worker.checkpoint import save_tensors, write_json
-from dmd2_worker.config import recipe_to_dict
 from dmd2_worker.diffusion import NoiseSchedule
 from dmd2_worker.export import export
 from dmd2_worker.models.unet2d_condition import UNet2DConditionNet
-from dmd2_worker.roles.common import network_state, x0_function
+from dmd2_worker.roles.common import x0_function
 from dmd2_worker.sampling import sample_generator
+from export_runs import perturb, write_run
 from pipelines import build_sdxl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,11 +34,7 @@ def exported_student(tmp_path: Path, folder: Path, student: UNet2DConditionNet, 
                               teacher__source="diffusers", teacher__path=str(folder),
                               generator__steps=len(timesteps), generator__timesteps=timesteps,
                               generator__conditioning_timestep=timesteps[0])
-    run = Path(recipe.run_dir)
-    checkpoint = run / "checkpoints" / "step-00000002"
-    checkpoint.mkdir(parents=True)
-    write_json(run / "recipe.resolved.json", recipe_to_dict(recipe))
-    save_tensors(checkpoint / "generator.safetensors", network_state(student))
+    run, checkpoint = write_run(recipe, student)
     out = tmp_path / f"export-{len(timesteps)}"
     result = export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False},
                     lambda m: None)
@@ -52,10 +47,7 @@ def test_sdxl_student_in_the_stock_pipeline(tmp_path):
     folder = build_sdxl(tmp_path / "sdxl", tmp_path / "work")
     adapter = load_adapter(folder)
     student = UNet2DConditionNet(adapter.unet)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in student.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    perturb(student, 0.02, seed=1)
     schedule = NoiseSchedule(1000, "scaled_linear", 0.00085, 0.012, adapter.prediction_type)
     cond = adapter.encode_prompts(PROMPTS)
     C, H, W = adapter.latent_shape
