@@ -388,14 +388,16 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
     if not 0 <= r.generator.ema_decay < 1:
         problems.append(f"generator.ema_decay: must be in [0, 1), got {r.generator.ema_decay}")
     try:
-        if lora_spec(r) is not None and r.teacher.source == "builtin":
-            problems.append("generator.lora: LoRA adapts a diffusers UNet: set teacher.source: diffusers with a "
-                            "UNet2DModel or Stable Diffusion folder, or drop generator.lora")
-        if lora_spec(r) is not None and r.roles.generator.strategy == "fsdp":
-            problems.append("generator.lora: LoRA students with roles.generator.strategy fsdp are not supported "
-                            "yet; use strategy replicate (the adapters are small) or drop generator.lora")
+        lora = lora_spec(r) is not None
     except ValueError as e:
         problems.append(str(e))
+        lora = False
+    if lora and r.teacher.source == "builtin":
+        problems.append("generator.lora: LoRA adapts a diffusers UNet: set teacher.source: diffusers with a "
+                        "UNet2DModel or Stable Diffusion folder, or drop generator.lora")
+    if lora and r.roles.generator.strategy == "fsdp":
+        problems.append("generator.lora: LoRA students with roles.generator.strategy fsdp are not supported "
+                        "yet; use strategy replicate (the adapters are small) or drop generator.lora")
     for name in ("teacher", "generator", "fake_score"):
         p = getattr(r.roles, name)
         if p.replicas < 1 or len(p.device) != p.replicas:
