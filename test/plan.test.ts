@@ -390,3 +390,14 @@ test("plan shows the placement per role: devices, replicas and strategy, process
   assert.match(text, /fake_score\s+fake_score, discriminator\s+cpu\s+2 \(fsdp\)\s+bf16/);
   assert.match(text, /5 worker processes x 1 thread on 2 cores/);
 });
+
+test("plan counts the whole chain's graph in the generator's memory with generator.backprop_through_chain", () => {
+  const role = (q: Plan, r: string) => q.memory.workers.flatMap((w) => w.roles).find((x) => x.role === r)!;
+  const base = plan(load(tinyFile));
+  const chain = plan(load(tinyFile, ["generator.backprop_through_chain=true"]));
+  const steps = load(tinyFile).generator.steps;
+  assert.ok(steps > 1);
+  assert.equal(role(chain, "generator").activationBytes, steps * role(base, "generator").activationBytes);
+  assert.match(role(chain, "generator").activationBasis, new RegExp(`^${steps} forwards \\+ backward at batch \\d+ \\(generator.backprop_through_chain`));
+  assert.equal(role(chain, "fake_score").activationBytes, role(base, "fake_score").activationBytes);
+});

@@ -102,6 +102,9 @@ class GeneratorConfig:
     # train (DMD, GAN and the fake score) on the outputs of the last of the N steps only, the earlier ones run by
     # backward simulation without gradient; false: on the output of a step k drawn uniformly (DMD2's default)
     last_step_only: bool = False
+    # back-propagate the generator's loss through the steps before k too (the backward simulation that made its
+    # input), so that they learn what serves the trained output; false: DMD2's stop-gradient there
+    backprop_through_chain: bool = False
     # LoRA adapters on a frozen copy of the teacher instead of the whole network (lora.py)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 

@@ -1,5 +1,6 @@
 """Samplers: the few-step generator loop, its backward simulation (docs/method.md, Sec. 4.5) and DDIM for the
-teacher. All are pure `@torch.no_grad()` functions that take their random source as an argument.
+teacher. All are pure functions without gradient (`backward_simulation(grad=True)` keeps its graph for
+generator.backprop_through_chain) that take their random source as an argument.
 
 `G(x, t, cond) -> x0` is a callable returning an x0 estimate (float32) for timestep tensor `t` (int64, (B,)).
 Noise is drawn on the CPU from `generator` (a `torch.Generator`) and moved to `z`'s device.
@@ -32,7 +33,6 @@ def _renoise(x0: torch.Tensor, t_next: int, schedule: NoiseSchedule, generator: 
     return schedule.add_noise(x0, _t(t_next, x0), noise)
 
 
-@torch.no_grad()
 def backward_simulation(
     G: X0Fn,
     z: torch.Tensor,
@@ -43,18 +43,21 @@ def backward_simulation(
     generator: torch.Generator | None,
     callback: Callback | None = None,
     noise_fn: NoiseFn | None = None,
+    grad: bool = False,
 ) -> torch.Tensor:
     """G's own input at step k: from pure noise `z`, for i < k predict x0 = G(x, tau_i) and re-noise it to
     tau_{i+1} with fresh noise. k = 0 returns `z`. Draws exactly k noise tensors (with `noise_fn(like)` when
-    given: a replicated role draws the whole batch's noise and keeps its rows)."""
+    given: a replicated role draws the whole batch's noise and keeps its rows). `grad`: keep the graph of the k
+    evaluations (generator.backprop_through_chain); else none (DMD2's stop-gradient, Sec. 4.5)."""
     if not 0 <= k < len(timesteps):
         raise ValueError(f"backward simulation step k={k} outside [0, {len(timesteps)})")
     x = z
-    for i in range(k):
-        x0 = G(x, _t(timesteps[i], x), cond)
-        if callback is not None:
-            callback(i, x, x0)
-        x = _renoise(x0, timesteps[i + 1], schedule, generator, noise_fn)
+    with torch.set_grad_enabled(grad):
+        for i in range(k):
+            x0 = G(x, _t(timesteps[i], x), cond)
+            if callback is not None:
+                callback(i, x, x0)
+            x = _renoise(x0, timesteps[i + 1], schedule, generator, noise_fn)
     return x
 
 

@@ -134,6 +134,50 @@ def test_generate_last_step_only_trains_the_final_output(setup):
         gen.recipe = ctx.recipe
 
 
+def test_backprop_through_chain_reaches_the_earlier_steps(setup):
+    """generator.backprop_through_chain: x_gen's graph reaches back through the backward simulation, so the
+    parameter gradient is that of the whole unrolled chain; without it the earlier step's x0 is a constant (DMD2's
+    stop-gradient). Both match a hand-unrolled computation with the documented draws; x_gen is the same either way."""
+    ctx, roles = setup
+    gen = roles["generator"]
+    params = [p for p in gen.net.parameters() if p.requires_grad]
+
+    def by_hand(through_chain: bool):
+        g = torch.Generator().manual_seed(11)
+        cond = torch.randint(0, 4, (B,), generator=g)
+        torch.randint(0, 2, (1,), generator=g)  # k: drawn, then N - 1 (last_step_only)
+        z = torch.randn(B, *IMG, generator=g)
+        x0 = gen.G(z, torch.full((B,), 999), cond)
+        if not through_chain:
+            x0 = x0.detach()
+        x = gen.schedule.add_noise(x0, torch.full((B,), 499), torch.randn(B, *IMG, generator=g))
+        x_gen = gen.G(x, torch.full((B,), 499), cond)
+        return x_gen, torch.autograd.grad(x_gen.square().sum(), params)
+
+    results = {}
+    try:
+        for through_chain in (False, True):
+            gen.recipe = dataclasses.replace(gen.recipe, generator=dataclasses.replace(
+                gen.recipe.generator, last_step_only=True, backprop_through_chain=through_chain))
+            store = store_at(0)
+            assert generate(ctx, roles, store, seed=11, grad=True, dmd=False)["gen_k"] == 1.0
+            x_gen = gen.graph[0]
+            grads = torch.autograd.grad(x_gen.square().sum(), params)
+            want_x, want_grads = by_hand(through_chain)
+            assert torch.allclose(x_gen, want_x, atol=1e-6)
+            for got, want in zip(grads, want_grads):
+                assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+            results[through_chain] = (x_gen.detach(), grads)
+            # without grad (the fake score's steps) no graph is kept either way
+            generate(ctx, roles, store_at(0), seed=11, grad=False, dmd=False)
+            assert gen.graph is None
+    finally:
+        gen.recipe = ctx.recipe
+    assert torch.equal(results[False][0], results[True][0])
+    differ = sum(not torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(results[False][1], results[True][1]))
+    assert differ > len(params) // 2  # the first step's contribution reaches (nearly) every parameter
+
+
 def test_predict_x0_teacher_and_fake_score(setup):
     ctx, roles = setup
     store = store_at(0)

@@ -63,11 +63,16 @@ function roleMemory(role: Role, r: Recipe, n: NetworkPlan, z: NonNullable<Return
       activationBasis = `one forward without a graph at batch ${B * cfg}${cfg === 2 ? " (guidance)" : ""}`;
       break;
     }
-    case "generator":
-      // generate keeps the graph of its last forward until update back-propagates through it
-      activationBytes = full * BACKWARD_FACTOR;
-      activationBasis = `one forward + backward at batch ${B}`;
+    case "generator": {
+      // generate keeps the graph of its last forward until update back-propagates through it; with
+      // backprop_through_chain the graph of every step before it too (at most all N)
+      const forwards = r.generator.backprop_through_chain ? r.generator.steps : 1;
+      activationBytes = forwards * full * BACKWARD_FACTOR;
+      activationBasis = forwards === 1
+        ? `one forward + backward at batch ${B}`
+        : `${forwards} forwards + backward at batch ${B} (generator.backprop_through_chain: the whole chain's graph)`;
       break;
+    }
     case "fake_score":
       activationBytes = full * BACKWARD_FACTOR;
       activationBasis = `one forward + backward at batch ${B} (denoising loss)`;

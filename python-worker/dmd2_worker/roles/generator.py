@@ -1,7 +1,8 @@
 """The few-step generator G (docs/protocol.md §4, docs/method.md "Generator").
 
 `generator.generate` keeps the autograd graph of `x_gen` (when `grad`) until `generator.update` of the same step
-back-propagates the DMD loss (and the discriminator's `gan_grad`) through it.
+back-propagates the DMD loss (and the discriminator's `gan_grad`) through it; with generator.backprop_through_chain
+the graph reaches back through the k steps of backward simulation that made G's input.
 
 Text-to-image teachers (`data.source: prompts`, docs/adapters.md §6): this role's worker holds the tokenizer(s)
 and text encoder(s) (and the VAE, for `sample`): `generate` draws the batch's prompts from `data.prompts.file` and
@@ -115,8 +116,9 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         if self.recipe.generator.last_step_only:
             k = N - 1
         z = randn((B, *self.image_shape), g, dev, shard)
+        through_chain = grad and self.recipe.generator.backprop_through_chain
         x = backward_simulation(self.G, z, cond, self.timesteps, k, self.schedule, g,
-                                noise_fn=lambda like: randn(tuple(like.shape), g, like.device, shard))
+                                noise_fn=lambda like: randn(tuple(like.shape), g, like.device, shard), grad=through_chain)
         t_k = torch.full((B,), self.timesteps[k], dtype=torch.long, device=dev)
         with torch.set_grad_enabled(grad):
             x_gen = self.G(x, t_k, cond)
