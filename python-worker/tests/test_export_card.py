@@ -129,6 +129,15 @@ def test_card_of_an_sd15_student(tmp_path, sd15, ts, recwarn):
                            generator__timesteps=ts, generator__conditioning_timestep=ts[0])
     assert ("num_inference_steps=2" in card) == (ts == [999, 499])
     image = run_card(card, out)["image"]
+    want = dmd2_cat_image(adapter, student, ts)
+    got = np.asarray(image)
+    assert got.shape == want.shape
+    assert not [w for w in recwarn if "steps_offset" in str(w.message)]  # the exported config is not "outdated"
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def dmd2_cat_image(adapter, student, ts):
+    """What dmd2's own sampler makes of the card's prompt and seed 0 at timesteps `ts`: uint8 (H, W, 3)."""
     schedule = NoiseSchedule.from_config(DIFFUSION)
     C, H, W = adapter.latent_shape
     g = torch.Generator().manual_seed(0)
@@ -136,11 +145,7 @@ def test_card_of_an_sd15_student(tmp_path, sd15, ts, recwarn):
     with torch.no_grad():
         latents = sample_generator(x0_function(student, schedule), z, adapter.encode_prompts(["a photo of a cat"]),
                                    ts, schedule, g)
-        want = to_uint8(adapter.vae_decode(latents))[0]
-    got = np.asarray(image)
-    assert got.shape == want.shape
-    assert not [w for w in recwarn if "steps_offset" in str(w.message)]  # the exported config is not "outdated"
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+        return to_uint8(adapter.vae_decode(latents))[0]
 
 
 def test_card_of_a_lora_student(tmp_path, sd15):
@@ -157,13 +162,5 @@ def test_card_of_a_lora_student(tmp_path, sd15):
     perturb(student, 0.05, seed=2, only=".lora_B.")
     out, card = export_run(tmp_path, "lora", student, lora=True, **recipe)
     image = run_card(card, out)["image"]
-    schedule = NoiseSchedule.from_config(DIFFUSION)
-    ts = [999, 499]  # the tiny recipe's
-    C, H, W = adapter.latent_shape
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(1, C, H, W, generator=g)
-    with torch.no_grad():
-        latents = sample_generator(x0_function(student, schedule), z, adapter.encode_prompts(["a photo of a cat"]),
-                                   ts, schedule, g)
-        want = to_uint8(adapter.vae_decode(latents))[0]
+    want = dmd2_cat_image(adapter, student, [999, 499])  # the tiny recipe's timesteps
     assert np.abs(np.asarray(image).astype(int) - want.astype(int)).max() <= 1
