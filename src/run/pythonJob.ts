@@ -54,6 +54,15 @@ export interface PythonJobOptions {
   onText?: (line: string) => void;
 }
 
+/** onEvent and onText for a job whose "progress" events are the user's progress lines: the rest of its output only
+ * at --verbose. */
+export function reportJobOutput(reporter: { info(text: string): void; debug(text: string): void }): Pick<PythonJobOptions, "onEvent" | "onText"> {
+  return {
+    onEvent: (e) => (e.event === "progress" ? reporter.info(String(e.message)) : reporter.debug(JSON.stringify(e))),
+    onText: (line) => reporter.debug(line),
+  };
+}
+
 export type JobOutcome = { interrupted: true } | { interrupted: false; final: JobEvent };
 
 function parseEvent(line: string): JobEvent | null {

@@ -10,7 +10,7 @@ import { loadDataGroup } from "../../recipe/load.js";
 import { buildSpec, type Features } from "../../eval/spec.js";
 import { floorLine, textTable, type EvalResult } from "../../eval/table.js";
 import { chooseData, readTarget } from "../../eval/targets.js";
-import { runPythonJob } from "../../run/pythonJob.js";
+import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { resolvePython } from "../../workers/python.js";
 import { onInterrupt } from "../interrupt.js";
@@ -58,8 +58,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
       spec,
       finalEvent: "result",
       signal: interrupt.signal,
-      onEvent: (e) => (e.event === "progress" ? reporter.info(String(e.message)) : reporter.debug(JSON.stringify(e))),
-      onText: (line) => reporter.debug(line),
+      ...reportJobOutput(reporter),
     });
     if (outcome.interrupted) {
       reporter.info("interrupted: nothing evaluated");

@@ -6,7 +6,7 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../../errors.js";
 import { verifyCheckpoint } from "../../run/checkpoints.js";
-import { runPythonJob } from "../../run/pythonJob.js";
+import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { pickCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
 import { resolvePython } from "../../workers/python.js";
@@ -46,8 +46,7 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
       spec: { run_dir: path.resolve(runDir), checkpoint, out, lora: flags.lora === true },
       finalEvent: "done",
       signal: interrupt.signal,
-      onEvent: (e) => (e.event === "progress" ? reporter.info(String(e.message)) : reporter.debug(JSON.stringify(e))),
-      onText: (line) => reporter.debug(line),
+      ...reportJobOutput(reporter),
     });
     if (outcome.interrupted) {
       reporter.info("interrupted: nothing exported");
