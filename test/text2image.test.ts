@@ -81,6 +81,9 @@ test("recipe: data.source prompts, each problem one line naming the key", () => 
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("builtin", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }"]))), [
     `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline folder)`,
   ]);
+  assert.deepEqual(issuesOf(() => loadRecipe(recipe("clip", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-sd15 }", "generator: { clip_sample: true }"]))), [
+    `${rel("clip.yaml")}:3: generator.clip_sample: clamps pixels to [-1, 1]; a text-to-image teacher's generator makes VAE latents, which have another range (set generator.clip_sample: false)`,
+  ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("gone", ["data: { source: prompts, prompts: { file: prompts.txt, images: nowhere } }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
     `${rel("gone.yaml")}:1: data.prompts.images: nowhere does not exist (${showPath(path.join(work, "nowhere"))}; a relative path starts at the recipe's folder)`,
   ]);

@@ -105,6 +105,9 @@ class GeneratorConfig:
     # back-propagate the generator's loss through the steps before k too (the backward simulation that made its
     # input), so that they learn what serves the trained output; false: DMD2's stop-gradient there
     backprop_through_chain: bool = False
+    # clamp the generator's x0 output to [-1, 1], the range of pixel data (diffusers' clip_sample), in training
+    # and sampling alike; false: unclamped (DMD2; what latent teachers need)
+    clip_sample: bool = False
     # LoRA adapters on a frozen copy of the teacher instead of the whole network (lora.py)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 

@@ -87,8 +87,9 @@ def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tupl
     return net.eval(), family, ema.is_file()
 
 
-def lcm_scheduler_config(teacher_dir: Path) -> dict[str, Any]:
-    """The teacher's noise schedule as an LCMScheduler config (the student samples on the teacher's schedule)."""
+def lcm_scheduler_config(teacher_dir: Path, clip_sample: bool = False) -> dict[str, Any]:
+    """The teacher's noise schedule as an LCMScheduler config (the student samples on the teacher's schedule);
+    `clip_sample` (generator.clip_sample): each step's x0 clamped to [-1, 1], as in training."""
     from diffusers import LCMScheduler
 
     from .adapters.base import read_scheduler_config
@@ -99,7 +100,7 @@ def lcm_scheduler_config(teacher_dir: Path) -> dict[str, Any]:
     # original_inference_steps = T: LCM's "original schedule" is then every timestep 0..T-1, so custom timesteps are
     # taken without its "not on the original training/distillation timestep schedule" warning, and
     # set_timesteps(num_inference_steps=N) gives T-1 - i*T/N ([999, 749, 499, 249] for N = 4 of 1000; [999] for 1)
-    scheduler = LCMScheduler(**keep, clip_sample=False, set_alpha_to_one=False, thresholding=False,
+    scheduler = LCMScheduler(**keep, clip_sample=clip_sample, clip_sample_range=1.0, set_alpha_to_one=False, thresholding=False,
                              timestep_scaling=TIMESTEP_SCALING,
                              original_inference_steps=int(cfg.get("num_train_timesteps", 1000)),
                              # unused by LCMScheduler; 1 spares the SD pipelines' "outdated config" FutureWarning
@@ -223,7 +224,7 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                 unet = merge_lora(net)
             log("writing the student's UNet")
             unet.save_pretrained(tmp / "unet")
-            scheduler_cfg = lcm_scheduler_config(teacher_dir)
+            scheduler_cfg = lcm_scheduler_config(teacher_dir, recipe.generator.clip_sample)
             (tmp / "scheduler").mkdir()
             (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_cfg, indent=2) + "\n")
             index = tmp / "model_index.json"

@@ -99,9 +99,12 @@ def ddim_sample(
     guidance_scale: float = 1.0,
     null_class: int | None = None,
     callback: Callback | None = None,
+    clip_sample: float | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) with the raw network `model(x, t, cond)` in `schedule.prediction_type`, with
-    classifier-free guidance `uncond + s (cond - uncond)` when `cond` is given and s != 1 (`uncond` = `null_class`)."""
+    classifier-free guidance `uncond + s (cond - uncond)` when `cond` is given and s != 1 (`uncond` = `null_class`).
+    `clip_sample` r: each step's x0 is clamped to [-r, r] and the noise direction kept the model's (diffusers'
+    DDIMScheduler with clip_sample, use_clipped_model_output False)."""
     ts = ddim_timesteps(steps, schedule.num_train_timesteps)
     x = z.float()
     x0 = x
@@ -109,10 +112,12 @@ def ddim_sample(
         t = _t(t_i, x)
         out = guided_output(model, x, t, cond, guidance_scale, null_class)
         x0 = schedule.to_x0(out, x, t)
+        eps = schedule.to_eps(x0, x, t)
+        if clip_sample is not None:
+            x0 = x0.clamp(-clip_sample, clip_sample)
         if callback is not None:
             callback(i, x, x0)
         if i + 1 < len(ts):
-            eps = schedule.to_eps(x0, x, t)
             t_prev = _t(ts[i + 1], x)
             x = schedule.add_noise(x0, t_prev, eps)
     return x0

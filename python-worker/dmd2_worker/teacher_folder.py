@@ -50,9 +50,12 @@ class TeacherFolderError(ValueError):
 # --- writing -----------------------------------------------------------------------------------------------------
 
 def scheduler_for(diffusion: DiffusionConfig) -> DDPMScheduler:
+    """clip_sample false (DDPMScheduler's default is true): DDIM on the digits teacher scores better without the
+    per-step clamp (FD at 50 steps 1.73 vs 2.11, dmd2 eval --n 5000), and the teacher is the baseline a student is
+    compared with, so it samples its best way; its final images are clamped when saved either way."""
     return DDPMScheduler(num_train_timesteps=diffusion.num_train_timesteps, beta_schedule=diffusion.beta_schedule,
                          beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
-                         prediction_type=diffusion.prediction_type)
+                         prediction_type=diffusion.prediction_type, clip_sample=False)
 
 
 def write_teacher_folder(out: str | Path, unet: UNet2DModel, diffusion: DiffusionConfig, num_classes: int | None,
@@ -146,6 +149,19 @@ def read_diffusion_config(path: Path) -> dict[str, Any]:
     b0, b1 = d["beta_start"], d["beta_end"]
     d["beta_start"], d["beta_end"] = float(b0), float(b1)
     return d
+
+
+def clip_sample_range(directory: Path) -> float | None:
+    """The scheduler config's clip_sample_range when its clip_sample is true (diffusers' DDPM and DDIM schedulers
+    then clamp each step's x0 to it), else None; a missing key counts as false."""
+    path = Path(directory) / SCHEDULER_CONFIG
+    raw = read_json_object(path)
+    if raw.get("clip_sample") is not True:
+        return None
+    r = raw.get("clip_sample_range", 1.0)
+    if not _is_number(r) or r <= 0:
+        raise TeacherFolderError(f"{path}: clip_sample_range must be a positive number, got {r!r}")
+    return float(r)
 
 
 def read_class_layout(directory: Path, unet_config: dict[str, Any]) -> tuple[int | None, int | None]:

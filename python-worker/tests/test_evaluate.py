@@ -27,7 +27,7 @@ from dmd2_worker.evaluate.classifier import FEATURE_DIM, load_or_train_classifie
 from dmd2_worker.evaluate.features import ClassifierExtractor
 from dmd2_worker.evaluate.frechet import feature_distance, fit_gaussian, frechet_distance
 from dmd2_worker.evaluate.models import load_student, newest_checkpoint
-from dmd2_worker.evaluate.run import evaluate, noise_floor
+from dmd2_worker.evaluate.run import evaluate, generate, noise_floor
 from dmd2_worker.evaluate.spec import EvalInputError, StudentModel, parse_eval_spec
 from dmd2_worker.models.tiny_unet import TinyUNet, default_arch_config
 from dmd2_worker.teacher_training import write_teacher_dir
@@ -174,6 +174,27 @@ def models_on_disk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_module(checkpoint / "generator.safetensors", net)
     write_json(checkpoint / "manifest.json", {})
     return {"teacher": teacher, "run": run}
+
+
+class _OverflowingSampler:
+    """Samples far beyond [-1, 1]: 3 z."""
+    num_classes = 10
+    image_shape = (1, 8, 8)
+
+    def sample(self, z: torch.Tensor, cond, steps: int, generator: torch.Generator) -> torch.Tensor:
+        return 3 * z
+
+
+def test_generated_samples_are_scored_as_the_pngs_a_user_gets():
+    teacher = {"label": "t", "kind": "teacher", "path": "/unused", "steps": [1], "guidance_scale": 1.0}
+    spec = parse_eval_spec(spec_dict([teacher]))
+    generated = generate(_OverflowingSampler(), 1, spec, torch.device("cpu"))
+    z = torch.randn((spec.n, 1, 8, 8), generator=torch.Generator().manual_seed(spec.seed))
+    levels = (generated.images + 1) * 127.5
+    assert generated.images.min() == -1 and generated.images.max() == 1  # clamped
+    assert torch.allclose(levels, levels.round(), atol=1e-4)  # 8 bits
+    assert torch.allclose(generated.images, (3 * z).clamp(-1, 1), atol=1 / 255)
+    assert generated.labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 
 def test_student_loads_the_newest_checkpoint_and_samples_at_its_timesteps(models_on_disk):

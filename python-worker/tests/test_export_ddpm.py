@@ -25,8 +25,9 @@ from export_runs import perturb, write_run
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_type):
+@pytest.mark.parametrize("prediction_type, clip_sample", [("epsilon", False), ("v_prediction", False),
+                                                          ("epsilon", True)])
+def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_type, clip_sample):
     torch.manual_seed(0)
     diffusion = DiffusionConfig(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                                 beta_end=0.012, prediction_type=prediction_type)
@@ -37,7 +38,8 @@ def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_t
     perturb(student, 0.05, seed=1)
     timesteps = [999, 749, 499, 249]
     recipe = make_tiny_recipe(tmp_path / "run", teacher__source="diffusers", teacher__path=str(teacher),
-                              generator__steps=4, generator__timesteps=timesteps, generator__conditioning_timestep=999)
+                              generator__steps=4, generator__timesteps=timesteps, generator__conditioning_timestep=999,
+                              generator__clip_sample=clip_sample)
     run, checkpoint = write_run(recipe, student)
     out = tmp_path / "export"
     export({"run_dir": str(run), "checkpoint": str(checkpoint), "out": str(out), "lora": False}, lambda m: None)
@@ -51,7 +53,12 @@ def test_unconditional_student_in_the_stock_ddpm_pipeline(tmp_path, prediction_t
     g = torch.Generator().manual_seed(4)
     z = torch.randn(3, 3, 8, 8, generator=g)
     with torch.no_grad():
-        ours = sample_generator(x0_function(student, schedule), z, None, timesteps, schedule, g)
+        ours = sample_generator(x0_function(student, schedule, clip_sample), z, None, timesteps, schedule, g)
+        if clip_sample:  # the clamp between the steps matters here: without it the images differ
+            g2 = torch.Generator().manual_seed(4)
+            z2 = torch.randn(3, 3, 8, 8, generator=g2)
+            unclamped = sample_generator(x0_function(student, schedule), z2, None, timesteps, schedule, g2)
+            assert not torch.allclose(unclamped.clamp(-1, 1), ours, atol=1e-2)
     # DDPMPipeline's output: (x / 2 + 0.5) clamped to [0, 1], channels last
     want = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert images.shape == want.shape

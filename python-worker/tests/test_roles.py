@@ -178,6 +178,43 @@ def test_backprop_through_chain_reaches_the_earlier_steps(setup):
     assert differ > len(params) // 2  # the first step's contribution reaches (nearly) every parameter
 
 
+def test_clip_sample_clamps_the_generators_output_in_training_and_sampling(tiny_recipe, teacher_dir):
+    """generator.clip_sample: the generator's x0 is clamped to [-1, 1] (x_gen, and every step of the chain); pixels
+    clamped there get no gradient, the others the plain generator's; dmd2 eval's student sampler clamps too."""
+    from dmd2_worker.evaluate.models import StudentSampler
+
+    recipe = dataclasses.replace(tiny_recipe, generator=dataclasses.replace(tiny_recipe.generator, clip_sample=True))
+    ctx, roles = build_roles(recipe)
+    plain_ctx, plain_roles = build_roles(tiny_recipe)
+    gen, plain = roles["generator"], plain_roles["generator"]
+    for net in (gen.net, plain.net):  # the same output, partly beyond the data's range, in both
+        with torch.no_grad():
+            net.conv_out.bias.fill_(0.5)
+    store = store_at(0)
+    generate(ctx, roles, store, grad=True, dmd=False)
+    assert store["x_gen"].abs().max() == 1
+
+    g = torch.Generator().manual_seed(3)
+    x, t, cond = 0.8 * torch.randn(B, *IMG, generator=g), torch.full((B,), 100), torch.arange(B) % 4
+    clipped, raw = gen.G(x, t, cond), plain.G(x, t, cond)
+    assert torch.equal(clipped.detach(), raw.detach().clamp(-1, 1))
+    outside = raw.detach().abs() > 1
+    assert 0 < outside.float().mean() < 1  # the case being tested
+    w, w_plain = gen.net.conv_out.weight, plain.net.conv_out.weight
+    g_out, = torch.autograd.grad((clipped * outside).sum(), w, retain_graph=True)
+    assert torch.count_nonzero(g_out) == 0
+    g_in, = torch.autograd.grad((clipped * ~outside).sum(), w)
+    g_in_plain, = torch.autograd.grad((raw * ~outside).sum(), w_plain)
+    assert torch.count_nonzero(g_in) > 0 and torch.allclose(g_in, g_in_plain, rtol=1e-4, atol=1e-7)
+
+    z = torch.randn(4, *IMG, generator=torch.Generator().manual_seed(0))
+    for steps in (1, len(recipe.generator.timesteps)):
+        x = StudentSampler(gen.net, gen.schedule, recipe.generator).sample(z, cond[:4], steps, torch.Generator().manual_seed(1))
+        assert x.abs().max() == 1
+    x = StudentSampler(plain.net, plain.schedule, tiny_recipe.generator).sample(z, cond[:4], 1, torch.Generator().manual_seed(1))
+    assert x.abs().max() > 1
+
+
 def test_predict_x0_teacher_and_fake_score(setup):
     ctx, roles = setup
     store = store_at(0)

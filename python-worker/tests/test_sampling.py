@@ -92,3 +92,27 @@ def test_classifier_free_guidance_combines_outputs():
     out = guided_output(ByClass(), x, t, cond, 2.0, null_class=4)
     assert torch.allclose(out, torch.full_like(x, 1.0 + 2.0 * (3.0 - 1.0)))  # uncond + s (cond - uncond) = 5
     assert torch.allclose(guided_output(ByClass(), x, t, cond, 1.0, 4), torch.full_like(x, 3.0))
+
+
+def test_ddim_with_clip_sample_is_diffusers_ddim_scheduler():
+    """clip_sample: x0 clamped at every step, the model's noise direction kept: diffusers' DDIMScheduler with
+    clip_sample (trailing spacing, set_alpha_to_one, so its last sample is the last clamped x0)."""
+    from diffusers import DDIMScheduler
+
+    class Overshooting(torch.nn.Module):  # eps that leaves x0 well beyond [-1, 1] at most steps
+        def forward(self, x, t, cond):
+            return 0.3 * x + 0.5 * torch.sin(t.float() / 100).reshape(-1, 1, 1, 1)
+
+    model = Overshooting()
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0,
+                              set_alpha_to_one=True, timestep_spacing="trailing")
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps.tolist() == ddim_timesteps(10, 1000)
+    z = 2 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    x = z
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t.reshape(1).expand(3), None), t, x).prev_sample
+    ours = ddim_sample(model, z, None, SCHEDULE, 10, clip_sample=1.0)
+    assert torch.allclose(ours, x, atol=1e-5)
+    assert not torch.allclose(ddim_sample(model, z, None, SCHEDULE, 10), x, atol=1e-2)  # the clamp mattered

@@ -226,3 +226,29 @@ def test_reading_errors_are_one_line_and_name_the_file(copy_of, name):
 def test_a_folder_that_is_no_teacher(tmp_path):
     with pytest.raises(ValueError, match="model_index.json"):
         load_network(tmp_path)
+
+
+def test_dmd2_eval_samples_the_teacher_with_its_schedulers_clip_sample(copy_of):
+    """dmd2 eval's teacher rows use DDIM as diffusers would for this folder: x0 clamped to clip_sample_range at
+    every step when the scheduler config says clip_sample (DDPMScheduler's default), unclamped when it says false
+    (what write_teacher_folder writes); a bad range is a one-line error naming the file and the key."""
+    from dmd2_worker.evaluate.models import load_teacher
+    from dmd2_worker.evaluate.spec import EvalInputError, TeacherModel
+
+    model = TeacherModel(label="t", kind="teacher", path=str(copy_of), steps=[2], guidance_scale=1.0)
+    z = 3 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = torch.arange(4) % K
+    scheduler_config = copy_of / "scheduler" / "scheduler_config.json"
+    assert json.loads(scheduler_config.read_text())["clip_sample"] is False
+    plain = load_teacher(model, "models[0]", torch.device("cpu"))
+    assert plain.clip_sample is None
+    y = plain.sample(z, cond, 2, torch.Generator())
+    _edit_json(scheduler_config, clip_sample=True)
+    clipped = load_teacher(model, "models[0]", torch.device("cpu"))
+    assert clipped.clip_sample == 1.0
+    x = clipped.sample(z, cond, 2, torch.Generator())
+    assert x.abs().max() <= 1 < y.abs().max()
+    _edit_json(scheduler_config, clip_sample=True, clip_sample_range="one")
+    with pytest.raises(EvalInputError, match=r"scheduler_config.json: clip_sample_range must be a positive number") as info:
+        load_teacher(model, "models[0]", torch.device("cpu"))
+    assert info.value.key == "models[0].path"

@@ -117,6 +117,7 @@ export const recipeSchema: Group = group({
     ema_decay: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0 },
     last_step_only: { kind: "bool", default: false },
     backprop_through_chain: { kind: "bool", default: false },
+    clip_sample: { kind: "bool", default: false },
     // LoRA adapters on a frozen copy of the teacher (docs/adapters.md §7); rank null: the whole network trains
     lora: group({
       rank: { kind: "int", min: 1, max: 4096, default: null, nullable: true },

@@ -69,7 +69,7 @@ export interface Recipe {
     path: string | null;
   };
   diffusion: DiffusionConfig;
-  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number; last_step_only: boolean; backprop_through_chain: boolean;
+  generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number; last_step_only: boolean; backprop_through_chain: boolean; clip_sample: boolean;
     /** rank null: no LoRA (the whole network trains) */
     lora: { rank: number | null; alpha: number | null; target_modules: string[] | null };
   };

@@ -222,6 +222,9 @@ export function checkRules(r: Obj): Problem[] {
   if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
     problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });
   }
+  if (source === "prompts" && g("generator.clip_sample") === true) {
+    problems.push({ path: ["generator", "clip_sample"], message: "clamps pixels to [-1, 1]; a text-to-image teacher's generator makes VAE latents, which have another range (set generator.clip_sample: false)" });
+  }
   if (source === "prompts" && gan.enabled === true && g("data.prompts.images") === null) {
     problems.push({ path: ["data", "prompts", "images"], message: "required when gan.enabled is true: the GAN's real branch needs real images (give a folder of images, with captions.txt for their captions, or set gan.enabled: false)" });
   }

@@ -1,10 +1,11 @@
 """The models `dmd2 eval` samples from (docs/pipeline.md §4, "Samples").
 
-A teacher folder samples with DDIM (eta 0, trailing timesteps) and classifier-free guidance. A student is a
+A teacher folder samples with DDIM (eta 0, trailing timesteps), classifier-free guidance and, for a diffusers
+folder whose scheduler config says clip_sample, each step's x0 clamped to clip_sample_range. A student is a
 distillation run folder: its generator's weights from the newest complete checkpoint
 (`checkpoints/step-XXXXXXXX/` with a manifest.json) on a copy of the run's teacher network, sampled with the
 few-step generator loop at the training timesteps (when `steps` equals `generator.steps`) or at evenly spaced ones
-from the conditioning timestep.
+from the conditioning timestep, clamped as in training when the recipe has generator.clip_sample.
 """
 from __future__ import annotations
 
@@ -18,24 +19,27 @@ from ..config import GeneratorConfig, lora_spec, parse_recipe
 from ..diffusion import NoiseSchedule, generator_timesteps
 from ..roles.common import load_network_state, x0_function
 from ..sampling import ddim_sample, sample_generator
-from ..teacher_training import load_network
+from ..teacher_training import is_diffusers_teacher_dir, load_network
 from .spec import EvalInputError, StudentModel, TeacherModel
 
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 
 
 class TeacherSampler:
-    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, guidance_scale: float) -> None:
+    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, guidance_scale: float,
+                 clip_sample: float | None = None) -> None:
         self.net = net
         self.schedule = schedule
         self.guidance_scale = guidance_scale
+        self.clip_sample = clip_sample  # the teacher folder's scheduler clip_sample_range, when it clips
         self.num_classes: int | None = net.num_classes
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
 
     def sample(self, z: torch.Tensor, cond: torch.Tensor | None, steps: int,
                generator: torch.Generator) -> torch.Tensor:
         """DDIM is deterministic given `z`: `generator` is not drawn from."""
-        return ddim_sample(self.net, z, cond, self.schedule, steps, self.guidance_scale, self.net.null_class)
+        return ddim_sample(self.net, z, cond, self.schedule, steps, self.guidance_scale, self.net.null_class,
+                           clip_sample=self.clip_sample)
 
 
 class StudentSampler:
@@ -55,7 +59,7 @@ class StudentSampler:
     def sample(self, z: torch.Tensor, cond: torch.Tensor | None, steps: int,
                generator: torch.Generator) -> torch.Tensor:
         """The generator loop; draws one re-noise tensor per step after the first from `generator`."""
-        G = x0_function(self.net, self.schedule)
+        G = x0_function(self.net, self.schedule, self.generator_config.clip_sample)
         return sample_generator(G, z, cond, self.timesteps(steps), self.schedule, generator)
 
 
@@ -81,7 +85,15 @@ def load_teacher(model: TeacherModel, key: str, device: torch.device) -> Teacher
     if too_many:
         raise EvalInputError(f"{key}.steps", f"{key}.steps: DDIM steps {too_many} exceed the teacher's "
                              f"{schedule.num_train_timesteps} training timesteps")
-    return TeacherSampler(net, schedule, model.guidance_scale)
+    clip = None
+    if is_diffusers_teacher_dir(Path(model.path)):  # sampled as diffusers' DDIM would: clip_sample as configured
+        from ..teacher_folder import TeacherFolderError, clip_sample_range
+
+        try:
+            clip = clip_sample_range(Path(model.path))
+        except TeacherFolderError as e:
+            raise EvalInputError(f"{key}.path", f"{key}.path: {e}") from None
+    return TeacherSampler(net, schedule, model.guidance_scale, clip)
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..data import DataSource, build_data_source
+from ..images import as_saved
 from .features import FeatureExtractor, build_feature_extractor
 from .frechet import feature_distance
 from .models import Sampler, load_sampler
@@ -53,7 +54,8 @@ def generate(sampler: Sampler, steps: int, spec: EvalSpec, device: torch.device)
     began = time.perf_counter()
     images = torch.cat([run(start, min(start + batch, n), generator) for start in range(0, n, batch)])
     _synchronize(device)
-    return Generated(images, labels, time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    return Generated(as_saved(images), labels, seconds)
 
 
 def accuracy(predictions: torch.Tensor | None, labels: torch.Tensor | None) -> float | None:
@@ -67,6 +69,7 @@ def noise_floor(extract: FeatureExtractor, train: DataSource, heldout_features: 
                 seed: int) -> float | None:
     """The distance between a seeded train subset of the held-out split's size and the held-out split."""
     images, _ = train.all()
+    images = as_saved(images)
     count = min(len(images), len(heldout_features))
     subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
     return feature_distance(extract(images[subset])[0], heldout_features)
@@ -133,6 +136,7 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
                                       progress)
 
     heldout_images, heldout_labels = heldout.all()
+    heldout_images = as_saved(heldout_images)
     heldout_features, heldout_predictions = extract(heldout_images)
     floor = noise_floor(extract, train, heldout_features, spec.seed)
     progress(f"held-out split: {len(heldout_images)} images, noise floor {floor}")

@@ -213,10 +213,12 @@ def check_teacher_fits(config: dict[str, Any], recipe: Recipe, where: Any) -> No
                          f"data ({recipe.data.source}) has {list(data.image_shape)}")
 
 
-def x0_function(net: torch.nn.Module, schedule: NoiseSchedule) -> Callable:
-    """`G(x, t, c)`: the network converted to an x0 estimate (float32)."""
+def x0_function(net: torch.nn.Module, schedule: NoiseSchedule, clip_sample: bool = False) -> Callable:
+    """`G(x, t, c)`: the network converted to an x0 estimate (float32); clamped to [-1, 1] with `clip_sample`
+    (generator.clip_sample: a hard clamp, so pixels beyond the range get no gradient)."""
     def G(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        return schedule.to_x0(net(x, t, cond), x, t)
+        x0 = schedule.to_x0(net(x, t, cond), x, t)
+        return x0.clamp(-1.0, 1.0) if clip_sample else x0
     return G
 
 

@@ -68,7 +68,7 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
         net, schedule = load_student_network(body.get("teacher_dir"), ctx, "generator.setup", unet=unet, lora=self.lora)
         self.net = net
         self.schedule = schedule
-        self.G = x0_function(net, schedule)
+        self.G = x0_function(net, schedule, ctx.recipe.generator.clip_sample)
         self.recipe = ctx.recipe
         self.timesteps = list(ctx.recipe.generator.timesteps)
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
