@@ -2,8 +2,7 @@
 // every comparison row, each with finite positive numbers. No timing is asserted (timings on shared CI machines
 // mean nothing); the full benchmark is run by hand (docs/bench/).
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -12,7 +11,7 @@ import { benchSettings } from "../src/bench/main.js";
 import { markdownReport, stepRows, type BenchResults, type Row } from "../src/bench/report.js";
 import { summarize } from "../src/bench/stats.js";
 import type { StepResult } from "../src/bench/steps.js";
-import { projectRoot } from "./helpers.js";
+import { projectRoot, scratchDir } from "./helpers.js";
 
 function positive(x: unknown, what: string): void {
   assert.equal(typeof x, "number", `${what} is a number`);
@@ -20,8 +19,8 @@ function positive(x: unknown, what: string): void {
 }
 
 test("bench --quick: every row present, every number finite and positive", { timeout: 180_000 }, async () => {
-  const out = mkdtempSync(path.join(os.tmpdir(), "dmd2-bench-test-"));
-  const cache = mkdtempSync(path.join(os.tmpdir(), "dmd2-bench-cache-"));
+  const out = scratchDir("dmd2-bench-test-");
+  const cache = scratchDir("dmd2-bench-cache-");
   try {
     const r = await execa("node", [path.join(projectRoot, "dist", "src", "bench", "main.js"), "--quick", "--out", out], {
       cwd: projectRoot,

@@ -2,14 +2,14 @@
 // an SD 1.5 generator.safetensors is 3.4 GB. The chunked hash must equal the whole-buffer one across chunk edges.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { sha256OfFile, verifyCheckpoint } from "../src/run/checkpoints.js";
+import { scratchDir } from "./helpers.js";
 
 test("sha256OfFile reads in chunks and equals the whole-buffer hash; verifyCheckpoint finds a changed byte", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-ckpt-"));
+  const dir = scratchDir("dmd2-ckpt-");
   const data = Buffer.alloc((8 << 20) * 2 + 12345); // two full 8 MiB chunks and a partial one
   for (let i = 0; i < data.length; i += 4096) data[i] = (i / 4096) % 251;
   writeFileSync(path.join(dir, "generator.safetensors"), data);

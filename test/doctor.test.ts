@@ -1,8 +1,7 @@
 // dmd2 doctor: passes on this machine, names the problem and the fix for a missing or broken interpreter, and
 // turns a fake interpreter's answers (old versions, another protocol) into problem lines.
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -11,9 +10,9 @@ import { runDoctor, type DoctorReport } from "../src/doctor/doctor.js";
 import { formatDoctor } from "../src/doctor/format.js";
 import { PYTHON_MIN, PYTHON_PACKAGES, versionAtLeast } from "../src/doctor/requirements.js";
 import { PROTOCOL_VERSION } from "../src/protocol/messages.js";
-import { cliEntry, projectRoot } from "./helpers.js";
+import { cliEntry, projectRoot, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-doctor-"));
+const tmp = scratchDir("dmd2-doctor-");
 
 async function cli(args: string[]) {
   const r = await execa("node", [cliEntry, ...args], { cwd: projectRoot, reject: false, env: { NO_COLOR: "1" }, timeout: 120_000 });

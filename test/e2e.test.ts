@@ -1,14 +1,14 @@
 // End to end: the CLI as a user runs it, with real Python worker processes, on the tiny recipe.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { loadRecipe } from "../src/recipe/load.js";
-import { cliEntry, fakeTeacher, isAlive, maxAbsDiff, projectRoot, readSafetensors } from "./helpers.js";
+import { cliEntry, fakeTeacher, isAlive, maxAbsDiff, projectRoot, readSafetensors, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-e2e-"));
+const work = scratchDir("dmd2-e2e-");
 const cache = path.join(os.tmpdir(), "dmd2-test-cache"); // the built-in teacher, trained once for all tests
 const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
 

@@ -6,15 +6,14 @@
 // has no stock pipeline that takes class labels (DDPMPipeline takes none), hence the documented loop. Then every
 // bad-input case is one line and exit 2, and nothing half-written is left. SD pipelines: test/text2image.test.ts.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { loadRecipe } from "../src/recipe/load.js";
-import { cliEntry, projectPython, projectRoot } from "./helpers.js";
+import { cliEntry, projectPython, projectRoot, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-export-"));
+const work = scratchDir("dmd2-export-");
 const env = { DMD2_CACHE: path.join(work, "cache"), HF_HUB_OFFLINE: "1", NO_COLOR: "1" };
 const teacher = path.join(work, "teacher");
 const runDir = path.join(work, "run");

@@ -2,15 +2,14 @@
 // test pipelines instead of the published sizes, 2 steps of each SD recipe, per role; every line of the report is
 // there and each run reached its last step. 45-60 s on 2 cores.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { projectPython, projectRoot } from "./helpers.js";
+import { projectPython, projectRoot, scratchDir } from "./helpers.js";
 
 test("gpu-sd-check.sh: the CPU dry run builds both pipelines and reports every recipe's steps, memory and losses", async () => {
-  const work = path.join(mkdtempSync(path.join(os.tmpdir(), "dmd2-gpu-sd-")), "check");
+  const work = path.join(scratchDir("dmd2-gpu-sd-"), "check");
   const r = await execa("bash", [path.join(projectRoot, "scripts", "gpu-sd-check.sh"), "2"], {
     cwd: projectRoot,
     reject: false,

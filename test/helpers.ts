@@ -9,7 +9,21 @@ export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.u
 export const projectPython = process.env.DMD2_PYTHON ?? path.join(projectRoot, ".venv", "bin", "python");
 export const cliEntry = path.join(projectRoot, "bin", "dmd2.js");
 
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+
+const scratch: string[] = [];
+process.on("exit", () => {
+  if (process.env.DMD2_KEEP_TEST_DIRS) return;
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A new folder under the OS temp folder, removed when the test process exits (kept with DMD2_KEEP_TEST_DIRS=1, to look into a failure). */
+export function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  scratch.push(dir);
+  return dir;
+}
 
 /** The files of a diffusers teacher folder the CLI reads (no weights): the default scheduler of a recipe, with `scheduler` on top. */
 export function fakeTeacher(dir: string, scheduler: Record<string, unknown>): string {

@@ -2,17 +2,16 @@
 // `dmd2 eval`, against a stand-in interpreter (test/fixtures/jobs/fake-python.mjs): events, the error event,
 // a job that dies, Ctrl-C, what the CLI writes into the spec and how it prints the result. No Python needed.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { WorkerDiedError } from "../src/errors.js";
 import { PythonJobError, runPythonJob, type JobEvent } from "../src/run/pythonJob.js";
-import { cliEntry, fakeTeacher, isAlive, projectRoot } from "./helpers.js";
+import { cliEntry, fakeTeacher, isAlive, projectRoot, scratchDir } from "./helpers.js";
 
 const fake = path.join(projectRoot, "test", "fixtures", "jobs", "fake-python.mjs");
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-jobs-"));
+const work = scratchDir("dmd2-jobs-");
 const teacherRecipe = path.join(work, "t-teacher.yaml");
 writeFileSync(teacherRecipe, "data: { source: digits }\nmodel: { block_out_channels: [8, 16], norm_num_groups: 4 }\ntrain: { steps: 4 }\n");
 

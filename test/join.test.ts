@@ -2,15 +2,15 @@
 // 127.0.0.1, their own working folders) complete a run; a joiner without the run's key is refused; the misfits
 // are one line each.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa, type ResultPromise } from "execa";
 import { curveKeyPair } from "zeromq";
-import { cliEntry, projectRoot } from "./helpers.js";
+import { cliEntry, projectRoot, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-join-"));
+const tmp = scratchDir("dmd2-join-");
 const cache = path.join(os.tmpdir(), "dmd2-test-cache");
 const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
 const env = { DMD2_CACHE: cache, NO_COLOR: "1" };

@@ -3,14 +3,14 @@
 // time. Seen from the workers' own clocks (the op replies' `time`, written by DMD2_TRACE); with all roles in one
 // process the same ops must not overlap, which shows the check can fail.
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { cliEntry, projectRoot } from "./helpers.js";
+import { cliEntry, projectRoot, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-overlap-"));
+const work = scratchDir("dmd2-overlap-");
 const cache = path.join(os.tmpdir(), "dmd2-test-cache");
 
 interface Span {

@@ -2,7 +2,7 @@
 // against the workers' hello replies, replicated roles split and joined, and real runs: 2 gloo replicas equal
 // one process with the whole batch, and every misfit is one line before any step.
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -13,9 +13,9 @@ import { checkPlacement } from "../src/run/placementCheck.js";
 import { concatRows, expandReplicas, mergeResults, splitRows } from "../src/run/replicas.js";
 import { workerLayout } from "../src/schedule/placement.js";
 import type { OpResult } from "../src/workers/client.js";
-import { cliEntry, issuesOf, maxAbsDiff, projectRoot, readSafetensors } from "./helpers.js";
+import { cliEntry, issuesOf, maxAbsDiff, projectRoot, readSafetensors, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-placement-"));
+const tmp = scratchDir("dmd2-placement-");
 const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
 const load = (sets: string[]) => loadRecipe(tiny, { cwd: tmp, cpuCount: 2, overrides: sets });
 

@@ -4,8 +4,7 @@
 // --set exactly like distill.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -20,9 +19,9 @@ import { ROLES, type Recipe } from "../src/recipe/types.js";
 import { checkpointName } from "../src/run/checkpoints.js";
 import { isCheckpointStep } from "../src/schedule/schedule.js";
 import { planStep } from "../src/schedule/stepPlan.js";
-import { cliEntry, fakeTeacher, fakeTextPipeline, projectPython, projectRoot } from "./helpers.js";
+import { cliEntry, fakeTeacher, fakeTextPipeline, projectPython, projectRoot, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-plan-"));
+const tmp = scratchDir("dmd2-plan-");
 const recipesDir = path.join(projectRoot, "recipes");
 const tinyFile = path.join(recipesDir, "tiny.yaml");
 const load = (file: string, overrides: string[] = []): Recipe => loadRecipe(file, { cwd: tmp, cpuCount: 2, overrides });

@@ -2,16 +2,15 @@
 // teacher.source / teacher.path with the diffusion group taken from a diffusers teacher's scheduler, the
 // teacher recipe of `dmd2 train-teacher`, and the data group alone (`dmd2 eval --data-from`).
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { RecipeError } from "../src/errors.js";
 import { showPath } from "../src/recipe/files.js";
 import { loadDataGroup, loadRecipe, loadTeacherRecipe } from "../src/recipe/load.js";
-import { fakeTeacher, issuesOf } from "./helpers.js";
+import { fakeTeacher, issuesOf, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-sources-"));
+const tmp = scratchDir("dmd2-sources-");
 const recipes = path.join(tmp, "recipes");
 mkdirSync(recipes);
 function writeRecipe(name: string, lines: string[]): string {

@@ -1,16 +1,15 @@
 // Recipe validation: the shipped recipes load, defaults resolve as docs/recipe.md says, every malformed recipe
 // in test/fixtures/bad-recipes gives its expected one-line message, and all problems are reported at once.
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { loadRecipe, loadTeacherRecipe, parseOverride } from "../src/recipe/load.js";
 import { defaultTimesteps } from "../src/recipe/resolve.js";
 import { parse } from "yaml";
-import { fakeTeacher, fakeTextPipeline, issuesOf, projectRoot } from "./helpers.js";
+import { fakeTeacher, fakeTextPipeline, issuesOf, projectRoot, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-recipe-"));
+const tmp = scratchDir("dmd2-recipe-");
 function writeRecipe(name: string, text: string): string {
   const f = path.join(tmp, name);
   writeFileSync(f, text);

@@ -4,7 +4,7 @@
 // must decode, the page must log nothing to the console (no Content-Security-Policy violation: no network), and
 // a screenshot goes to test-output/report.png. Chromium is required (Debian: apt-get install -y chromium).
 import assert from "node:assert/strict";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
@@ -15,10 +15,10 @@ import { lineChart, niceTicks } from "../src/report/chart.js";
 import { evenlySpaced, parseMetrics, readRun } from "../src/report/data.js";
 import { renderReport } from "../src/report/html.js";
 import { warmupLr } from "../src/schedule/schedule.js";
-import { cliEntry, projectRoot } from "./helpers.js";
+import { cliEntry, projectRoot, scratchDir } from "./helpers.js";
 import { effectiveEvents, eventFiles, readEventFile } from "./tfevents.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-report-"));
+const work = scratchDir("dmd2-report-");
 const cache = path.join(os.tmpdir(), "dmd2-test-cache"); // the built-in teacher, shared with e2e.test.ts
 const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
 const gridPng = path.join(projectRoot, "python-worker", "tests", "fixtures", "grid.png");
@@ -101,7 +101,7 @@ const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disabl
 
 async function chromium(args: string[]) {
   const bin = process.env.CHROMIUM ?? "chromium";
-  const r = await execa(bin, [...CHROMIUM_FLAGS, `--user-data-dir=${mkdtempSync(path.join(os.tmpdir(), "dmd2-chromium-"))}`, "--enable-logging=stderr", "--v=0", ...args], {
+  const r = await execa(bin, [...CHROMIUM_FLAGS, `--user-data-dir=${scratchDir("dmd2-chromium-")}`, "--enable-logging=stderr", "--v=0", ...args], {
     reject: false,
     timeout: 20_000,
   });

@@ -1,7 +1,6 @@
 // The coordinator's schedule: TTUR, warm-ups, seeds, checkpoints, and which tensors cross processes.
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { loadRecipe } from "../src/recipe/load.js";
@@ -9,7 +8,7 @@ import type { Recipe } from "../src/recipe/types.js";
 import { roleHome, workerLayout } from "../src/schedule/placement.js";
 import { ganGeneratorWeight, generatorUpdatesBefore, isCheckpointStep, isGeneratorStep, opSeed, warmupLr } from "../src/schedule/schedule.js";
 import { conditioningTensors, planStep, routeTensors } from "../src/schedule/stepPlan.js";
-import { projectRoot } from "./helpers.js";
+import { projectRoot, scratchDir } from "./helpers.js";
 
 function tiny(overrides: string[] = []): Recipe {
   return loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: "/tmp", cpuCount: 2, overrides });
@@ -103,7 +102,7 @@ test("per-role placement routes tensors between processes; colocated routes none
 });
 
 test("text-to-image teachers: the text tensors take cond's place (SDXL: pooled embeddings and time ids too)", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-route-"));
+  const dir = scratchDir("dmd2-route-");
   const pipeline = (name: string, className: string) => {
     mkdirSync(path.join(dir, name, "unet"), { recursive: true });
     mkdirSync(path.join(dir, name, "scheduler"), { recursive: true });
@@ -133,7 +132,7 @@ test("text-to-image teachers: the text tensors take cond's place (SDXL: pooled e
 });
 
 test("an image folder without class subfolders is unconditional: no cond is made or routed", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-flat-"));
+  const dir = scratchDir("dmd2-flat-");
   mkdirSync(path.join(dir, "flat", ".cache"), { recursive: true }); // hidden entries do not make classes
   writeFileSync(path.join(dir, "flat", "0.png"), "");
   mkdirSync(path.join(dir, "classes", "zero"), { recursive: true });

@@ -10,9 +10,9 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { cliEntry, projectRoot } from "./helpers.js";
+import { cliEntry, projectRoot, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-storage-"));
+const work = scratchDir("dmd2-storage-");
 const cache = path.join(os.tmpdir(), "dmd2-test-cache");
 
 // Runs inside the namespace; prints one JSON line with what happened.

@@ -3,12 +3,11 @@
 // (python-worker/tests/test_tensorboard.py). To regenerate the fixture after a deliberate change to the writer:
 //   npm run build && DMD2_UPDATE_FIXTURES=1 node --test dist/test/tensorboard.test.js
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { crc32c, encodeEvent, EventWriter, maskedCrc32c, pngInfo, tfrecord } from "../src/run/tensorboard.js";
-import { projectRoot } from "./helpers.js";
+import { projectRoot, scratchDir } from "./helpers.js";
 import { crc32cBitwise, decodeEvent, effectiveEvents, eventFiles, readEventFile, readRecords } from "./tfevents.js";
 
 const fixtures = path.join(projectRoot, "python-worker", "tests", "fixtures");
@@ -73,7 +72,7 @@ test("pngInfo reads width, height and colour from IHDR; anything else is refused
 });
 
 test("EventWriter: no file until the first event; file_version first; a second writer gets its own file", () => {
-  const dir = path.join(mkdtempSync(path.join(os.tmpdir(), "dmd2-tb-")), "tb");
+  const dir = path.join(scratchDir("dmd2-tb-"), "tb");
   const idle = new EventWriter(dir);
   idle.close();
   assert.ok(!existsSync(dir), "an unused writer makes nothing");
@@ -122,7 +121,7 @@ function writeFixture(dir: string) {
 }
 
 test("the shared fixture python-worker/tests/fixtures/tb is exactly what the writer writes", () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), "dmd2-tb-fixture-"));
+  const dir = scratchDir("dmd2-tb-fixture-");
   writeFixture(dir);
   const fixtureDir = path.join(fixtures, "tb");
   if (process.env.DMD2_UPDATE_FIXTURES === "1") {

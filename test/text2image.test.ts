@@ -3,17 +3,16 @@
 // and a folder of captioned images; `dmd2 distill` through the real CLI in both placements, then `dmd2 sample
 // --prompt`. The recipe checks of data.source prompts need no Python and come first.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { showPath } from "../src/recipe/files.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import { parsePrompts, readPromptsFile } from "../src/recipe/prompts.js";
-import { cliEntry, issuesOf, maxAbsDiff, projectPython, projectRoot, readSafetensors } from "./helpers.js";
+import { cliEntry, issuesOf, maxAbsDiff, projectPython, projectRoot, readSafetensors, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-t2i-"));
+const work = scratchDir("dmd2-t2i-");
 const env = { HF_HUB_OFFLINE: "1", NO_COLOR: "1", DMD2_CACHE: path.join(work, "cache") };
 const builder = path.join(projectRoot, "python-worker", "tests", "pipelines.py");
 

@@ -3,8 +3,7 @@
 // diffusers teacher's unet/config.json; an explicit torch_threads is kept; `dmd2 plan` says why instead of
 // warning about the deliberate oversubscription.
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { benchSettings } from "../src/bench/main.js";
@@ -15,9 +14,9 @@ import { COMPUTE_BOUND_MACS, defaultTorchThreads, forwardWork } from "../src/pla
 import { unet2dArch, unet2dMacsPerSample } from "../src/plan/unet2d.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import type { Recipe } from "../src/recipe/types.js";
-import { fakeTeacher, projectRoot } from "./helpers.js";
+import { fakeTeacher, projectRoot, scratchDir } from "./helpers.js";
 
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-threads-"));
+const tmp = scratchDir("dmd2-threads-");
 const tinyFile = path.join(projectRoot, "recipes", "tiny.yaml");
 const digitsFile = path.join(projectRoot, "recipes", "digits.yaml");
 const load = (file: string, overrides: string[] = [], cpuCount = 2): Recipe => loadRecipe(file, { cwd: tmp, cpuCount, overrides });

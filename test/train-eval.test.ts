@@ -1,14 +1,13 @@
 // End to end with the real Python side: `dmd2 train-teacher` trains a tiny diffusers teacher on the digits, and
 // `dmd2 eval` scores it; bad input to either is one line and exit code 2.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
-import { cliEntry } from "./helpers.js";
+import { cliEntry, scratchDir } from "./helpers.js";
 
-const work = mkdtempSync(path.join(os.tmpdir(), "dmd2-teacher-e2e-"));
+const work = scratchDir("dmd2-teacher-e2e-");
 const env = { DMD2_CACHE: path.join(work, "cache"), HF_HUB_OFFLINE: "1", NO_COLOR: "1" };
 const recipe = path.join(work, "tiny-teacher.yaml");
 writeFileSync(

@@ -4,8 +4,7 @@
 import assert from "node:assert/strict";
 import { execFile, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -21,12 +20,13 @@ import { HeartbeatMonitor } from "../src/workers/heartbeat.js";
 import { WorkerPool, checkSpecs, type WorkerPoolOptions, type WorkerSpec } from "../src/workers/pool.js";
 import { liveWorkers, spawnWorker } from "../src/workers/process.js";
 import { PROJECT_ROOT, resolvePython } from "../src/workers/python.js";
+import { scratchDir } from "./helpers.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..", "..");
 const fixtures = path.join(root, "test", "fixtures", "workers");
 const python = resolvePython(null);
-const tmp = mkdtempSync(path.join(os.tmpdir(), "dmd2-workers-test-"));
+const tmp = scratchDir("dmd2-workers-test-");
 const hello = { run_dir: tmp, recipe: { name: "fixture" }, torch_threads: 1 };
 
 after(() => {
