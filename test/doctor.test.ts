@@ -84,6 +84,16 @@ test("doctor: a fake interpreter's old versions and another protocol version are
   assert.match(check(report, "dmd2_worker").detail, new RegExp(`speaks protocol version ${PROTOCOL_VERSION + 1}, this CLI speaks ${PROTOCOL_VERSION}, from /elsewhere/dmd2_worker`));
   assert.match(check(report, "dmd2_worker").fix!, /pip install -e .*python-worker$/);
 
+  // the right protocol, but the package of another checkout (a worktree with the main checkout's .venv): a warning
+  const elsewhere = path.join(tmp, "elsewhere-python");
+  const sameProtocol = { ...probe, python: { version: "3.11.7", executable: elsewhere }, worker: { ...probe.worker, protocol: PROTOCOL_VERSION } };
+  writeFileSync(elsewhere, `#!/bin/sh\necho 'DMD2_DOCTOR_JSON ${JSON.stringify(sameProtocol)}'\n`);
+  chmodSync(elsewhere, 0o755);
+  const other = check(await runDoctor({ python: elsewhere, cwd: tmp }), "dmd2_worker");
+  assert.equal(other.status, "warning");
+  assert.match(other.detail, new RegExp(`from /elsewhere/dmd2_worker, not from this checkout's ${projectRoot}/python-worker/dmd2_worker: workers run that copy's Python code`));
+  assert.match(other.fix!, /pip install -e .*python-worker\) or put it first on PYTHONPATH$/);
+
   // an interpreter that is no Python at all
   const broken = await runDoctor({ python: "/bin/false", cwd: tmp });
   assert.equal(check(broken, "python-version").status, "problem");

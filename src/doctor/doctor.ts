@@ -105,6 +105,16 @@ function workerCheck(w: ProbeResult["worker"], python: string, root: string): Ch
       fix: `install the worker package of this checkout: ${install}`,
     };
   }
+  const own = path.join(root, "python-worker", WORKER_PACKAGE.module);
+  if (w.file && path.resolve(path.dirname(w.file)) !== path.resolve(own)) {
+    // e.g. a git worktree running with another checkout's .venv: that checkout's Python code is what runs
+    return {
+      id: WORKER_PACKAGE.name,
+      status: "warning",
+      detail: `${w.version ?? "?"}, protocol version ${PROTOCOL_VERSION}${where}, not from this checkout's ${own}: workers run that copy's Python code`,
+      fix: `install this checkout's worker package (${install}) or put it first on PYTHONPATH`,
+    };
+  }
   return { id: WORKER_PACKAGE.name, status: "ok", detail: `${w.version ?? "?"}, protocol version ${PROTOCOL_VERSION}${where}` };
 }
 
