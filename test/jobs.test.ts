@@ -173,7 +173,7 @@ const evalEnv = (extra: Record<string, string> = {}) => ({ DMD2_PYTHON: fake, FA
 test("eval: the spec names each model, its steps, the data and the picture rows; the table has the speed-up over teacher 50", async () => {
   const copy = path.join(work, "eval-spec.json");
   const picture = path.join(work, "compare.png");
-  const r = await dmd2(["eval", evalTeacher, run, "--n", "64", "--seed", "3", "--torch-threads", "3", "--picture", picture], evalEnv({ FAKE_SPEC_COPY: copy }));
+  const r = await dmd2(["eval", evalTeacher, run, "--n", "64", "--seed", "3", "--repeats", "2", "--torch-threads", "3", "--picture", picture], evalEnv({ FAKE_SPEC_COPY: copy }));
   assert.equal(r.exitCode, 0, r.stderr);
   const spec = JSON.parse(readFileSync(copy, "utf8"));
   assert.deepEqual(spec.models, [
@@ -182,7 +182,7 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
   ]);
   // the data group as the worker parses it: keys added since (data.prompts) get their defaults
   assert.deepEqual(spec.data, { ...digits, prompts: { file: null, images: null } });
-  assert.deepEqual([spec.n, spec.seed, spec.batch_size, spec.device, spec.torch_threads, spec.features, spec.cache_dir], [64, 3, 64, "cpu", 3, { kind: "classifier" }, null]);
+  assert.deepEqual([spec.n, spec.seed, spec.repeats, spec.batch_size, spec.device, spec.torch_threads, spec.features, spec.cache_dir], [64, 3, 2, 64, "cpu", 3, { kind: "classifier" }, null]);
   assert.deepEqual(spec.picture, { path: picture, rows: [["real"], ["teacher", 50], ["student", 1], ["student", 4]], classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] });
   assert.equal(
     r.stdout,
@@ -195,6 +195,9 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
     ].join("\n"),
   );
   assert.match(r.stderr, /sampling teacher, 50 steps/);
+  const bad = await dmd2(["eval", evalTeacher, "--repeats", "0"], evalEnv());
+  assert.equal(bad.exitCode, 2);
+  assert.equal(bad.stderr.trim(), "error: --repeats 0: must be between 1 and 1000");
 });
 
 test("eval --json prints the result object; --features torchscript: and --steps reach the spec", async () => {

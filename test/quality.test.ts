@@ -11,9 +11,9 @@ const evaluation: EvalResult = {
   features: "classifier",
   n: 1000,
   rows: [
-    { label: "teacher", kind: "teacher", steps: 1, fd: 250.5, accuracy: 0.1, images_per_s: 2000, seconds: 0.5 },
-    { label: "teacher", kind: "teacher", steps: 50, fd: 1.25, accuracy: 0.97, images_per_s: 40, seconds: 25 },
-    { label: "student", kind: "student", steps: 4, fd: 2.5, accuracy: 0.95, images_per_s: 500, seconds: 2 },
+    { label: "teacher", kind: "teacher", steps: 1, fd: 250.5, fd_sd: null, fd_draws: [250.5], accuracy: 0.1, images_per_s: 2000, seconds: 0.5 },
+    { label: "teacher", kind: "teacher", steps: 50, fd: 1.25, fd_sd: null, fd_draws: [1.25], accuracy: 0.97, images_per_s: 40, seconds: 25 },
+    { label: "student", kind: "student", steps: 4, fd: 2.5, fd_sd: 0.125, fd_draws: [2.375, 2.5, 2.625], accuracy: 0.95, images_per_s: 500, seconds: 2 },
   ],
 };
 
@@ -43,7 +43,7 @@ test("table rows carry the speed-up over the teacher at 50 steps", () => {
 test("quality.md: the table, the noise floor, the picture relative to the file, machine and wall times", () => {
   const md = qualityMarkdown(results, "/p/docs/bench/quality.md");
   assert.ok(md.includes("| model | steps | FD | class accuracy | images/s | speed-up over teacher 50 steps |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"), md);
-  assert.ok(md.includes("| teacher | 1 | 250.5 | 10.0% | 2000 | 50.0x |\n| teacher | 50 | 1.250 | 97.0% | 40.0 | 1.0x |\n| student | 4 | 2.500 | 95.0% | 500 | 12.5x |\n"), md);
+  assert.ok(md.includes("| teacher | 1 | 250.5 | 10.0% | 2000 | 50.0x |\n| teacher | 50 | 1.250 | 97.0% | 40.0 | 1.0x |\n| student | 4 | 2.500 ± 0.13 | 95.0% | 500 | 12.5x |\n"), md);
   assert.ok(md.includes("Noise floor (train vs held-out images, classifier features): FD 0.5000; the classifier's accuracy on held-out images: 98.0%."), md);
   assert.ok(md.includes("](../img/digits-compare.png)"), md);
   assert.ok(md.includes("| CPU | CPU X, 2 cores |"), md);
@@ -51,6 +51,9 @@ test("quality.md: the table, the noise floor, the picture relative to the file, 
   assert.ok(md.includes("| distill | `dmd2 distill recipes/digits.yaml` | 90 s |"), md);
   assert.ok(md.includes("| total | `npm run bench:quality` | 6.7 min |"), md);
   assert.ok(md.includes("`$WORK` was /tmp/w."), md);
+  assert.ok(md.includes(": 1000 samples per row, each scored as the 8-bit image a user gets"), md);
+  const drawn = qualityMarkdown({ ...results, evaluation: { ...evaluation, repeats: 3 } }, "/p/docs/bench/quality.md");
+  assert.ok(drawn.includes(": 3 draws of 1000 samples per row (consecutive seeds, the same for every row; FD: the draws' mean ± standard deviation)"), drawn);
 });
 
 test("quality targets: each is checked against the measured rows, a miss reads 'missed'", async () => {
@@ -61,12 +64,12 @@ test("quality targets: each is checked against the measured rows, a miss reads '
     features: "classifier",
     n: 100,
     rows: [
-      { label: "teacher", kind: "teacher", steps: 1, fd: 15, accuracy: 1, images_per_s: 5000, seconds: 1 },
-      { label: "teacher", kind: "teacher", steps: 4, fd: 3.6, accuracy: 1, images_per_s: 1800, seconds: 1 },
-      { label: "teacher", kind: "teacher", steps: 50, fd: 2, accuracy: 0.99, images_per_s: 100, seconds: 10 },
-      { label: "a", kind: "student", steps: 1, fd: 2.5, accuracy: 0.96, images_per_s: 4000, seconds: 1 },
-      { label: "b", kind: "student", steps: 1, fd: 3, accuracy: 0.99, images_per_s: 4000, seconds: 1 },
-      { label: "b", kind: "student", steps: 4, fd: 1.5, accuracy: 0.99, images_per_s: 1000, seconds: 1 },
+      { label: "teacher", kind: "teacher", steps: 1, fd: 15, fd_sd: null, fd_draws: [15], accuracy: 1, images_per_s: 5000, seconds: 1 },
+      { label: "teacher", kind: "teacher", steps: 4, fd: 3.6, fd_sd: null, fd_draws: [3.6], accuracy: 1, images_per_s: 1800, seconds: 1 },
+      { label: "teacher", kind: "teacher", steps: 50, fd: 2, fd_sd: null, fd_draws: [2], accuracy: 0.99, images_per_s: 100, seconds: 10 },
+      { label: "a", kind: "student", steps: 1, fd: 2.5, fd_sd: null, fd_draws: [2.5], accuracy: 0.96, images_per_s: 4000, seconds: 1 },
+      { label: "b", kind: "student", steps: 1, fd: 3, fd_sd: null, fd_draws: [3], accuracy: 0.99, images_per_s: 4000, seconds: 1 },
+      { label: "b", kind: "student", steps: 4, fd: 1.5, fd_sd: null, fd_draws: [1.5], accuracy: 0.99, images_per_s: 1000, seconds: 1 },
     ],
   };
   const checks = checkTargets(ev, 21 * 60);

@@ -117,7 +117,7 @@ def test_noise_floor_is_far_below_the_distance_of_noise_images(digits_classifier
 
 def spec_dict(models: list[dict], picture: dict | None = None, **overrides) -> dict:
     spec = {"data": dataclasses.asdict(digits_config()), "n": 40,
-            "seed": 0, "batch_size": 16, "device": "cpu", "torch_threads": 1, "features": {"kind": "classifier"},
+            "seed": 0, "repeats": 1, "batch_size": 16, "device": "cpu", "torch_threads": 1, "features": {"kind": "classifier"},
             "cache_dir": None, "models": models, "picture": picture}
     spec.update(overrides)
     return spec
@@ -131,6 +131,7 @@ def test_spec_problems_name_their_keys():
         (spec_dict([{**teacher, "kind": "oracle"}]), "models[0].kind"),
         (spec_dict([teacher], features={"kind": "torchscript"}), "features.path"),
         (spec_dict([teacher], n=1), "n"),
+        (spec_dict([teacher], repeats=0), "repeats"),
         (spec_dict([teacher, teacher]), "models[1].label"),
         (spec_dict([teacher], picture={"path": "p.png", "rows": [["teacher", 2]], "classes": None}),
          "picture.rows[0]"),
@@ -234,7 +235,8 @@ def test_evaluate_process_end_to_end(models_on_disk, digits_classifier, dmd2_cac
     assert [(r["label"], r["kind"], r["steps"]) for r in result["rows"]] == [
         ("teacher", "teacher", 1), ("teacher", "teacher", 2), ("student", "student", 2)]
     for row in result["rows"]:
-        assert set(row) == {"label", "kind", "steps", "fd", "accuracy", "images_per_s", "seconds"}
+        assert set(row) == {"label", "kind", "steps", "fd", "fd_sd", "fd_draws", "accuracy", "images_per_s", "seconds"}
+        assert row["fd_sd"] is None and row["fd_draws"] == [row["fd"]]
         assert row["fd"] > result["noise_floor"] and 0 <= row["accuracy"] <= 1 and row["images_per_s"] > 0
     width, height = Image.open(picture).size
     assert width > 3 * 48 and height >= 3 * 48  # three rows of three upscaled 8x8 tiles and the labels
@@ -247,6 +249,21 @@ def run_main(spec: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> tuple
     status = evaluate_main([str(path)])
     out, err = capsys.readouterr()
     return status, [json.loads(line) for line in out.splitlines()], err
+
+
+def test_repeats_average_the_fd_of_draws_with_consecutive_seeds(models_on_disk, digits_classifier, dmd2_cache: Path):
+    """repeats 3: three draws of n samples with seeds 5, 6, 7; the row's FD is their mean, fd_sd their sample
+    standard deviation, each draw the FD a single evaluation with that seed gives."""
+    teacher = {"label": "teacher", "kind": "teacher", "path": str(models_on_disk["teacher"]), "steps": [2],
+               "guidance_scale": 1.0}
+    spec = parse_eval_spec(spec_dict([teacher], seed=5, repeats=3, cache_dir=str(dmd2_cache)))
+    row = evaluate(spec, lambda message: None)["rows"][0]
+    singles = [evaluate(dataclasses.replace(spec, seed=s, repeats=1), lambda message: None)["rows"][0]["fd"]
+               for s in (5, 6, 7)]
+    assert row["fd_draws"] == pytest.approx(singles, rel=1e-9)
+    assert len(set(singles)) == 3  # the draws differ
+    assert row["fd"] == pytest.approx(float(np.mean(singles)), rel=1e-9)
+    assert row["fd_sd"] == pytest.approx(float(np.std(singles, ddof=1)), rel=1e-9)
 
 
 def test_bad_input_is_an_error_event_with_status_2(models_on_disk, tmp_path: Path, capsys: pytest.CaptureFixture):

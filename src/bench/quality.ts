@@ -22,7 +22,7 @@ const TEACHER_STEPS = "1,2,4,10,25,50";
 const cli = path.join(PROJECT_ROOT, "bin", "dmd2.js");
 
 function usage(): string {
-  return "usage: npm run bench:quality -- [--set key=value]... [--teacher-set key=value]... [--n N] [--out DIR]";
+  return "usage: npm run bench:quality -- [--set key=value]... [--teacher-set key=value]... [--n N] [--repeats K] [--out DIR]";
 }
 
 /**
@@ -61,6 +61,10 @@ export async function main(argv: string[]): Promise<number> {
       // 5000: with 1000 samples a model's FD moved by up to 0.7 between sampling seeds (1-step student 1.86 / 1.69
       // / 1.14 at seeds 0 / 1 / 2), more than the differences the targets compare; at 5000, 1.43 / 1.42
       n: { type: "string", default: "5000" },
+      // and even at 5000 one draw's FD moves by ~0.17 (sd over 10 seeds; 1-step student 0.96-1.45), as much as the
+      // 4-step vs 1-step difference: every row is the mean over 3 draws with seeds 0, 1, 2 (paired: the same noise
+      // for every model)
+      repeats: { type: "string", default: "3" },
       out: { type: "string" },
     },
     usage(),
@@ -68,6 +72,10 @@ export async function main(argv: string[]): Promise<number> {
   if (typeof values === "number") return values;
   if (!/^\d+$/.test(values.n) || Number(values.n) < 2) {
     process.stderr.write(`--n ${values.n}: expected a whole number >= 2\n${usage()}\n`);
+    return 2;
+  }
+  if (!/^\d+$/.test(values.repeats) || Number(values.repeats) < 1) {
+    process.stderr.write(`--repeats ${values.repeats}: expected a whole number >= 1\n${usage()}\n`);
     return 2;
   }
   const outDir = path.resolve(values.out ?? path.join(PROJECT_ROOT, "docs", "bench"));
@@ -106,7 +114,7 @@ export async function main(argv: string[]): Promise<number> {
       {
         name: "evaluate",
         // each student at 1, 2, 4 steps up to the steps it was trained for
-        args: ["eval", teacher, ...runs.map((r) => r.dir), "--teacher-steps", TEACHER_STEPS, "--n", values.n, "--picture", fromRoot(picture), "--json"],
+        args: ["eval", teacher, ...runs.map((r) => r.dir), "--teacher-steps", TEACHER_STEPS, "--n", values.n, "--repeats", values.repeats, "--picture", fromRoot(picture), "--json"],
         capture: true,
       },
     ],

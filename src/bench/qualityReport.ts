@@ -39,6 +39,13 @@ export function tableRows(result: EvalResult): QualityResults["rows"] {
 const seconds = (s: number) => (s >= 120 ? `${(s / 60).toFixed(1)} min` : `${s.toFixed(0)} s`);
 
 /** quality.md; `mdFile` is where it is written (the picture is linked relative to it). */
+/** "5000 samples per row", or with several draws "3 draws of 5000 samples per row (seeds 0, 1, 2; FD: their mean ± standard deviation)". */
+function drawsText(ev: EvalResult): string {
+  const k = ev.repeats ?? 1;
+  if (k === 1) return `${ev.n} samples per row`;
+  return `${k} draws of ${ev.n} samples per row (consecutive seeds, the same for every row; FD: the draws' mean ± standard deviation)`;
+}
+
 export function qualityMarkdown(res: QualityResults, mdFile: string): string {
   const m = res.machine;
   const picture = path.relative(path.dirname(mdFile), res.picture);
@@ -49,7 +56,7 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     `Written by \`${res.command}\` on ${res.created}. A class-conditional teacher is trained on the train split of ` +
       "scikit-learn's 8x8 digits (`recipes/digits-teacher.yaml`), distilled into a 1-step generator " +
       "(`recipes/digits-1step.yaml`) and a 4-step one (`recipes/digits.yaml`), and all are scored on the held-out split by `dmd2 eval` " +
-      `(docs/pipeline.md §4): ${res.evaluation.n} samples per row, Fréchet distance (FD, lower is better) in the ` +
+      `(docs/pipeline.md §4): ${drawsText(res.evaluation)}, each scored as the 8-bit image a user gets (clamped to the data's range), Fréchet distance (FD, lower is better) in the ` +
       `${res.evaluation.features} feature space, the share of samples classified as the class asked for, and ` +
       `sampling speed. The teacher samples with DDIM. Raw numbers: \`${path.basename(mdFile, ".md")}.json\` next to this file.`,
     "",

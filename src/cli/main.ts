@@ -171,6 +171,7 @@ export function buildProgram(): Command {
     .addOption(new Option("--teacher-steps <list>", "DDIM steps of each teacher").argParser(stepList("--teacher-steps", 1000)).default([1, 2, 4, 10, 25, 50], "1,2,4,10,25,50"))
     .option("--n <n>", "samples per model and step count", intArg("--n"), 1000)
     .option("--seed <n>", "random seed of the samples", intArg("--seed"), 0)
+    .option("--repeats <k>", "draws of --n samples per model and step count, with seeds seed, seed+1, ...: FD is their mean, shown with its standard deviation", intArg("--repeats"), 1)
     .addOption(new Option("--features <kind>", "feature space: classifier (trained on the data's train split, cached), torchscript:<file.pt> or inception:<inception-2015-12-05.pt> (a local copy of the FID Inception detector)").argParser(featuresArg).default({ kind: "classifier" }, "classifier"))
     .option("--picture <file>", "also write a PNG: real images, then each teacher at its most steps, each run at its fewest and most")
     .option("--device <device>", "cpu, cuda or cuda:N", "cpu")
@@ -179,8 +180,9 @@ export function buildProgram(): Command {
     .addOption(new Option("-q, --quiet", "print only errors and the result"))
     .addOption(new Option("-v, --verbose", "print the Python process's output"))
     .addHelpText("after", "\nExamples:\n  dmd2 eval teachers/digits-teacher runs/digits\n  dmd2 eval runs/digits --steps 1,4 --n 2000 --picture /tmp/digits.png\n  dmd2 eval teachers/digits-teacher --teacher-steps 10,50 --json | jq .rows")
-    .action(async (paths: string[], opts: OutputFlags & { dataFrom?: string; steps: number[]; teacherSteps: number[]; n: number; seed: number; features: Features; picture?: string; device: string; torchThreads: number }) => {
+    .action(async (paths: string[], opts: OutputFlags & { dataFrom?: string; steps: number[]; teacherSteps: number[]; n: number; seed: number; repeats: number; features: Features; picture?: string; device: string; torchThreads: number }) => {
       if (opts.n < 2 || opts.n > 1_000_000) throw new UsageError(`--n ${opts.n}: must be between 2 and 1000000`);
+      if (opts.repeats < 1 || opts.repeats > 1000) throw new UsageError(`--repeats ${opts.repeats}: must be between 1 and 1000`);
       if (opts.torchThreads < 1 || opts.torchThreads > 256) throw new UsageError(`--torch-threads ${opts.torchThreads}: must be between 1 and 256`);
       if (!/^(cpu|cuda(:\d+)?)$/.test(opts.device)) throw new UsageError(`--device ${opts.device}: use cpu, cuda or cuda:N`);
       const { evalCommand } = await import("./commands/eval.js");

@@ -20,6 +20,8 @@ export interface EvalSpec {
   data: DataConfig;
   n: number;
   seed: number;
+  /** draws of n samples (seeds seed, seed + 1, ...); FD: their mean */
+  repeats: number;
   batch_size: number;
   device: string;
   torch_threads: number;
@@ -33,6 +35,7 @@ export interface SpecOptions {
   data: DataConfig;
   n: number;
   seed: number;
+  repeats: number;
   device: string;
   torchThreads: number;
   features: Features;
@@ -94,6 +97,7 @@ export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec 
     data: o.data,
     n: o.n,
     seed: o.seed,
+    repeats: o.repeats,
     batch_size: Math.min(o.n, MAX_BATCH),
     device: o.device,
     torch_threads: o.torchThreads,

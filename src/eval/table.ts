@@ -6,7 +6,12 @@ export interface EvalRow {
   label: string;
   kind: "teacher" | "student";
   steps: number;
+  /** the mean over the draws (repeats) */
   fd: number;
+  /** the draws' standard deviation; null with one draw */
+  fd_sd: number | null;
+  /** each draw's FD */
+  fd_draws: number[];
   /** null with torchscript or inception features */
   accuracy: number | null;
   images_per_s: number;
@@ -18,6 +23,8 @@ export interface EvalResult {
   heldout_accuracy: number | null;
   features: string;
   n: number;
+  /** draws of n samples per row (absent in results written before it existed: 1) */
+  repeats?: number;
   rows: EvalRow[];
 }
 
@@ -31,6 +38,12 @@ export function speedups(rows: readonly EvalRow[]): Array<number | null> {
   return rows.map((r) => (ref === undefined ? null : r.images_per_s / ref.images_per_s));
 }
 
+/** "1.262", or with several draws "1.262 ± 0.169" (mean ± standard deviation of the draws). */
+function fdText(r: EvalRow): string {
+  const mean = r.fd >= 1000 ? r.fd.toFixed(0) : r.fd.toPrecision(4);
+  return r.fd_sd === null || r.fd_sd === undefined ? mean : `${mean} ± ${r.fd_sd.toPrecision(2)}`;
+}
+
 const percent = (x: number | null) => (x === null ? "-" : `${(x * 100).toFixed(1)}%`);
 
 /** The table's cells, as text, one array per row. */
@@ -39,7 +52,7 @@ function cells(result: EvalResult): string[][] {
   return result.rows.map((r, i) => [
     r.label,
     String(r.steps),
-    r.fd >= 1000 ? r.fd.toFixed(0) : r.fd.toPrecision(4),
+    fdText(r),
     percent(r.accuracy),
     r.images_per_s >= 100 ? r.images_per_s.toFixed(0) : r.images_per_s.toPrecision(3),
     ups[i] === null ? "-" : `${ups[i]!.toFixed(1)}x`,

@@ -2,9 +2,10 @@
 held-out split in feature space, class accuracy, images/s, the noise floor and the picture.
 
 Samples: labels `i mod K` (class-balanced; none for an unconditional model); the initial noise of all `n`
-samples comes first from a generator seeded with `seed`, so every model and step count starts from the same
-noise; a student's re-noise draws continue from that generator batch by batch. The timing covers the `n`
-samples after one untimed warm-up batch.
+samples comes first from a generator seeded with `seed` (draw r of `repeats`: `seed + r`), so every model and
+step count starts from the same noise; a student's re-noise draws continue from that generator batch by batch.
+The timing covers the samples after one untimed warm-up batch. With `repeats` > 1 the row's FD is the mean of the
+draws' FDs (each draw's in `fd_draws`, their standard deviation in `fd_sd`), its accuracy that of all samples.
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def generate(sampler: Sampler, steps: int, spec: EvalSpec, device: torch.device) -> Generated:
+def generate(sampler: Sampler, steps: int, spec: EvalSpec, device: torch.device, draw: int = 0) -> Generated:
+    """Draw `draw` (0-based) of `n` samples: noise from seed `spec.seed + draw`."""
     n, batch = spec.n, spec.batch_size
-    generator = torch.Generator().manual_seed(spec.seed)
+    generator = torch.Generator().manual_seed(spec.seed + draw)
     z = torch.randn((n, *sampler.image_shape), generator=generator)
     labels = torch.arange(n) % sampler.num_classes if sampler.num_classes is not None else None
 
@@ -49,13 +51,28 @@ def generate(sampler: Sampler, steps: int, spec: EvalSpec, device: torch.device)
         cond = labels[start:stop].to(device) if labels is not None else None
         return sampler.sample(z[start:stop].to(device), cond, steps, g).cpu()
 
-    run(0, min(batch, n), torch.Generator().manual_seed(spec.seed))  # warm-up, untimed
+    run(0, min(batch, n), torch.Generator().manual_seed(spec.seed + draw))  # warm-up, untimed
     _synchronize(device)
     began = time.perf_counter()
     images = torch.cat([run(start, min(start + batch, n), generator) for start in range(0, n, batch)])
     _synchronize(device)
     seconds = time.perf_counter() - began
     return Generated(as_saved(images), labels, seconds)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    """The mean; None when any is None (a diverged draw, or no accuracy)."""
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def _sd(values: list[float | None]) -> float | None:
+    """The sample standard deviation (n - 1); None when any is None."""
+    mean = _mean(values)
+    if mean is None or len(values) < 2:
+        return None
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5  # type: ignore[operator]
 
 
 def accuracy(predictions: torch.Tensor | None, labels: torch.Tensor | None) -> float | None:
@@ -145,17 +162,25 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
     tiles: dict[tuple[str, int], torch.Tensor] = {}
     for model, sampler in zip(spec.models, samplers):
         for steps in model.steps:
-            progress(f"{describe(model.label, steps)}: sampling {spec.n} images")
-            generated = generate(sampler, steps, spec, device)
-            features, predictions = extract(generated.images)
-            row = {"label": model.label, "kind": model.kind, "steps": steps,
-                   "fd": feature_distance(features, heldout_features),
-                   "accuracy": accuracy(predictions, generated.labels),
-                   "images_per_s": spec.n / generated.seconds, "seconds": generated.seconds}
+            draws = "" if spec.repeats == 1 else f" x {spec.repeats} draws"
+            progress(f"{describe(model.label, steps)}: sampling {spec.n} images{draws}")
+            fds: list[float | None] = []
+            correct: list[float | None] = []
+            seconds = 0.0
+            for draw in range(spec.repeats):
+                generated = generate(sampler, steps, spec, device, draw)
+                features, predictions = extract(generated.images)
+                fds.append(feature_distance(features, heldout_features))
+                correct.append(accuracy(predictions, generated.labels))
+                seconds += generated.seconds
+                if draw == 0 and columns:
+                    tiles[(model.label, steps)] = _sample_tiles(generated, columns, heldout.num_classes is not None)
+            row = {"label": model.label, "kind": model.kind, "steps": steps, "fd": _mean(fds),
+                   "fd_sd": _sd(fds) if spec.repeats > 1 else None, "fd_draws": fds,
+                   "accuracy": _mean(correct), "images_per_s": spec.n * spec.repeats / seconds, "seconds": seconds}
             rows.append(row)
-            progress(f"{describe(model.label, steps)}: fd {row['fd']}, {row['images_per_s']:.1f} images/s")
-            if columns:
-                tiles[(model.label, steps)] = _sample_tiles(generated, columns, heldout.num_classes is not None)
+            sd = "" if row["fd_sd"] is None else f" (sd {row['fd_sd']:.3f} over {spec.repeats} draws)"
+            progress(f"{describe(model.label, steps)}: fd {row['fd']}{sd}, {row['images_per_s']:.1f} images/s")
 
     if spec.picture is not None:
         picture_rows = [(REAL_ROW, _real_tiles(heldout, columns)) if row.steps is None
@@ -164,4 +189,4 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
         progress(f"picture: {write_picture(spec.picture.path, picture_rows)}")
 
     return {"event": "result", "noise_floor": floor, "heldout_accuracy": accuracy(heldout_predictions, heldout_labels),
-            "features": extract.name, "n": spec.n, "rows": rows}
+            "features": extract.name, "n": spec.n, "repeats": spec.repeats, "rows": rows}

@@ -1,4 +1,4 @@
-// `dmd2 eval <path>... [--data-from recipe] [--steps list] [--teacher-steps list] [--n N] [--seed N]
+// `dmd2 eval <path>... [--data-from recipe] [--steps list] [--teacher-steps list] [--n N] [--seed N] [--repeats K]
 // [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
 // folders and distilled runs, scores them against held-out data (docs/pipeline.md §4) and prints a table (or,
 // with --json, the result object). Returns the exit status (130 when interrupted).
@@ -22,6 +22,7 @@ export interface EvalFlags {
   teacherSteps: number[];
   n: number;
   seed: number;
+  repeats: number;
   features: Features;
   picture?: string;
   device: string;
@@ -42,6 +43,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     data,
     n: flags.n,
     seed: flags.seed,
+    repeats: flags.repeats,
     device: flags.device,
     torchThreads: flags.torchThreads,
     features: flags.features,
@@ -49,7 +51,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     teacherSteps: flags.teacherSteps,
     picture: flags.picture === undefined ? null : path.resolve(flags.picture),
   });
-  reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]`).join(", ")}; ${spec.n} samples each on ${data.source} data`);
+  reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]`).join(", ")}; ${spec.n} samples each${spec.repeats > 1 ? `, ${spec.repeats} draws` : ""} on ${data.source} data`);
   const interrupt = onInterrupt(reporter, "stopping the evaluation");
   try {
     const outcome = await runPythonJob({
