@@ -31,7 +31,7 @@ async function python(code: string, args: string[]): Promise<Record<string, unkn
 }
 
 let distilled: Promise<void> | null = null;
-/** A 20-step digits teacher and a 4-step distillation of it (recipes/digits.yaml: [599, 249, 99, 29], EMA kept), once. */
+/** A 20-step digits teacher and a 4-step distillation of it (recipes/digits.yaml: [599, 449, 299, 149], EMA kept), once. */
 function distill(): Promise<void> {
   distilled ??= (async () => {
     const teacherRecipe = path.join(work, "tiny-teacher.yaml");
@@ -79,16 +79,16 @@ test("export of a UNet2DModel-teacher run: a diffusers folder whose model card s
   const out = path.join(work, "exports", "digits-4step");
   const ex = await dmd2(["export", runDir, "--out", out]);
   assert.equal(ex.exitCode, 0, ex.stderr);
-  assert.match(ex.stderr, /exported to \S+digits-4step: timesteps \[599, 249, 99, 29\]/);
+  assert.match(ex.stderr, /exported to \S+digits-4step: timesteps \[599, 449, 299, 149\]/);
   assert.deepEqual(readdirSync(path.join(work, "exports")), ["digits-4step"], "no temporary folder left beside --out");
   for (const f of ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "README.md", "dmd2_student.json"]) {
     assert.ok(existsSync(path.join(out, f)), `${f} missing`);
   }
   const student = JSON.parse(readFileSync(path.join(out, "dmd2_student.json"), "utf8"));
-  assert.deepEqual([student.timesteps, student.checkpoint, student.ema], [[599, 249, 99, 29], "step-00000004", true]);
+  assert.deepEqual([student.timesteps, student.checkpoint, student.ema], [[599, 449, 299, 149], "step-00000004", true]);
   const card = readFileSync(path.join(out, "README.md"), "utf8");
   assert.match(card, /4-step student distilled with dmd2/);
-  assert.match(card, /timesteps \[599, 249, 99, 29\]/);
+  assert.match(card, /timesteps \[599, 449, 299, 149\]/);
   assert.match(card, /```python\n[\s\S]*scheduler\.step\([\s\S]*```/);
   // the teacher's own folder is untouched: its scheduler stays a DDPMScheduler
   assert.equal(JSON.parse(readFileSync(path.join(teacher, "model_index.json"), "utf8")).scheduler[1], "DDPMScheduler");
@@ -96,7 +96,7 @@ test("export of a UNet2DModel-teacher run: a diffusers folder whose model card s
   const r = await python(COMPARE, [out, sampled, path.join(ckpt, "generator.ema.safetensors")]);
   assert.equal(r.pipeline, "DDPMPipeline");
   assert.equal(r.scheduler, "LCMScheduler");
-  assert.deepEqual(r.card_timesteps, [599, 249, 99, 29]);
+  assert.deepEqual(r.card_timesteps, [599, 449, 299, 149]);
   assert.equal(r.same_as_ema, true, "the export's UNet is the EMA weights");
   assert.deepEqual(r.labels, Array.from({ length: 16 }, (_, i) => i % 10));
   assert.ok((r.diff as number) < 1e-5, `max |model card's images - dmd2 sample's| = ${r.diff}`);
@@ -108,7 +108,7 @@ test("export of a UNet2DModel-teacher run: a diffusers folder whose model card s
   const older = await dmd2(["export", runDir, "--out", empty, "--checkpoint", "2", "--json"]);
   assert.equal(older.exitCode, 0, older.stderr);
   const result = JSON.parse(older.stdout.trim().split("\n").pop()!);
-  assert.deepEqual(result.timesteps, [599, 249, 99, 29]);
+  assert.deepEqual(result.timesteps, [599, 449, 299, 149]);
   assert.equal(JSON.parse(readFileSync(path.join(empty, "dmd2_student.json"), "utf8")).checkpoint, "step-00000002");
 });
 
