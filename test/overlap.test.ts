@@ -53,8 +53,9 @@ test("concurrency: teacher and fake score forward passes overlap in separate pro
   const split = overlaps(perRole);
   assert.equal(split.length, 8, "40 steps with TTUR ratio 5: 8 generator steps");
   const overlapping = split.filter(Boolean).length;
-  // all of them on an idle machine; a loaded one may deschedule a worker for longer than the other one's pass
-  assert.ok(overlapping >= Math.ceil(0.75 * split.length), `per_role: the two forward passes overlapped in only ${overlapping} of ${split.length} generator steps`);
+  // all of them on an idle machine; a loaded one (CI runs test files side by side on 2 cores) may deschedule a
+  // worker for longer than the other one's pass: 5 of 8 was seen there. In one process (below) it is never any.
+  assert.ok(overlapping >= Math.ceil(0.5 * split.length), `per_role: the two forward passes overlapped in only ${overlapping} of ${split.length} generator steps`);
 
   const together = overlaps(await traceRun("colocated"));
   assert.equal(together.length, 8);
