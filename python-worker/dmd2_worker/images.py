@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 
-def _levels(x: torch.Tensor) -> torch.Tensor:
+def to_levels(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> the 8-bit levels 0..255 (float): clamped, then rounded; NaN stays NaN."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round()
 
@@ -20,14 +20,14 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected images (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
-    x = _levels(x.detach().to("cpu", torch.float32)).to(torch.uint8)
+    x = to_levels(x.detach().to("cpu", torch.float32)).to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
 
 
 def as_saved(x: torch.Tensor) -> torch.Tensor:
     """What a PNG of `x` holds (`to_uint8`: clamped to [-1, 1], 8 bits), back as float32 in [-1, 1], same
     shape: what dmd2 eval scores, so that a number describes the images a user gets. NaN stays NaN."""
-    return _levels(x.detach().float()) / 127.5 - 1
+    return to_levels(x.detach().float()) / 127.5 - 1
 
 
 def _scale(size: int, tile_px: int) -> int:

@@ -15,6 +15,7 @@ import torch
 from ..config import DataConfig
 from ..data import DataSource
 from .classifier import load_or_train_classifier
+from ..images import to_levels
 from .spec import ClassifierFeatures, EvalInputError, InceptionFeatures, TorchscriptFeatures
 
 
@@ -78,7 +79,7 @@ class TorchscriptExtractor:
 def inception_input(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] as the Inception FID detector takes them: uint8 RGB in [0, 255] (grey repeated to three
     channels); the detector resizes to 299x299 itself."""
-    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = to_levels(images).to(torch.uint8)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != 3:

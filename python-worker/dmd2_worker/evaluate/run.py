@@ -176,7 +176,7 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
                 if draw == 0 and columns:
                     tiles[(model.label, steps)] = _sample_tiles(generated, columns, heldout.num_classes is not None)
             row = {"label": model.label, "kind": model.kind, "steps": steps, "fd": _mean(fds),
-                   "fd_sd": _sd(fds) if spec.repeats > 1 else None, "fd_draws": fds,
+                   "fd_sd": _sd(fds), "fd_draws": fds,
                    "accuracy": _mean(correct), "images_per_s": spec.n * spec.repeats / seconds, "seconds": seconds}
             rows.append(row)
             sd = "" if row["fd_sd"] is None else f" (sd {row['fd_sd']:.3f} over {spec.repeats} draws)"
