@@ -7,6 +7,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { WorkerDiedError } from "../src/errors.js";
+import { checkpointName, sha256OfFile } from "../src/run/checkpoints.js";
 import { PythonJobError, runPythonJob, type JobEvent } from "../src/run/pythonJob.js";
 import { cliEntry, fakeTeacher, isAlive, projectRoot, scratchDir } from "./helpers.js";
 
@@ -178,7 +179,7 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
   const spec = JSON.parse(readFileSync(copy, "utf8"));
   assert.deepEqual(spec.models, [
     { label: "teacher", kind: "teacher", path: evalTeacher, steps: [1, 2, 4, 10, 25, 50], guidance_scale: 1 },
-    { label: "student", kind: "student", run_dir: run, steps: [1, 2, 4] },
+    { label: "student", kind: "student", run_dir: run, steps: [1, 2, 4], checkpoint: null, weights: "ema" },
   ]);
   // the data group as the worker parses it: keys added since (data.prompts) get their defaults
   assert.deepEqual(spec.data, { ...digits, prompts: { file: null, images: null } });
@@ -198,6 +199,36 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
   const bad = await dmd2(["eval", evalTeacher, "--repeats", "0"], evalEnv());
   assert.equal(bad.exitCode, 2);
   assert.equal(bad.stderr.trim(), "error: --repeats 0: must be between 1 and 1000");
+});
+
+test("eval --checkpoint picks a checkpoint of each run, --raw-weights the raw weights; a missing or damaged one is a one-line error", async () => {
+  const ckptRun = path.join(work, "eval", "ckpt-run");
+  mkdirSync(ckptRun, { recursive: true });
+  writeFileSync(path.join(ckptRun, "recipe.resolved.json"), JSON.stringify({ data: digits }));
+  for (const step of [10, 20]) {
+    const dir = path.join(ckptRun, "checkpoints", checkpointName(step));
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(dir, "generator.safetensors"), `weights ${step}`);
+    const files = [{ name: "generator.safetensors", bytes: `weights ${step}`.length, sha256: sha256OfFile(path.join(dir, "generator.safetensors")), worker: "w" }];
+    writeFileSync(path.join(dir, "manifest.json"), JSON.stringify({ format: "dmd2-checkpoint", version: 1, step, created: "", recipe_sha256: "", files }));
+  }
+  const copy = path.join(work, "eval-spec-ckpt.json");
+  const r = await dmd2(["eval", evalTeacher, ckptRun, "--checkpoint", "10", "--raw-weights"], evalEnv({ FAKE_SPEC_COPY: copy }));
+  assert.equal(r.exitCode, 0, r.stderr);
+  const student = JSON.parse(readFileSync(copy, "utf8")).models[1];
+  assert.deepEqual([student.checkpoint, student.weights], [path.join(ckptRun, "checkpoints", "step-00000010"), "raw"]);
+  assert.match(r.stderr, /checkpoint step-00000010, raw weights/);
+
+  const missing = await dmd2(["eval", ckptRun, "--checkpoint", "30"], evalEnv());
+  assert.equal(missing.exitCode, 2);
+  assert.equal(missing.stderr.trim(), `error: --checkpoint 30: no such complete checkpoint in ${ckptRun} (available: step-00000010, step-00000020)`);
+  writeFileSync(path.join(ckptRun, "checkpoints", "step-00000020", "generator.safetensors"), "truncated");
+  const damaged = await dmd2(["eval", ckptRun, "--checkpoint", "step-00000020"], evalEnv());
+  assert.equal(damaged.exitCode, 2);
+  assert.equal(damaged.stderr.trim(), `error: --checkpoint step-00000020: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (pick another)`);
+  const teacherOnly = await dmd2(["eval", evalTeacher, "--raw-weights"], evalEnv());
+  assert.equal(teacherOnly.exitCode, 2);
+  assert.equal(teacherOnly.stderr.trim(), "error: --raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
 });
 
 test("eval --json prints the result object; --features torchscript: and --steps reach the spec", async () => {

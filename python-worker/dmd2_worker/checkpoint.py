@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 OPTIM_FORMAT = 1
+# the average of the generator's weights (generator.ema_decay > 0) beside its raw generator.safetensors
+EMA_FILE = "generator.ema.safetensors"
 
 
 def _tmp_path(path: Path) -> Path:

@@ -34,11 +34,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .checkpoint import EMA_FILE
 from .config import Recipe, lora_spec, parse_recipe
 
 USAGE = "usage: python -m dmd2_worker.export <spec.json>"
 STUDENT_FILE = "dmd2_student.json"
-EMA_FILE = "generator.ema.safetensors"
 TEACHER_README = "TEACHER_README.md"
 TIMESTEP_SCALING = 10000.0
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_dict
-from dmd2_worker.checkpoint import save_module, write_json
+from dmd2_worker.checkpoint import EMA_FILE, save_module, write_json
 from dmd2_worker.config import DataConfig, FolderConfig, GmmConfig, PromptsConfig
 from dmd2_worker.data import build_data_source
 from dmd2_worker.evaluate.__main__ import USAGE
@@ -209,6 +209,40 @@ def test_student_loads_the_newest_checkpoint_and_samples_at_its_timesteps(models
     assert info.value.key == "models[0].steps"
 
 
+def test_student_checkpoint_and_weights_choose_what_is_scored(models_on_disk, tmp_path: Path):
+    """checkpoint: a folder of the run (relative to it) instead of the newest; weights: the EMA when the checkpoint
+    has one ("ema", the default), else the raw weights; "raw": the raw weights."""
+    run = tmp_path / "run"
+    shutil.copytree(models_on_disk["run"], run)
+    older, newer = run / "checkpoints" / "step-00000010", run / "checkpoints" / "step-00000020"
+    nets = {}
+    for name, folder, file in (("raw10", older, "generator.safetensors"), ("ema10", older, EMA_FILE),
+                               ("raw20", newer, "generator.safetensors")):
+        torch.manual_seed(len(nets) + 1)
+        nets[name] = TinyUNet(default_arch_config(channels=8, image_size=8, num_classes=10))
+        folder.mkdir(exist_ok=True)
+        save_module(folder / file, nets[name])
+    write_json(newer / "manifest.json", {})
+
+    def loaded(**choice) -> tuple[str, Path, str]:
+        model = StudentModel(label="s", kind="student", run_dir=str(run), steps=[1], **choice)
+        student = load_student(model, "models[0]", torch.device("cpu"))
+        first = next(student.net.parameters())
+        [name] = [n for n, net in nets.items() if torch.equal(first, next(net.parameters()))]
+        return name, student.checkpoint, student.weights
+
+    assert loaded() == ("raw20", newer, "raw")  # the newest; it has no EMA file
+    assert loaded(checkpoint="checkpoints/step-00000010") == ("ema10", older, "ema")
+    assert loaded(checkpoint=str(older), weights="raw") == ("raw10", older, "raw")
+    with pytest.raises(EvalInputError) as info:
+        loaded(checkpoint="checkpoints/step-00000030")
+    assert info.value.key == "models[0].checkpoint" and "step-00000030" in str(info.value)
+    problems = spec_dict([{"label": "s", "kind": "student", "run_dir": str(run), "steps": [1], "checkpoint": None,
+                           "weights": "best"}])
+    with pytest.raises(EvalInputError, match="models\\[0\\].weights"):
+        parse_eval_spec(problems)
+
+
 def run_evaluate(spec: dict, tmp_path: Path) -> tuple[int, list[dict], str]:
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
@@ -234,8 +268,9 @@ def test_evaluate_process_end_to_end(models_on_disk, digits_classifier, dmd2_cac
     assert result["heldout_accuracy"] > 0.9 and result["noise_floor"] > 0
     assert [(r["label"], r["kind"], r["steps"]) for r in result["rows"]] == [
         ("teacher", "teacher", 1), ("teacher", "teacher", 2), ("student", "student", 2)]
+    scored = {"label", "kind", "steps", "fd", "fd_sd", "fd_draws", "accuracy", "images_per_s", "seconds"}
     for row in result["rows"]:
-        assert set(row) == {"label", "kind", "steps", "fd", "fd_sd", "fd_draws", "accuracy", "images_per_s", "seconds"}
+        assert set(row) == (scored if row["kind"] == "teacher" else scored | {"checkpoint", "weights"})
         assert row["fd_sd"] is None and row["fd_draws"] == [row["fd"]]
         assert row["fd"] > result["noise_floor"] and 0 <= row["accuracy"] <= 1 and row["images_per_s"] > 0
     width, height = Image.open(picture).size

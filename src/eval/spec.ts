@@ -11,7 +11,10 @@ export type Features = { kind: "classifier" } | { kind: "torchscript" | "incepti
 
 type EvalModel =
   | { label: string; kind: "teacher"; path: string; steps: number[]; guidance_scale: number }
-  | { label: string; kind: "student"; run_dir: string; steps: number[] };
+  | { label: string; kind: "student"; run_dir: string; steps: number[]; checkpoint: string | null; weights: StudentWeights };
+
+/** ema: the average of the weights when the run kept one (generator.ema_decay > 0), else the raw ones; raw: the raw ones */
+export type StudentWeights = "ema" | "raw";
 
 /** A picture row: ["real"] or [label, steps]. */
 type PictureRow = ["real"] | [string, number];
@@ -44,6 +47,9 @@ export interface SpecOptions {
   teacherSteps: number[];
   /** the PNG to write, absolute */
   picture: string | null;
+  /** each run's checkpoint folder to score (absolute), by run folder; a run not in it: its newest */
+  checkpoints?: ReadonlyMap<string, string>;
+  weights?: StudentWeights;
 }
 
 const MAX_BATCH = 500;
@@ -91,7 +97,8 @@ export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec 
   const models = targets.map((t, i): EvalModel =>
     t.kind === "teacher"
       ? { label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }
-      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps ?? defaultStudentSteps(t.generatorSteps) },
+      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps ?? defaultStudentSteps(t.generatorSteps),
+          checkpoint: o.checkpoints?.get(t.dir) ?? null, weights: o.weights ?? "ema" },
   );
   return {
     data: o.data,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import read_json
+from ..checkpoint import EMA_FILE, read_json
 from ..config import GeneratorConfig, lora_spec, parse_recipe
 from ..diffusion import NoiseSchedule, generator_timesteps
 from ..roles.common import load_network_state, x0_function
@@ -49,6 +49,8 @@ class StudentSampler:
         self.generator_config = generator_config
         self.num_classes: int | None = net.num_classes
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
+        self.checkpoint: Path | None = None  # the checkpoint folder the weights came from
+        self.weights: str | None = None  # "ema" or "raw": which of its weights
 
     def timesteps(self, steps: int) -> list[int]:
         cfg = self.generator_config
@@ -106,6 +108,34 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _student_checkpoint(model: StudentModel, run_dir: Path, key: str) -> Path:
+    """The checkpoint folder `model.checkpoint` names (relative to the run folder, or absolute), else the newest."""
+    if model.checkpoint is None:
+        checkpoint = newest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise EvalInputError(f"{key}.run_dir", f"{key}.run_dir: {run_dir} has no complete checkpoint "
+                                 f"(checkpoints/step-XXXXXXXX/ with a manifest.json): run dmd2 distill until it saves one")
+        return checkpoint
+    checkpoint = run_dir / model.checkpoint  # an absolute checkpoint path stays as it is
+    if not (checkpoint / "manifest.json").is_file():
+        raise EvalInputError(f"{key}.checkpoint", f"{key}.checkpoint: {checkpoint} is not a complete checkpoint "
+                             f"folder (no manifest.json): name one of {run_dir / 'checkpoints'}")
+    return checkpoint
+
+
+def student_weights_file(checkpoint: Path, weights: str, key: str) -> Path:
+    """The generator weights to load from a checkpoint: "ema" takes the average of the weights when the run kept one
+    (generator.ema_decay > 0; what dmd2 sample uses too), else the raw weights; "raw" takes the raw weights."""
+    ema = checkpoint / EMA_FILE
+    raw = checkpoint / "generator.safetensors"
+    if weights == "ema" and ema.is_file():
+        return ema
+    if not raw.is_file():
+        raise EvalInputError(key, f"{key}: {checkpoint} has no generator.safetensors (a damaged checkpoint: "
+                             f"pick another)")
+    return raw
+
+
 def load_student(model: StudentModel, key: str, device: torch.device) -> StudentSampler:
     run_dir = Path(model.run_dir)
     run_key = f"{key}.run_dir"
@@ -116,10 +146,7 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
         recipe = parse_recipe(read_json(recipe_file))
     except ValueError as e:  # RecipeError, or not JSON
         raise EvalInputError(run_key, f"{run_key}: {recipe_file}: {e}") from None
-    checkpoint = newest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise EvalInputError(run_key, f"{run_key}: {run_dir} has no complete checkpoint (checkpoints/step-XXXXXXXX/ "
-                             f"with a manifest.json): run dmd2 distill until it saves one")
+    checkpoint = _student_checkpoint(model, run_dir, key)
     teacher_dir = run_dir / "teacher" if recipe.teacher.source == "builtin" else Path(str(recipe.teacher.path))
     net, _ = _load_network(teacher_dir, run_key, device)
     try:
@@ -128,12 +155,13 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
             from ..lora import apply_lora
 
             apply_lora(net, spec, seed=recipe.seed)
-        # the EMA of the weights when the run kept one (generator.ema_decay > 0): what dmd2 sample uses too
-        ema = checkpoint / "generator.ema.safetensors"
-        load_network_state(ema if ema.is_file() else checkpoint / "generator.safetensors", net)
+        weights = student_weights_file(checkpoint, model.weights, f"{key}.weights")
+        load_network_state(weights, net)
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
     sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator)
+    sampler.checkpoint = checkpoint
+    sampler.weights = "ema" if weights.name == EMA_FILE else "raw"
     for steps in model.steps:
         try:
             sampler.timesteps(steps)

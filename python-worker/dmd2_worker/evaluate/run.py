@@ -19,7 +19,7 @@ from ..data import DataSource, build_data_source
 from ..images import as_saved
 from .features import FeatureExtractor, build_feature_extractor
 from .frechet import feature_distance
-from .models import Sampler, load_sampler
+from .models import Sampler, StudentSampler, load_sampler
 from .picture import write_picture
 from .spec import REAL_ROW, EvalInputError, EvalSpec
 
@@ -178,6 +178,9 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
             row = {"label": model.label, "kind": model.kind, "steps": steps, "fd": _mean(fds),
                    "fd_sd": _sd(fds), "fd_draws": fds,
                    "accuracy": _mean(correct), "images_per_s": spec.n * spec.repeats / seconds, "seconds": seconds}
+            if isinstance(sampler, StudentSampler):  # which weights were scored
+                row["checkpoint"] = str(sampler.checkpoint)
+                row["weights"] = sampler.weights
             rows.append(row)
             sd = "" if row["fd_sd"] is None else f" (sd {row['fd_sd']:.3f} over {spec.repeats} draws)"
             progress(f"{describe(model.label, steps)}: fd {row['fd']}{sd}, {row['images_per_s']:.1f} images/s")

@@ -55,6 +55,11 @@ class StudentModel:
     kind: Literal["student"]
     run_dir: str
     steps: list[int]
+    # the checkpoint folder to score (absolute, or relative to run_dir); None: the run's newest complete one
+    checkpoint: str | None = None
+    # "ema": the average of the weights when the run kept one (generator.ema_decay > 0; what dmd2 sample uses),
+    # else the raw weights; "raw": the raw weights (an error when the checkpoint has none)
+    weights: Literal["ema", "raw"] = "ema"
 
 
 @dataclass

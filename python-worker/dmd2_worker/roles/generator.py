@@ -28,16 +28,13 @@ from .common import (Args, RoleBase, TrainedNetworkState, image_input, load_netw
                      network_state, param_count, randint, randn, seeded_generator, x0_function)
 from ..config import lora_spec
 from .text import is_text_recipe, store_conditioning
-from ..checkpoint import save_tensors
+from ..checkpoint import EMA_FILE, save_tensors
 from ..diffusion import dmd_timestep_range, generator_timesteps
 from ..images import save_grid, save_images
 from ..losses import dmd_gradient, dmd_loss
 from ..placement import all_reduce_gradients, all_reduce_sum
 from ..optim import build_adamw, clip_grad_norm, guarded_step, optimizer_params
 from ..sampling import backward_simulation, sample_generator
-
-
-EMA_FILE = "generator.ema.safetensors"
 
 
 class GeneratorRole(TrainedNetworkState, RoleBase):

@@ -1,5 +1,5 @@
 // `dmd2 eval <path>... [--data-from recipe] [--steps list] [--teacher-steps list] [--n N] [--seed N] [--repeats K]
-// [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
+// [--checkpoint name] [--raw-weights] [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
 // folders and distilled runs, scores them against held-out data (docs/pipeline.md §4) and prints a table (or,
 // with --json, the result object). Returns the exit status (130 when interrupted).
 
@@ -7,12 +7,14 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../../errors.js";
 import { loadDataGroup } from "../../recipe/load.js";
-import { buildSpec, type Features } from "../../eval/spec.js";
+import { buildSpec, type EvalSpec, type Features } from "../../eval/spec.js";
 import { floorLine, textTable, type EvalResult } from "../../eval/table.js";
 import { chooseData, readTarget } from "../../eval/targets.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { resolvePython } from "../../workers/python.js";
+import { verifyCheckpoint } from "../../run/checkpoints.js";
+import { pickCheckpoint } from "../../run/sample.js";
 import { onInterrupt } from "../interrupt.js";
 
 export interface EvalFlags {
@@ -25,6 +27,10 @@ export interface EvalFlags {
   repeats: number;
   features: Features;
   picture?: string;
+  /** a checkpoint of each distilled run (folder name or step number) instead of the newest */
+  checkpoint?: string;
+  /** score the raw weights instead of the average (generator.ema_decay) */
+  rawWeights?: boolean;
   device: string;
   torchThreads: number;
   json?: boolean;
@@ -39,6 +45,17 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
       : "give a TorchScript module saved with torch.jit.save";
     throw new UsageError(`--features: ${flags.features.path} does not exist (${what})`);
   }
+  const checkpoints = new Map<string, string>();
+  const students = targets.filter((t) => t.kind === "student");
+  if (flags.checkpoint !== undefined && students.length === 0) throw new UsageError("--checkpoint: no distilled run among the paths (it picks a checkpoint of each run folder)");
+  if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
+  for (const t of students) {
+    if (flags.checkpoint === undefined) continue;
+    const dir = pickCheckpoint(t.dir, flags.checkpoint);
+    const bad = verifyCheckpoint(dir);
+    if (bad.length > 0) throw new UsageError(`--checkpoint ${flags.checkpoint}: ${dir} is damaged: ${bad.join(", ")} (pick another)`);
+    checkpoints.set(t.dir, dir);
+  }
   const spec = buildSpec(targets, {
     data,
     n: flags.n,
@@ -50,8 +67,15 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     studentSteps: flags.steps ?? null,
     teacherSteps: flags.teacherSteps,
     picture: flags.picture === undefined ? null : path.resolve(flags.picture),
+    checkpoints,
+    weights: flags.rawWeights ? "raw" : "ema",
   });
-  reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]`).join(", ")}; ${spec.n} samples each${spec.repeats > 1 ? `, ${spec.repeats} draws` : ""} on ${data.source} data`);
+  const scored = (m: EvalSpec["models"][number]) => {
+    if (m.kind === "teacher") return "";
+    const which = [m.checkpoint === null ? null : `checkpoint ${path.basename(m.checkpoint)}`, m.weights === "raw" ? "raw weights" : null].filter((w) => w !== null);
+    return which.length === 0 ? "" : ` (${which.join(", ")})`;
+  };
+  reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]${scored(m)}`).join(", ")}; ${spec.n} samples each${spec.repeats > 1 ? `, ${spec.repeats} draws` : ""} on ${data.source} data`);
   const interrupt = onInterrupt(reporter, "stopping the evaluation");
   try {
     const outcome = await runPythonJob({
