@@ -147,6 +147,7 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
     except ValueError as e:  # RecipeError, or not JSON
         raise EvalInputError(run_key, f"{run_key}: {recipe_file}: {e}") from None
     checkpoint = _student_checkpoint(model, run_dir, key)
+    weights = student_weights_file(checkpoint, model.weights, f"{key}.weights")
     teacher_dir = run_dir / "teacher" if recipe.teacher.source == "builtin" else Path(str(recipe.teacher.path))
     net, _ = _load_network(teacher_dir, run_key, device)
     try:
@@ -155,7 +156,6 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
             from ..lora import apply_lora
 
             apply_lora(net, spec, seed=recipe.seed)
-        weights = student_weights_file(checkpoint, model.weights, f"{key}.weights")
         load_network_state(weights, net)
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
