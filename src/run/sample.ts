@@ -109,6 +109,15 @@ export function pickCheckpoint(runDir: string, name?: string): string {
   return hit.dir;
 }
 
+/** pickCheckpoint, then its files checked against the manifest: a damaged one is a UsageError, worded by `damaged`
+ *  (the checkpoint folder, its bad files joined) so each command names its own fix. */
+export function pickIntactCheckpoint(runDir: string, name: string | undefined, damaged: (dir: string, bad: string) => string): string {
+  const dir = pickCheckpoint(runDir, name);
+  const bad = verifyCheckpoint(dir);
+  if (bad.length > 0) throw new UsageError(damaged(dir, bad.join(", ")));
+  return dir;
+}
+
 export async function sample(runDir: string, opts: SampleOptions, reporter: Reporter): Promise<{ outDir: string; grid: string; checkpoint: string }> {
   const recipe = overrideResolved(readRunRecipe(path.resolve(runDir)), opts.set ?? []);
   const steps = opts.steps ?? recipe.generator.steps;
@@ -117,9 +126,7 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
   checkClasses(opts.classes, runClassCount(recipe));
   const num = opts.num ?? prompts?.length ?? 16;
   const teacherDir = runTeacherDir(recipe);
-  const ckpt = pickCheckpoint(path.resolve(runDir), opts.checkpoint);
-  const bad = verifyCheckpoint(ckpt);
-  if (bad.length > 0) throw new UsageError(`checkpoint ${ckpt} is damaged: ${bad.join(", ")} (pick another with --checkpoint)`);
+  const ckpt = pickIntactCheckpoint(path.resolve(runDir), opts.checkpoint, (dir, bad) => `checkpoint ${dir} is damaged: ${bad} (pick another with --checkpoint)`);
   const outDir = path.resolve(opts.out ?? path.join(recipe.run_dir, "samples", `${path.basename(ckpt)}-${steps}step-seed${opts.seed}`));
   reporter.phase("starting generator worker");
   const cluster = await Cluster.start(recipe, [{ name: "generator", roles: ["generator"] }], reporter, { logTag: "sample", replicas: false });

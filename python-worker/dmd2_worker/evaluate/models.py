@@ -43,14 +43,15 @@ class TeacherSampler:
 
 
 class StudentSampler:
-    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, generator_config: GeneratorConfig) -> None:
+    def __init__(self, net: torch.nn.Module, schedule: NoiseSchedule, generator_config: GeneratorConfig,
+                 checkpoint: Path | None = None, weights: str | None = None) -> None:
         self.net = net
         self.schedule = schedule
         self.generator_config = generator_config
         self.num_classes: int | None = net.num_classes
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
-        self.checkpoint: Path | None = None  # the checkpoint folder the weights came from
-        self.weights: str | None = None  # "ema" or "raw": which of its weights
+        self.checkpoint = checkpoint  # the checkpoint folder the weights came from
+        self.weights = weights  # "ema" or "raw": which of its weights
 
     def timesteps(self, steps: int) -> list[int]:
         cfg = self.generator_config
@@ -159,9 +160,8 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
         load_network_state(weights, net)
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
-    sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator)
-    sampler.checkpoint = checkpoint
-    sampler.weights = "ema" if weights.name == EMA_FILE else "raw"
+    sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator, checkpoint,
+                             "ema" if weights.name == EMA_FILE else "raw")
     for steps in model.steps:
         try:
             sampler.timesteps(steps)

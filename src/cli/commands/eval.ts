@@ -13,8 +13,7 @@ import { chooseData, readTarget } from "../../eval/targets.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { resolvePython } from "../../workers/python.js";
-import { verifyCheckpoint } from "../../run/checkpoints.js";
-import { pickCheckpoint } from "../../run/sample.js";
+import { pickIntactCheckpoint } from "../../run/sample.js";
 import { onInterrupt } from "../interrupt.js";
 
 export interface EvalFlags {
@@ -49,12 +48,9 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
   const students = targets.filter((t) => t.kind === "student");
   if (flags.checkpoint !== undefined && students.length === 0) throw new UsageError("--checkpoint: no distilled run among the paths (it picks a checkpoint of each run folder)");
   if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
-  for (const t of students) {
-    if (flags.checkpoint === undefined) continue;
-    const dir = pickCheckpoint(t.dir, flags.checkpoint);
-    const bad = verifyCheckpoint(dir);
-    if (bad.length > 0) throw new UsageError(`--checkpoint ${flags.checkpoint}: ${dir} is damaged: ${bad.join(", ")} (pick another)`);
-    checkpoints.set(t.dir, dir);
+  const name = flags.checkpoint;
+  if (name !== undefined) {
+    for (const t of students) checkpoints.set(t.dir, pickIntactCheckpoint(t.dir, name, (dir, bad) => `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
   }
   const spec = buildSpec(targets, {
     data,

@@ -5,10 +5,9 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../../errors.js";
-import { verifyCheckpoint } from "../../run/checkpoints.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
-import { pickCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
+import { pickIntactCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
 import { resolvePython } from "../../workers/python.js";
 import { onInterrupt } from "../interrupt.js";
 
@@ -29,9 +28,7 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
     throw new UsageError(`--lora: ${runDir} trained the whole network (generator.lora.rank is null); drop --lora for a full export`);
   }
   runTeacherDir(recipe); // the export copies the teacher's folder: it must still be at teacher.path (same line as dmd2 sample)
-  const checkpoint = pickCheckpoint(runDir, flags.checkpoint);
-  const bad = verifyCheckpoint(checkpoint);
-  if (bad.length > 0) throw new UsageError(`${checkpoint} is damaged: ${bad.join(", ")} (export another --checkpoint)`);
+  const checkpoint = pickIntactCheckpoint(runDir, flags.checkpoint, (dir, bad) => `${dir} is damaged: ${bad} (export another --checkpoint)`);
   const out = path.resolve(flags.out);
   if (existsSync(out)) {
     if (!statSync(out).isDirectory()) throw new UsageError(`--out ${flags.out} is a file (give a folder to create)`);
