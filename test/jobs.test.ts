@@ -226,6 +226,9 @@ test("eval --checkpoint picks a checkpoint of each run, --raw-weights the raw we
   const damaged = await dmd2(["eval", ckptRun, "--checkpoint", "step-00000020"], evalEnv());
   assert.equal(damaged.exitCode, 2);
   assert.equal(damaged.stderr.trim(), `error: --checkpoint step-00000020: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (pick another)`);
+  const newestDamaged = await dmd2(["eval", ckptRun, "--raw-weights"], evalEnv()); // without --checkpoint: the newest is checked too
+  assert.equal(newestDamaged.exitCode, 2);
+  assert.equal(newestDamaged.stderr.trim(), `error: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (pick another with --checkpoint)`);
   const teacherOnly = await dmd2(["eval", evalTeacher, "--raw-weights"], evalEnv());
   assert.equal(teacherOnly.exitCode, 2);
   assert.equal(teacherOnly.stderr.trim(), "error: --raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");

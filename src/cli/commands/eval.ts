@@ -13,6 +13,7 @@ import { chooseData, readTarget } from "../../eval/targets.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { resolvePython } from "../../workers/python.js";
+import { listCheckpoints } from "../../run/checkpoints.js";
 import { pickIntactCheckpoint } from "../../run/sample.js";
 import { onInterrupt } from "../interrupt.js";
 
@@ -48,9 +49,13 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
   const students = targets.filter((t) => t.kind === "student");
   if (flags.checkpoint !== undefined && students.length === 0) throw new UsageError("--checkpoint: no distilled run among the paths (it picks a checkpoint of each run folder)");
   if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
+  // the checkpoint each run is scored at, its files checked against its manifest as dmd2 sample and export do (a
+  // run with none is left to the Python job, which says so)
   const name = flags.checkpoint;
-  if (name !== undefined) {
-    for (const t of students) checkpoints.set(t.dir, pickIntactCheckpoint(t.dir, name, (dir, bad) => `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
+  for (const t of students) {
+    if (name === undefined && listCheckpoints(t.dir).length === 0) continue;
+    checkpoints.set(t.dir, pickIntactCheckpoint(t.dir, name, (dir, bad) =>
+      name === undefined ? `${dir} is damaged: ${bad} (pick another with --checkpoint)` : `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
   }
   const spec = buildSpec(targets, {
     data,
