@@ -241,6 +241,10 @@ def test_student_checkpoint_and_weights_choose_what_is_scored(models_on_disk, tm
     with pytest.raises(EvalInputError) as info:
         loaded(checkpoint=str(older), weights="raw")
     assert info.value.key == "models[0].weights" and "has no generator.safetensors" in str(info.value)
+    (newer / "generator.safetensors").write_bytes(b"\x08")  # truncated: not a safetensors header
+    with pytest.raises(EvalInputError) as info:
+        loaded()
+    assert info.value.key == "models[0].checkpoint" and "damaged checkpoint" in str(info.value)
     problems = spec_dict([{"label": "s", "kind": "student", "run_dir": str(run), "steps": [1], "checkpoint": None,
                            "weights": "best"}])
     with pytest.raises(EvalInputError, match="models\\[0\\].weights"):

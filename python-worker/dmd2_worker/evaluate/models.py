@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from ..checkpoint import EMA_FILE, read_json
 from ..config import GeneratorConfig, lora_spec, parse_recipe
@@ -158,6 +159,9 @@ def load_student(model: StudentModel, key: str, device: torch.device) -> Student
 
             apply_lora(net, spec, seed=recipe.seed)
         load_network_state(weights, net)
+    except SafetensorError as e:  # a truncated or overwritten file: the checkpoint is damaged, not the recipe
+        raise EvalInputError(f"{key}.checkpoint", f"{key}.checkpoint: {weights} is not a readable safetensors "
+                             f"file ({e}): a damaged checkpoint; name another with checkpoint") from None
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(run_key, f"{run_key}: {e}") from None
     sampler = StudentSampler(net, NoiseSchedule.from_config(recipe.diffusion), recipe.generator, checkpoint,
