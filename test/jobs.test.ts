@@ -219,6 +219,20 @@ test("eval --checkpoint picks a checkpoint of each run, --raw-weights the raw we
   assert.deepEqual([student.checkpoint, student.weights], [path.join(ckptRun, "checkpoints", "step-00000010"), "raw"]);
   assert.match(r.stderr, /checkpoint step-00000010, raw weights/);
 
+  // several checkpoints: one row each, labelled with the step; "all": every complete one, oldest first
+  for (const [flag, copyName] of [["10,step-00000020,20", "eval-spec-ckpts.json"], ["all", "eval-spec-all.json"]] as const) {
+    const several = path.join(work, copyName);
+    const rs = await dmd2(["eval", ckptRun, "--checkpoint", flag, "--steps", "1"], evalEnv({ FAKE_SPEC_COPY: several }));
+    assert.equal(rs.exitCode, 0, rs.stderr);
+    const models = JSON.parse(readFileSync(several, "utf8")).models;
+    assert.deepEqual(models.map((m: { label: string; checkpoint: string }) => [m.label, m.checkpoint]), [
+      ["student@10", path.join(ckptRun, "checkpoints", "step-00000010")],
+      ["student@20", path.join(ckptRun, "checkpoints", "step-00000020")],
+    ]);
+  }
+  const emptyName = await dmd2(["eval", ckptRun, "--checkpoint", "10,"], evalEnv());
+  assert.equal(emptyName.exitCode, 2);
+  assert.equal(emptyName.stderr.trim(), "error: --checkpoint 10,: an empty name in the list (give folder names or step numbers separated by commas, or all)");
   const missing = await dmd2(["eval", ckptRun, "--checkpoint", "30"], evalEnv());
   assert.equal(missing.exitCode, 2);
   assert.equal(missing.stderr.trim(), `error: --checkpoint 30: no such complete checkpoint in ${ckptRun} (available: step-00000010, step-00000020)`);

@@ -174,14 +174,14 @@ export function buildProgram(): Command {
     .option("--repeats <k>", "draws of --n samples per model and step count, with seeds seed, seed+1, ...: FD is their mean, shown with its standard deviation", intArg("--repeats"), 1)
     .addOption(new Option("--features <kind>", "feature space: classifier (trained on the data's train split, cached), torchscript:<file.pt> or inception:<inception-2015-12-05.pt> (a local copy of the FID Inception detector)").argParser(featuresArg).default({ kind: "classifier" }, "classifier"))
     .option("--picture <file>", "also write a PNG: real images, then each teacher at its most steps, each run at its fewest and most")
-    .option("--checkpoint <name>", "score this checkpoint of each distilled run: folder name (step-00000200) or step number; default: the newest")
+    .option("--checkpoint <name>", "score this checkpoint of each distilled run: folder name (step-00000200) or step number; a comma list of them or all: one row each (label@step); default: the newest")
     .option("--raw-weights", "score the generator's raw weights, not the average the run kept (generator.ema_decay > 0), which is the default and what dmd2 sample uses")
     .option("--device <device>", "cpu, cuda or cuda:N", "cpu")
     .addOption(new Option("--torch-threads <n>", "torch threads").argParser(intArg("--torch-threads")).default(os.availableParallelism(), "all cores"))
     .option("--json", "print the result as one JSON object (for scripts)")
     .addOption(new Option("-q, --quiet", "print only errors and the result"))
     .addOption(new Option("-v, --verbose", "print the Python process's output"))
-    .addHelpText("after", "\nExamples:\n  dmd2 eval teachers/digits-teacher runs/digits\n  dmd2 eval runs/digits --steps 1,4 --n 2000 --picture /tmp/digits.png\n  dmd2 eval teachers/digits-teacher --teacher-steps 10,50 --json | jq .rows\n  dmd2 eval runs/digits --checkpoint 3500 --raw-weights")
+    .addHelpText("after", "\nExamples:\n  dmd2 eval teachers/digits-teacher runs/digits\n  dmd2 eval runs/digits --steps 1,4 --n 2000 --picture /tmp/digits.png\n  dmd2 eval teachers/digits-teacher --teacher-steps 10,50 --json | jq .rows\n  dmd2 eval runs/digits --checkpoint 3500 --raw-weights\n  dmd2 eval runs/digits --checkpoint all --steps 4")
     .action(async (paths: string[], opts: OutputFlags & { dataFrom?: string; steps: number[]; teacherSteps: number[]; n: number; seed: number; repeats: number; features: Features; picture?: string; checkpoint?: string; rawWeights?: boolean; device: string; torchThreads: number }) => {
       if (opts.n < 2 || opts.n > 1_000_000) throw new UsageError(`--n ${opts.n}: must be between 2 and 1000000`);
       if (opts.repeats < 1 || opts.repeats > 1000) throw new UsageError(`--repeats ${opts.repeats}: must be between 1 and 1000`);

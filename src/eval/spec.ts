@@ -47,8 +47,9 @@ export interface SpecOptions {
   teacherSteps: number[];
   /** the PNG to write, absolute */
   picture: string | null;
-  /** each run's checkpoint folder to score (absolute), by run folder; a run not in it: its newest */
-  checkpoints?: ReadonlyMap<string, string>;
+  /** each run's checkpoint folders to score (absolute), by run folder, one model row each; a run not in it: its
+   *  newest */
+  checkpoints?: ReadonlyMap<string, readonly string[]>;
   weights?: StudentWeights;
 }
 
@@ -92,14 +93,23 @@ export function defaultStudentSteps(trained: number | null): number[] {
   return [...new Set([...[1, 2, 4].filter((s) => s < n), n])];
 }
 
+/** "<label>@<step>" for a run scored at several checkpoints (step-00003500 -> 3500; another name as it is). */
+function checkpointLabel(label: string, checkpointDir: string): string {
+  const name = path.basename(checkpointDir);
+  const step = /^step-(\d+)$/.exec(name);
+  return `${label}@${step ? Number(step[1]) : name}`;
+}
+
 export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec {
   const names = labels(targets);
-  const models = targets.map((t, i): EvalModel =>
-    t.kind === "teacher"
-      ? { label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }
-      : { label: names[i]!, kind: "student", run_dir: t.dir, steps: o.studentSteps ?? defaultStudentSteps(t.generatorSteps),
-          checkpoint: o.checkpoints?.get(t.dir) ?? null, weights: o.weights ?? "ema" },
-  );
+  const models = targets.flatMap((t, i): EvalModel[] => {
+    if (t.kind === "teacher") return [{ label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }];
+    const steps = o.studentSteps ?? defaultStudentSteps(t.generatorSteps);
+    const weights = o.weights ?? "ema";
+    const checkpoints = o.checkpoints?.get(t.dir) ?? [];
+    if (checkpoints.length <= 1) return [{ label: names[i]!, kind: "student", run_dir: t.dir, steps, checkpoint: checkpoints[0] ?? null, weights }];
+    return checkpoints.map((c) => ({ label: checkpointLabel(names[i]!, c), kind: "student", run_dir: t.dir, steps, checkpoint: c, weights }));
+  });
   return {
     data: o.data,
     n: o.n,

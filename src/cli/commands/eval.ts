@@ -1,5 +1,5 @@
 // `dmd2 eval <path>... [--data-from recipe] [--steps list] [--teacher-steps list] [--n N] [--seed N] [--repeats K]
-// [--checkpoint name] [--raw-weights] [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
+// [--checkpoint name[,name...]|all] [--raw-weights] [--features classifier|torchscript:<file>] [--picture file.png] [--device d] [--torch-threads n] [--json]`: samples from teacher
 // folders and distilled runs, scores them against held-out data (docs/pipeline.md §4) and prints a table (or,
 // with --json, the result object). Returns the exit status (130 when interrupted).
 
@@ -27,13 +27,28 @@ export interface EvalFlags {
   repeats: number;
   features: Features;
   picture?: string;
-  /** a checkpoint of each distilled run (folder name or step number) instead of the newest */
+  /** checkpoints of each distilled run instead of the newest: a folder name or step number, a comma list of them,
+   *  or "all" (every complete one); each scored as its own row */
   checkpoint?: string;
   /** score the raw weights instead of the average (generator.ema_decay) */
   rawWeights?: boolean;
   device: string;
   torchThreads: number;
   json?: boolean;
+}
+
+/** The checkpoints --checkpoint names for one run: [undefined] (the newest) without it, or [] when the run has none
+ *  yet (the Python job says so); "all": every complete one, oldest first; else the comma list as given. */
+function checkpointNames(flag: string | undefined, runDir: string): (string | undefined)[] {
+  if (flag === undefined) return listCheckpoints(runDir).length === 0 ? [] : [undefined];
+  if (flag.trim() === "all") {
+    const all = listCheckpoints(runDir).map((c) => path.basename(c.dir));
+    if (all.length === 0) throw new UsageError(`--checkpoint all: ${runDir} has no complete checkpoint yet (run dmd2 distill until it saves one)`);
+    return all;
+  }
+  const names = flag.split(",").map((n) => n.trim());
+  if (names.some((n) => n === "")) throw new UsageError(`--checkpoint ${flag}: an empty name in the list (give folder names or step numbers separated by commas, or all)`);
+  return names;
 }
 
 export async function evalCommand(paths: string[], flags: EvalFlags, reporter: Reporter): Promise<number> {
@@ -45,17 +60,19 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
       : "give a TorchScript module saved with torch.jit.save";
     throw new UsageError(`--features: ${flags.features.path} does not exist (${what})`);
   }
-  const checkpoints = new Map<string, string>();
+  const checkpoints = new Map<string, string[]>();
   const students = targets.filter((t) => t.kind === "student");
   if (flags.checkpoint !== undefined && students.length === 0) throw new UsageError("--checkpoint: no distilled run among the paths (it picks a checkpoint of each run folder)");
   if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
   // the checkpoint each run is scored at, its files checked against its manifest as dmd2 sample and export do (a
   // run with none is left to the Python job, which says so)
-  const name = flags.checkpoint;
   for (const t of students) {
-    if (name === undefined && listCheckpoints(t.dir).length === 0) continue;
-    checkpoints.set(t.dir, pickIntactCheckpoint(t.dir, name, (dir, bad) =>
+    const names = checkpointNames(flags.checkpoint, t.dir);
+    if (names.length === 0) continue;
+    const dirs = names.map((name) => pickIntactCheckpoint(t.dir, name, (dir, bad) =>
       name === undefined ? `${dir} is damaged: ${bad} (pick another with --checkpoint)` : `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
+    checkpoints.set(t.dir, [...new Set(dirs)]); // "10" and "step-00000010" name one folder: one row
+
   }
   const spec = buildSpec(targets, {
     data,
