@@ -64,7 +64,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
   const students = targets.filter((t) => t.kind === "student");
   if (flags.checkpoint !== undefined && students.length === 0) throw new UsageError("--checkpoint: no distilled run among the paths (it picks a checkpoint of each run folder)");
   if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
-  // the checkpoint each run is scored at, its files checked against its manifest as dmd2 sample and export do (a
+  // the checkpoints each run is scored at, their files checked against their manifests as dmd2 sample and export do (a
   // run with none is left to the Python job, which says so)
   for (const t of students) {
     const names = checkpointNames(flags.checkpoint, t.dir);
@@ -72,7 +72,6 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     const dirs = names.map((name) => pickIntactCheckpoint(t.dir, name, (dir, bad) =>
       name === undefined ? `${dir} is damaged: ${bad} (pick another with --checkpoint)` : `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
     checkpoints.set(t.dir, [...new Set(dirs)]); // "10" and "step-00000010" name one folder: one row
-
   }
   const spec = buildSpec(targets, {
     data,
