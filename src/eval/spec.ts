@@ -106,9 +106,10 @@ export function buildSpec(targets: readonly Target[], o: SpecOptions): EvalSpec 
     if (t.kind === "teacher") return [{ label: names[i]!, kind: "teacher", path: t.dir, steps: o.teacherSteps, guidance_scale: 1 }];
     const steps = o.studentSteps ?? defaultStudentSteps(t.generatorSteps);
     const weights = o.weights ?? "ema";
-    const checkpoints = o.checkpoints?.get(t.dir) ?? [];
-    if (checkpoints.length <= 1) return [{ label: names[i]!, kind: "student", run_dir: t.dir, steps, checkpoint: checkpoints[0] ?? null, weights }];
-    return checkpoints.map((c) => ({ label: checkpointLabel(names[i]!, c), kind: "student", run_dir: t.dir, steps, checkpoint: c, weights }));
+    const given = o.checkpoints?.get(t.dir) ?? [];
+    const checkpoints: (string | null)[] = given.length > 0 ? [...given] : [null]; // null: the newest
+    const several = checkpoints.length > 1;
+    return checkpoints.map((c) => ({ label: several && c !== null ? checkpointLabel(names[i]!, c) : names[i]!, kind: "student", run_dir: t.dir, steps, checkpoint: c, weights }));
   });
   return {
     data: o.data,
