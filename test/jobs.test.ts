@@ -240,6 +240,9 @@ test("eval --checkpoint picks a checkpoint of each run, --raw-weights the raw we
   const damaged = await dmd2(["eval", ckptRun, "--checkpoint", "step-00000020"], evalEnv());
   assert.equal(damaged.exitCode, 2);
   assert.equal(damaged.stderr.trim(), `error: --checkpoint step-00000020: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (pick another)`);
+  const allDamaged = await dmd2(["eval", ckptRun, "--checkpoint", "all"], evalEnv()); // the flag as typed, and a fix that works with it
+  assert.equal(allDamaged.exitCode, 2);
+  assert.equal(allDamaged.stderr.trim(), `error: --checkpoint all: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (name the others as a comma list)`);
   const newestDamaged = await dmd2(["eval", ckptRun, "--raw-weights"], evalEnv()); // without --checkpoint: the newest is checked too
   assert.equal(newestDamaged.exitCode, 2);
   assert.equal(newestDamaged.stderr.trim(), `error: ${path.join(ckptRun, "checkpoints", "step-00000020")} is damaged: generator.safetensors (checksum mismatch) (pick another with --checkpoint)`);

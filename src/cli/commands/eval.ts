@@ -66,11 +66,14 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
   if (flags.rawWeights && students.length === 0) throw new UsageError("--raw-weights: no distilled run among the paths (it scores a run's raw generator weights)");
   // the checkpoints each run is scored at, their files checked against their manifests as dmd2 sample and export do (a
   // run with none is left to the Python job, which says so)
+  const everyCheckpoint = flags.checkpoint?.trim() === "all";
   for (const t of students) {
     const names = checkpointNames(flags.checkpoint, t.dir);
     if (names.length === 0) continue;
     const dirs = names.map((name) => pickIntactCheckpoint(t.dir, name, (dir, bad) =>
-      name === undefined ? `${dir} is damaged: ${bad} (pick another with --checkpoint)` : `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
+      name === undefined ? `${dir} is damaged: ${bad} (pick another with --checkpoint)`
+        : everyCheckpoint ? `--checkpoint all: ${dir} is damaged: ${bad} (name the others as a comma list)`
+        : `--checkpoint ${name}: ${dir} is damaged: ${bad} (pick another)`));
     checkpoints.set(t.dir, [...new Set(dirs)]); // "10" and "step-00000010" name one folder: one row
   }
   const spec = buildSpec(targets, {
