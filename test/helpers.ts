@@ -36,9 +36,48 @@ export function fakeTeacher(dir: string, scheduler: Record<string, unknown>): st
   return dir;
 }
 
+/** Writes a float32 safetensors file of zeros with these tensors (test-only: a stand-in for real weights). */
+export function writeSafetensors(file: string, tensors: Record<string, number[]>): void {
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const [name, shape] of Object.entries(tensors)) {
+    const bytes = 4 * shape.reduce((a, b) => a * b, 1);
+    header[name] = { dtype: "F32", shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  const json = Buffer.from(JSON.stringify(header), "utf8");
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, Buffer.concat([len, json, Buffer.alloc(offset)]));
+}
+
 /**
- * The JSON files of a text-to-image pipeline folder the CLI reads (no weights), a prompts file and an (empty) image
- * folder beside it: the `--set` overrides that make a `data.source: prompts` recipe load without a real pipeline.
+ * Stand-in UNet tensors with one layer of every kind the default LoRA targets name (an SD-like naming, tiny
+ * shapes): 2-d Linear weights, 4-d Conv2d weights, and biases and norms LoRA leaves alone.
+ */
+export const STAND_IN_UNET: Record<string, number[]> = {
+  "conv_in.weight": [8, 4, 3, 3],
+  "down_blocks.0.resnets.0.conv1.weight": [8, 8, 3, 3],
+  "down_blocks.0.resnets.0.conv1.bias": [8],
+  "down_blocks.0.resnets.0.conv2.weight": [8, 8, 3, 3],
+  "down_blocks.0.resnets.0.norm1.weight": [8],
+  "down_blocks.0.attentions.0.proj_in.weight": [8, 8, 1, 1],
+  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q.weight": [8, 8],
+  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight": [8, 12],
+  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight": [8, 12],
+  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.weight": [8, 8],
+  "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.bias": [8],
+  "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight": [64, 8],
+  "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight": [8, 32],
+  "down_blocks.0.attentions.0.proj_out.weight": [8, 8, 1, 1],
+  "conv_out.weight": [4, 8, 3, 3],
+};
+
+/**
+ * The files of a text-to-image pipeline folder the CLI reads (stand-in weights: STAND_IN_UNET and one small
+ * tensor per text encoder and VAE, so that dmd2 plan can size it), a prompts file and an (empty) image folder
+ * beside it: the `--set` overrides that make a `data.source: prompts` recipe load without a real pipeline.
  */
 export function fakeTextPipeline(dir: string, className: "StableDiffusionPipeline" | "StableDiffusionXLPipeline"): string[] {
   mkdirSync(path.join(dir, "unet"), { recursive: true });
@@ -47,6 +86,10 @@ export function fakeTextPipeline(dir: string, className: "StableDiffusionPipelin
   writeFileSync(path.join(dir, "model_index.json"), JSON.stringify({ _class_name: className }));
   writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DConditionModel", sample_size: className === "StableDiffusionPipeline" ? 64 : 128 }));
   writeFileSync(path.join(dir, "scheduler", "scheduler_config.json"), JSON.stringify({ _class_name: "PNDMScheduler", num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012 }));
+  writeSafetensors(path.join(dir, "unet", "diffusion_pytorch_model.safetensors"), STAND_IN_UNET);
+  const encoders = className === "StableDiffusionPipeline" ? ["text_encoder"] : ["text_encoder", "text_encoder_2"];
+  for (const e of encoders) writeSafetensors(path.join(dir, e, "model.safetensors"), { "text_model.embeddings.token_embedding.weight": [10, 4] });
+  writeSafetensors(path.join(dir, "vae", "diffusion_pytorch_model.safetensors"), { "decoder.conv_out.weight": [3, 4, 3, 3] });
   writeFileSync(path.join(dir, "prompts.txt"), "a photo of a cat\n");
   return [`teacher.path=${dir}`, `data.prompts.file=${path.join(dir, "prompts.txt")}`, `data.prompts.images=${path.join(dir, "real-images")}`];
 }

@@ -4,7 +4,7 @@
 // --set exactly like distill.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -19,7 +19,8 @@ import { ROLES, type Recipe } from "../src/recipe/types.js";
 import { checkpointName } from "../src/run/checkpoints.js";
 import { isCheckpointStep } from "../src/schedule/schedule.js";
 import { planStep } from "../src/schedule/stepPlan.js";
-import { cliEntry, fakeTeacher, fakeTextPipeline, projectPython, projectRoot, scratchDir } from "./helpers.js";
+import { countValues } from "../src/plan/safetensors.js";
+import { cliEntry, fakeTeacher, fakeTextPipeline, projectPython, projectRoot, scratchDir, STAND_IN_UNET, writeSafetensors } from "./helpers.js";
 
 const tmp = scratchDir("dmd2-plan-");
 const recipesDir = path.join(projectRoot, "recipes");
@@ -112,16 +113,24 @@ function checkPlan(p: Plan, r: Recipe, label: string) {
   assert.deepEqual(p.checkpoints.first, all.slice(0, 3).map(checkpointName));
   // memory: trained roles hold weights, grads and two AdamW moments; the teacher only weights
   if (r.teacher.source === "builtin") assert.equal(p.memory.params.unet, unetParams(unetArch(r)));
-  else {
+  else if (r.data.source === "prompts") {
+    // a stand-in pipeline (helpers.fakeTextPipeline): counted from its safetensors headers
+    assert.equal(p.memory.params.unet, countValues(Object.values(STAND_IN_UNET)), `${label}: the pipeline's UNet`);
+  } else {
     const a = unet2dArch(JSON.parse(readFileSync(path.join(r.teacher.path!, "unet", "config.json"), "utf8")));
     assert.equal(p.memory.params.unet, "arch" in a ? unet2dParams(a.arch) : null, `${label}: the teacher's UNet2DModel`);
   }
   assert.equal(p.memory.workers.length === 0, p.memory.unknown !== null, `${label}: an estimate, or why there is none`);
   for (const m of p.memory.workers.flatMap((w) => w.roles)) {
-    assert.equal(m.weightsBytes, m.params * 4);
-    assert.equal(m.gradsBytes, m.trained ? m.weightsBytes : 0);
-    assert.equal(m.optimizerBytes, m.trained ? 2 * m.weightsBytes : 0);
+    const sharded = r.roles[m.role === "discriminator" ? "fake_score" : m.role].strategy === "fsdp" ? r.roles[m.role === "discriminator" ? "fake_score" : m.role].replicas : 1;
+    const trainedBytes = (m.trainedParams * 4) / sharded;
+    assert.equal(m.weightsBytes, (m.params - m.trainedParams + m.frozenParams) * 4 + trainedBytes);
+    assert.equal(m.gradsBytes, trainedBytes);
+    assert.equal(m.optimizerBytes, 2 * trainedBytes);
+    assert.equal(m.emaBytes, m.role === "generator" && r.generator.ema_decay > 0 ? trainedBytes : 0);
     assert.equal(m.trained, m.role !== "teacher" && (m.role !== "discriminator" || r.gan.enabled));
+    assert.equal(m.trainedParams === m.params, m.trained && !(m.role === "generator" && r.generator.lora.rank !== null), `${label}: ${m.role} trains all its weights unless LoRA`);
+    assert.equal(m.frozenParams > 0, m.role === "generator" && r.data.source === "prompts", `${label}: only a text-to-image generator holds frozen networks`);
   }
   assert.ok(formatPlan(p).includes("Memory per worker"), `${label}: text form`);
 }
@@ -151,12 +160,10 @@ test("plan: every recipe in recipes/ plans, per_role and colocated, consistent w
       if (placement === "colocated") assert.equal(moved.length, 0, "one process: nothing travels");
       else assert.ok(moved.length > 0);
       assert.deepEqual(p.problems.filter((x) => x.subject !== "python"), [], `${f}: no problem with the recipe's networks`);
-      if (textToImage) {
-        // not sized yet: plan reads UNet2DModel configs only (docs/adapters.md §6)
-        assert.match(p.memory.unknown ?? "", /UNet2DConditionModel" is not UNet2DModel/, `${f}: says why it is not sized`);
-        continue;
-      }
       assert.equal(p.memory.unknown, null, `${f}: every shipped recipe is sized`);
+      // a UNet2DConditionModel's activations are not modelled: said, and the totals are lower bounds
+      assert.equal(p.memory.activationsUnknown !== null, textToImage, `${f}: activations unknown only for text-to-image`);
+      if (textToImage) assert.match(formatPlan(p), /per worker: .*>= /);
     }
   }
 });
@@ -283,8 +290,10 @@ test("plan: a diffusers teacher on digits is sized from its unet/config.json; a 
   const x = p.traffic.kinds[0]!.transfers.find((t) => t.tensor === "x_gen")!;
   assert.deepEqual(x.shape, [64, 1, 8, 8]);
   // the teacher is read where it is, not copied into the run folder
+  // (each checkpoint: the trained weights, AdamW's two moments and the generator's average, generator.ema_decay)
   const trained = p.memory.workers.flatMap((w) => w.roles).filter((m) => m.role !== "teacher");
-  assert.equal(p.checkpoints.diskBytes, 2 * trained.reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0));
+  assert.equal(p.checkpoints.diskBytes, 2 * trained.reduce((s, m) => s + m.weightsBytes + m.optimizerBytes + m.emaBytes, 0));
+  assert.ok(trained.some((m) => m.emaBytes > 0), "digits.yaml averages the generator's weights");
   const text = formatPlan(p);
   assert.match(text, /data +digits, 1x8x8, 10 classes/);
   assert.match(text, /UNet2DModel\(blocks \[32, 64\], 1 layer per block, 10 classes \+ null class, 1x8x8\) 635,681 params/);
@@ -340,6 +349,68 @@ async function cli(args: string[]) {
   return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
 }
 
+test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA adapters counted; activations said unknown", () => {
+  const file = path.join(recipesDir, "sd15-1step.yaml");
+  const dir = path.join(tmp, "text-sized");
+  const sets = fakeTextPipeline(dir, "StableDiffusionPipeline");
+  const p = plan(load(file, [...sets, "generator.lora.rank=4", "generator.ema_decay=0.99"]), file);
+  const n = p.memory.network;
+  // STAND_IN_UNET: 2,968 values; the default targets adapt 10 of its layers at rank 4, rank * (in * kh * kw + out) each:
+  // conv1, conv2 4*(72+8) = 320 each; proj_in, proj_out, to_q, to_out.0 4*(8+8) = 64 each; to_k, to_v 4*(12+8) = 80 each;
+  // ff.net.0.proj 4*(8+64) = 288; ff.net.2 4*(32+8) = 160; conv_in and conv_out are no target
+  assert.deepEqual([n.kind, n.params, n.imageShape, n.features], ["text-to-image", 2968, [4, 64, 64], { channels: 1280, size: 8 }]);
+  assert.deepEqual([n.lora?.params, n.lora?.layers, n.lora?.unmatched], [1504, 10, []]);
+  // target_modules null means lora.py's defaults
+  const pyTargets = JSON.parse(execFileSync(projectPython, ["-c", "import json; from dmd2_worker.lora import DEFAULT_TARGET_MODULES as T; print(json.dumps(list(T)))"], { encoding: "utf8" })) as string[];
+  assert.deepEqual(n.lora?.targets, pyTargets);
+  assert.deepEqual(n.frozen, [{ name: "text_encoder", params: 40 }, { name: "vae", params: 108 }]);
+  assert.deepEqual(p.problems.filter((x) => x.subject !== "python"), []);
+  const role = (r: string) => p.memory.workers.flatMap((w) => w.roles).find((x) => x.role === r)!;
+  const g = role("generator");
+  assert.deepEqual([g.params, g.trainedParams, g.frozenParams, g.frozenBasis], [2968 + 1504, 1504, 148, "text_encoder + vae"]);
+  assert.deepEqual([g.weightsBytes, g.gradsBytes, g.optimizerBytes, g.emaBytes, g.activationBytes], [(2968 + 148 + 1504) * 4, 1504 * 4, 2 * 1504 * 4, 1504 * 4, null]);
+  assert.equal(g.totalBytes, g.weightsBytes + g.gradsBytes + g.optimizerBytes + g.emaBytes);
+  assert.deepEqual([role("fake_score").trainedParams, role("teacher").trainedParams, role("teacher").frozenParams], [2968, 0, 0]);
+  // a checkpoint: the generator's adapters, AdamW's moments and their average; the whole fake score and head with theirs
+  assert.equal(p.checkpoints.bytesEach, 1504 * 4 * 4 + 2968 * 4 * 3 + headParams(1280, 8) * 4 * 3);
+  assert.ok(p.memory.workers.every((w) => !w.complete));
+  const text = formatPlan(p);
+  assert.match(text, /SD 1\.5 UNet2DConditionModel \(latents 4x64x64\) 2,968 params \(counted from \S+diffusion_pytorch_model\.safetensors\)/);
+  assert.match(text, /generator\.lora: rank 4 on 10 layers \(to_q, .*\): 1,504 trained params \(50\.7% of the UNet\)/);
+  assert.match(text, /generator's weights include the frozen text_encoder \+ vae \(148 params\)/);
+  assert.match(text, /activations \S*\?\S*: what a UNet2DConditionModel's forward pass keeps is not modelled/);
+
+  // a target the UNet lacks is a problem line: the generator would refuse it
+  const odd = plan(load(file, [...sets, "generator.lora.rank=4", "generator.lora.target_modules=[to_q, add_k_proj]"]), file);
+  assert.deepEqual(odd.memory.network.lora?.params, 64); // to_q alone
+  assert.deepEqual(odd.problems.filter((x) => x.subject !== "python").map((x) => x.subject), ["generator.lora.target_modules"]);
+  assert.match(odd.problems.find((x) => x.subject !== "python")!.message, /"add_k_proj" matches no Linear or Conv2d layer/);
+
+  // SDXL: two text encoders; a sharded UNet (an index and its shards) counts the same
+  const xl = path.join(tmp, "text-sharded");
+  const xlSets = fakeTextPipeline(xl, "StableDiffusionXLPipeline");
+  const entries = Object.entries(STAND_IN_UNET);
+  const halves = [Object.fromEntries(entries.slice(0, 7)), Object.fromEntries(entries.slice(7))];
+  rmSync(path.join(xl, "unet", "diffusion_pytorch_model.safetensors"));
+  halves.forEach((h, i) => writeSafetensors(path.join(xl, "unet", `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`), h));
+  const weightMap = Object.fromEntries(halves.flatMap((h, i) => Object.keys(h).map((k) => [k, `diffusion_pytorch_model-0000${i + 1}-of-00002.safetensors`])));
+  writeFileSync(path.join(xl, "unet", "diffusion_pytorch_model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
+  const xp = plan(load(path.join(recipesDir, "sdxl-4step.yaml"), xlSets), path.join(recipesDir, "sdxl-4step.yaml"));
+  assert.deepEqual([xp.memory.network.params, xp.memory.network.frozen.map((f) => f.name), xp.memory.network.text?.weightFiles.length], [2968, ["text_encoder", "text_encoder_2", "vae"], 2]);
+
+  // what cannot be read is unknown, with the file and why: a download cut short, a .bin-only UNet
+  const cut = path.join(dir, "text_encoder", "model.safetensors");
+  truncateSync(cut, statSync(cut).size - 4);
+  const t = plan(load(file, sets), file);
+  assert.deepEqual(t.memory.workers, []);
+  assert.match(t.memory.unknown ?? "", /text_encoder\/model\.safetensors: truncated \(its header describes \d+ bytes, the file has \d+\); download it again/);
+  rmSync(path.join(dir, "unet", "diffusion_pytorch_model.safetensors"));
+  writeFileSync(path.join(dir, "unet", "diffusion_pytorch_model.bin"), "");
+  const b = plan(load(file, sets), file);
+  assert.match(b.memory.unknown ?? "", /diffusion_pytorch_model\.safetensors is missing \(the plan reads safetensors headers/);
+  assert.match(formatPlan(b), /SD 1\.5 UNet2DConditionModel from \S+: size unknown/);
+});
+
 test("plan CLI: --json prints one JSON object; nothing is started", async () => {
   const r = await cli(["plan", "recipes/tiny.yaml", "--json"]);
   assert.equal(r.exitCode, 0, r.stderr);
@@ -382,7 +453,7 @@ test("plan shows the placement per role: devices, replicas and strategy, process
   ]);
   const role = (q: Plan, worker: string, r: string) => q.memory.workers.find((w) => w.worker === worker)!.roles.find((x) => x.role === r)!;
   // a replica sees half the batch; fsdp holds half of what it trains, replicate all of it
-  assert.equal(role(p, "generator", "generator").activationBytes, role(base, "generator", "generator").activationBytes / 2);
+  assert.equal(role(p, "generator", "generator").activationBytes, role(base, "generator", "generator").activationBytes! / 2);
   assert.equal(role(p, "generator", "generator").weightsBytes, role(base, "generator", "generator").weightsBytes);
   assert.equal(role(p, "fake_score", "fake_score").optimizerBytes, role(base, "fake_score", "fake_score").optimizerBytes / 2);
   const text = formatPlan(p);
@@ -396,7 +467,7 @@ test("plan counts the whole chain's graph in the generator's memory with generat
   const chain = plan(load(tinyFile, ["generator.backprop_through_chain=true"]));
   const steps = load(tinyFile).generator.steps;
   assert.ok(steps > 1);
-  assert.equal(role(chain, "generator").activationBytes, steps * role(base, "generator").activationBytes);
+  assert.equal(role(chain, "generator").activationBytes, steps * role(base, "generator").activationBytes!);
   assert.match(role(chain, "generator").activationBasis, new RegExp(`^${steps} forwards \\+ backward at batch \\d+ \\(generator.backprop_through_chain`));
   assert.equal(role(chain, "fake_score").activationBytes, role(base, "fake_score").activationBytes);
 });

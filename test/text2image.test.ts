@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
+import type { Plan } from "../src/plan/plan.js";
 import { showPath } from "../src/recipe/files.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import { parsePrompts, readPromptsFile } from "../src/recipe/prompts.js";
@@ -211,12 +212,27 @@ test("distill an SDXL-like pipeline (pooled embeddings and time ids routed too),
 
 test("a LoRA student of an SDXL-like pipeline: only the adapters train and are saved; sample decodes its images", async () => {
   await buildFixtures();
+  // dmd2 plan sizes the run beforehand from the safetensors headers (plan/textPipeline.ts, plan/lora.ts)
+  const planned = await dmd2(["plan", textRecipe("sdxl", "per_role", true), "--json"]);
+  assert.equal(planned.exitCode, 0, planned.stderr);
+  const net = (JSON.parse(planned.stdout) as Plan).memory.network;
   const r = await dmd2(["distill", textRecipe("sdxl", "per_role", true)]);
   assert.equal(r.exitCode, 0, r.stderr);
   const m = /generator: LoRA rank 4, alpha 8: ([\d,]+) of ([\d,]+) parameters train/.exec(r.stderr);
   assert.ok(m, r.stderr);
   const [trained, all] = [Number(m[1]!.replaceAll(",", "")), Number(m[2]!.replaceAll(",", ""))];
   assert.ok(trained > 0 && trained < all / 5, `${trained} of ${all}`);
+  assert.deepEqual([net.lora?.params, net.params! + net.lora!.params], [trained, all], "the plan counted what the generator's worker reports");
+  // and the frozen networks as torch counts them
+  const counts = await execa(projectPython, ["-c", [
+    "import sys, json",
+    "from diffusers import AutoencoderKL",
+    "from transformers import CLIPTextModel, CLIPTextModelWithProjection",
+    "d = sys.argv[1]",
+    "n = lambda m: sum(p.numel() for p in m.parameters())",
+    "print(json.dumps([['text_encoder', n(CLIPTextModel.from_pretrained(d, subfolder='text_encoder'))], ['text_encoder_2', n(CLIPTextModelWithProjection.from_pretrained(d, subfolder='text_encoder_2'))], ['vae', n(AutoencoderKL.from_pretrained(d, subfolder='vae'))]]))",
+  ].join("\n"), path.join(work, "sdxl")], { env });
+  assert.deepEqual(net.frozen.map((f) => [f.name, f.params]), JSON.parse(counts.stdout));
   const runDir = path.join(work, "runs", "sdxl-per_role-lora");
   for (const file of ["generator.safetensors", "generator.optim.safetensors"]) assert.ok(existsSync(path.join(checkpoint(runDir, 4), file)), file);
   const gen = readSafetensors(path.join(checkpoint(runDir, 4), "generator.safetensors"));
@@ -226,8 +242,10 @@ test("a LoRA student of an SDXL-like pipeline: only the adapters train and are s
   // B starts at zero: trained adapters have moved it
   const bMax = Math.max(...keys.filter((k) => k.includes(".lora_B.")).map((k) => Math.max(...gen.get(k)!.map(Math.abs))));
   assert.ok(bMax > 1e-5, `lora_B max |w| ${bMax}`);
-  // the fake score trains the whole network as before
-  assert.ok([...readSafetensors(path.join(checkpoint(runDir, 4), "fake_score.safetensors")).keys()].some((k) => !k.includes("lora")));
+  // the fake score trains the whole network as before: every one of the UNet's parameters the plan counted
+  const fake = readSafetensors(path.join(checkpoint(runDir, 4), "fake_score.safetensors"));
+  assert.ok([...fake.keys()].some((k) => !k.includes("lora")));
+  assert.equal([...fake.values()].reduce((n, v) => n + v.length, 0), net.params);
   const loraOut = path.join(work, "exported-lora");
   const ex = await dmd2(["export", runDir, "--out", loraOut, "--lora"]);
   assert.equal(ex.exitCode, 0, ex.stderr);

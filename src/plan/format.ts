@@ -169,8 +169,15 @@ function networkText(n: NetworkPlan): string {
     const a = n.tiny;
     return `TinyUNet(channels ${a.channels}, mult [${a.channelMult.join(", ")}], ${a.numClasses ?? "no"} classes, ${shape}) ${count(n.params)} params; discriminator head ${count(n.discriminatorHeadParams)}`;
   }
-  const a = n.unet2d;
   const from = `from ${shown(n.from)}`;
+  if (n.kind === "text-to-image") {
+    const family = n.text?.family === "sdxl" ? "SDXL" : "SD 1.5";
+    if (n.params === null) return `${family} UNet2DConditionModel ${from}: size unknown`;
+    const files = n.text === null ? "" : ` (counted from ${n.text.weightFiles.map(shown).join(", ")})`;
+    const frozen = n.frozen.map((f) => `${f.name} ${count(f.params)}`).join(", ");
+    return `${family} UNet2DConditionModel (latents ${shape}) ${count(n.params)} params${files}; discriminator head ${count(n.discriminatorHeadParams)}; frozen beside the generator: ${frozen}`;
+  }
+  const a = n.unet2d;
   if (a === null) return `diffusers UNet2DModel ${from}: size unknown`;
   const attn = a.addAttention && a.midBlockType !== null ? ", mid attention" : "";
   const cls = n.numClasses === null ? "unconditional" : `${n.numClasses} classes${n.nullClass ? " + null class" : ""}`;
@@ -182,18 +189,28 @@ function memoryLines(plan: Plan): string[] {
   const head = heading("Memory per worker process", `an estimate, float32, on ${plan.placement.device}${plan.placement.processes > plan.placement.workers.length ? "; a replicated role: one rank" : ""}`);
   if (m.unknown !== null) return [head, `  networks: ${networkText(m.network)}`, `  unknown: ${m.unknown}`];
   const dash = (b: number) => (b === 0 ? "-" : formatBytes(b));
-  const rows: string[][] = [["worker", "role", "params", "weights", "grads", "AdamW", "activations", "total"]];
+  const roles = m.workers.flatMap((w) => w.roles);
+  const ema = roles.some((r) => r.emaBytes > 0);
+  const rows: string[][] = [["worker", "role", "params", "trained", "weights", "grads", "AdamW", ...(ema ? ["EMA"] : []), "activations", "total"]];
   for (const w of m.workers) {
     w.roles.forEach((r, i) => {
-      rows.push([i === 0 ? w.worker : "", r.role, formatCount(r.params), formatBytes(r.weightsBytes), dash(r.gradsBytes), dash(r.optimizerBytes), dash(r.activationBytes), formatBytes(r.totalBytes)]);
+      const trained = r.trainedParams === r.params ? "all" : r.trainedParams === 0 ? "-" : formatCount(r.trainedParams);
+      const acts = r.activationBytes === null ? "?" : dash(r.activationBytes);
+      const total = (r.activationBytes === null ? ">= " : "") + formatBytes(r.totalBytes);
+      rows.push([i === 0 ? w.worker : "", r.role, formatCount(r.params), trained, formatBytes(r.weightsBytes), dash(r.gradsBytes), dash(r.optimizerBytes), ...(ema ? [dash(r.emaBytes)] : []), acts, total]);
     });
   }
+  const lora = m.network.lora;
+  const frozen = roles.filter((r) => r.frozenParams > 0);
   return [
     head,
     `  networks: ${networkText(m.network)}`,
+    ...(lora === null ? [] : [`  generator.lora: rank ${lora.rank} on ${lora.layers} layers (${lora.targets.join(", ")}): ${formatCount(lora.params)} trained params (${((100 * lora.params) / (m.params.unet ?? lora.params)).toFixed(1)}% of the UNet)`]),
     ...table(rows),
-    `  per worker: ${m.workers.map((w) => `${w.worker} ~${formatBytes(w.totalBytes)}`).join(", ")}`,
-    "  trained networks: weights + grads + AdamW's 2 moments; activations: what one forward keeps for the backward",
+    `  per worker: ${m.workers.map((w) => `${w.worker} ${w.complete ? "~" : ">= "}${formatBytes(w.totalBytes)}`).join(", ")}`,
+    ...frozen.map((r) => `  ${r.role}'s weights include the frozen ${r.frozenBasis} (${formatCount(r.frozenParams)} params)`),
+    ...(m.activationsUnknown === null ? [] : [`  activations ${chalk.yellow("?")}: ${m.activationsUnknown}; the totals are lower bounds`]),
+    `  trained networks: weights + grads + AdamW's 2 moments${ema ? " (+ the generator's average, generator.ema_decay)" : ""}; activations: what one forward keeps for the backward`,
     "  at the batch size (a replica's share), x2 for the backward (the roles' peaks added as if simultaneous); fsdp",
     "  divides weights, grads and AdamW by the replicas (plus one block gathered at a time); bf16 autocast and",
     "  gradient checkpointing lower the activations, not counted here",

@@ -5,6 +5,10 @@
 
 import type { Recipe } from "../recipe/types.js";
 import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
+import { textFamily } from "../recipe/teacherFolder.js";
+import { loraPlan, type LoraPlan } from "./lora.js";
+import { componentShapes } from "./safetensors.js";
+import { readTextPipeline } from "./textPipeline.js";
 import { readTeacherNetwork, unet2dActivationsPerSample, unet2dFeatures, unet2dParams, unet2dSizeProblem, type UNet2DArch } from "./unet2d.js";
 
 export type Shape = [number, number, number];
@@ -21,7 +25,8 @@ export interface DataPlan {
 }
 
 export interface NetworkPlan {
-  kind: "builtin" | "diffusers";
+  /** builtin: the TinyUNet; diffusers: a UNet2DModel folder; text-to-image: a StableDiffusion(XL)Pipeline folder */
+  kind: "builtin" | "diffusers" | "text-to-image";
   /** where the architecture comes from: "teacher.builtin" or the teacher's unet/config.json */
   from: string;
   /** the built-in TinyUNet's arch (kind builtin) */
@@ -36,14 +41,22 @@ export interface NetworkPlan {
   nullClass: boolean;
   /** the UNet's parameters; null: unknown (see unknown) */
   params: number | null;
+  /** text-to-image: where the UNet's count was read (its safetensors headers) and the pipeline's family */
+  text: { family: "sd15" | "sdxl"; weightFiles: string[] } | null;
+  /** the generator's LoRA adapters (generator.lora); null: the whole UNet trains */
+  lora: LoraPlan | null;
+  /** frozen networks the generator's worker holds beside its UNet (a pipeline's text encoders and VAE) */
+  frozen: { name: string; params: number }[];
   /** the mid block / bottleneck the discriminator head reads */
   features: { channels: number; size: number } | null;
   discriminatorHeadParams: number | null;
   /** float32 values one forward pass keeps per sample (whole network; up to the bottleneck) */
   activationsPerSample: number | null;
   encoderActivationsPerSample: number | null;
-  /** why the sizes are unknown; null when they are known */
+  /** why the parameter counts are unknown; null when they are known */
   unknown: string | null;
+  /** why the activations are unknown while the parameters are known; null otherwise */
+  activationsUnknown: string | null;
 }
 
 export interface ShapeProblem {
@@ -95,14 +108,20 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
         numClasses: arch.numClasses,
         nullClass: arch.numClasses !== null,
         params: unetParams(arch),
+        text: null,
+        lora: null,
+        frozen: [],
         features: feat,
         discriminatorHeadParams: headParams(feat.channels, feat.size),
         activationsPerSample: unetActivationsPerSample(arch),
         encoderActivationsPerSample: unetActivationsPerSample(arch, true),
         unknown: null,
+        activationsUnknown: null,
       },
     };
   }
+  const family = textFamily(r.teacher.path!);
+  if (family !== null) return textNetworkPlan(r, r.teacher.path!, family, problems);
 
   const t = readTeacherNetwork(r.teacher.path!);
   const a = t.arch;
@@ -117,12 +136,22 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
     numClasses: t.numClasses,
     nullClass: t.nullClass !== null,
     params: a === null ? null : unet2dParams(a),
+    text: null,
+    lora: null,
+    frozen: [],
     features: null,
     discriminatorHeadParams: null,
     activationsPerSample: null,
     encoderActivationsPerSample: null,
     unknown: t.unknown,
+    activationsUnknown: null,
   };
+  if (a !== null && r.generator.lora.rank !== null) {
+    // the adapters are counted from the weights' tensor names (the config does not name the layers)
+    const w = componentShapes(r.teacher.path!, "unet", "diffusion_pytorch_model");
+    if ("unknown" in w) network.unknown = `generator.lora: ${w.unknown}`;
+    else network.lora = loraChecked(r, w.shapes, problems);
+  }
   if (a !== null && size === null) network.unknown = `${t.configFile} has no sample_size: the image size, and so the activations and the discriminator head, are unknown`;
   if (a !== null && size !== null) {
     const why = unet2dSizeProblem(a, size);
@@ -148,6 +177,46 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
       fix: "use a teacher trained on this data (dmd2 train-teacher with the same data group)",
     });
   }
+  return { network, problems };
+}
+
+/** The recipe's LoRA adapters on a UNet with these tensors; a target matching nothing is a problem (the worker refuses it). */
+function loraChecked(r: Recipe, shapes: Parameters<typeof loraPlan>[1], problems: ShapeProblem[]): LoraPlan | null {
+  const lora = loraPlan(r, shapes);
+  for (const t of lora?.unmatched ?? []) {
+    problems.push({ subject: "generator.lora.target_modules", message: `${JSON.stringify(t)} matches no Linear or Conv2d layer of the teacher's UNet; the generator will refuse it`, fix: "name module-name suffixes the UNet has, e.g. to_q, to_k, to_v, to_out.0, conv1" });
+  }
+  return lora;
+}
+
+/**
+ * A StableDiffusion(XL)Pipeline teacher (data.source prompts): parameter counts from the weights' safetensors
+ * headers (textPipeline.ts), the latent shape and the discriminator head from unet/config.json. Activations are
+ * not modelled for UNet2DConditionModel (activationsUnknown says so); the memory estimate is then a lower bound.
+ */
+function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", problems: ShapeProblem[]): { network: NetworkPlan; problems: ShapeProblem[] } {
+  const t = readTextPipeline(dir, family);
+  const network: NetworkPlan = {
+    kind: "text-to-image",
+    from: t.configFile,
+    tiny: null,
+    unet2d: null,
+    imageShape: t.latentShape,
+    numClasses: null,
+    nullClass: false,
+    params: t.unknown === null ? t.unetParams : null,
+    text: { family, weightFiles: t.unetFiles },
+    lora: null,
+    frozen: t.frozen,
+    features: t.features,
+    discriminatorHeadParams: t.features === null ? null : headParams(t.features.channels, t.features.size),
+    activationsPerSample: null,
+    encoderActivationsPerSample: null,
+    unknown: t.unknown,
+    activationsUnknown: "what a UNet2DConditionModel's forward pass keeps is not modelled (weights, grads and AdamW are exact, from the safetensors headers)",
+  };
+  if (t.unknown === null && t.features === null) network.unknown = `${t.configFile}: sample_size is not divisible by 2^(len(block_out_channels) - 1); the workers will refuse it`;
+  if (t.unetShapes !== null && network.unknown === null) network.lora = loraChecked(r, t.unetShapes, problems);
   return { network, problems };
 }
 

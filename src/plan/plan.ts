@@ -149,6 +149,8 @@ export interface MemoryPlan {
   workers: WorkerMemory[];
   /** why there is no estimate; null when there is one */
   unknown: string | null;
+  /** why the estimate leaves the activations out (a lower bound then); null when it has them */
+  activationsUnknown: string | null;
   note: string;
 }
 
@@ -324,8 +326,10 @@ function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null): CheckpointPla
   const steps = r.train.steps;
   const count = Math.floor(steps / every) + (steps % every === 0 ? 0 : 1);
   const roles = memory?.flatMap((w) => w.roles) ?? null;
-  // each trained role saves its weights and optimizer state; the discriminator saves its head; the teacher nothing
-  const bytesEach = roles === null ? null : roles.filter((m) => m.role !== "teacher").reduce((s, m) => s + m.weightsBytes + m.optimizerBytes, 0);
+  // each trained role saves what it trains (a LoRA generator: its adapters), AdamW's two moments and the
+  // generator's average; the discriminator saves its head; the teacher nothing. Whole tensors, also when sharded
+  const saved = (m: WorkerMemory["roles"][number]) => m.trainedParams * 4 * (3 + (m.emaBytes > 0 ? 1 : 0));
+  const bytesEach = roles === null ? null : roles.filter((m) => m.role !== "teacher").reduce((s, m) => s + saved(m), 0);
   // the built-in teacher is copied into <run_dir>/teacher/; a diffusers teacher is read where it is
   const teacherBytes = r.teacher.source === "builtin" ? (roles?.find((m) => m.role === "teacher")?.weightsBytes ?? 0) : 0;
   const existing = listCheckpoints(r.run_dir);
@@ -354,6 +358,7 @@ function memoryPlan(r: Recipe, network: NetworkPlan): { plan: MemoryPlan; worker
       params: { unet: network.params, discriminatorHead: network.discriminatorHeadParams },
       workers: workers ?? [],
       unknown: workers === null ? (network.unknown ?? "the networks' sizes are unknown") : null,
+      activationsUnknown: workers !== null && workers.some((w) => !w.complete) ? network.activationsUnknown : null,
       note: RUNTIME_NOTE,
     },
   };

@@ -1,0 +1,93 @@
+// A text-to-image teacher (a StableDiffusion(XL)Pipeline folder, docs/adapters.md §6) sized for the plan from
+// its safetensors headers (plan/safetensors.ts): the UNet2DConditionModel's parameters exactly, whatever its
+// blocks, and the frozen networks the generator's worker holds beside it (the text encoder(s) and the VAE).
+// The latent shape and the mid block the discriminator head reads come from unet/config.json, as
+// models/unet2d_condition.py takes them. What a forward pass keeps (activations) is not modelled for these UNets:
+// the plan says so instead of guessing.
+
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import type { TextFamily } from "../recipe/teacherFolder.js";
+import { componentShapes, countValues, type TensorShapes } from "./safetensors.js";
+
+export interface TextPipelineNetwork {
+  /** `<teacher>/unet/config.json` */
+  configFile: string;
+  family: TextFamily;
+  /** the UNet's tensors (for LoRA counts); null when unreadable (see unknown) */
+  unetShapes: TensorShapes | null;
+  unetParams: number | null;
+  /** the weight files the UNet's count was read from */
+  unetFiles: string[];
+  /** (C, H, W) of the latents the UNet takes and makes; null when the config has no square sample_size */
+  latentShape: [number, number, number] | null;
+  /** the mid block's output (the discriminator head's input); null when unknown */
+  features: { channels: number; size: number } | null;
+  /** the frozen networks the generator's worker also holds (text encoders, VAE), by subfolder */
+  frozen: { name: string; params: number }[];
+  /** why the sizes are unknown; null when the UNet and the frozen networks were all read */
+  unknown: string | null;
+}
+
+/** The text encoders each family's adapter loads, then its VAE (adapters/sd15.py, sdxl.py). */
+const FROZEN: Record<TextFamily, [string, string][]> = {
+  sd15: [["text_encoder", "model"], ["vae", "diffusion_pytorch_model"]],
+  sdxl: [["text_encoder", "model"], ["text_encoder_2", "model"], ["vae", "diffusion_pytorch_model"]],
+};
+
+type Obj = Record<string, unknown>;
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
+
+/** Latent shape and mid-block features from a UNet2DConditionModel config, or why not. */
+function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentShape"]; features: TextPipelineNetwork["features"]; unknown: string | null } {
+  let size = config.sample_size;
+  if (Array.isArray(size) && size.length === 2 && size[0] === size[1]) size = size[0];
+  const inChannels = config.in_channels ?? 4; // UNet2DConditionModel's defaults
+  const blocks = config.block_out_channels ?? [320, 640, 1280, 1280];
+  if (!isCount(size)) return { latentShape: null, features: null, unknown: `sample_size is ${JSON.stringify(config.sample_size)}, expected one positive whole number (square latents)` };
+  if (!isCount(inChannels)) return { latentShape: null, features: null, unknown: `in_channels is ${JSON.stringify(inChannels)}, expected a positive whole number` };
+  if (!Array.isArray(blocks) || blocks.length === 0 || !blocks.every(isCount)) return { latentShape: [inChannels, size, size], features: null, unknown: `block_out_channels is ${JSON.stringify(blocks)}, expected a non-empty list of positive whole numbers` };
+  const down = 2 ** (blocks.length - 1);
+  const features = size % down === 0 ? { channels: blocks[blocks.length - 1] as number, size: size / down } : null;
+  return { latentShape: [inChannels, size, size], features, unknown: null };
+}
+
+/** The networks of the pipeline folder `dir` of family `family`, as far as its JSON files and weight headers tell. */
+export function readTextPipeline(dir: string, family: TextFamily): TextPipelineNetwork {
+  const configFile = path.join(dir, "unet", "config.json");
+  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, frozen: [], unknown: null };
+  let config: unknown;
+  try {
+    config = JSON.parse(readFileSync(configFile, "utf8"));
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    out.unknown = `${configFile} is ${err.code === "ENOENT" ? "missing" : `not readable JSON (${err.message.split("\n")[0]})`}`;
+    return out;
+  }
+  if (typeof config !== "object" || config === null || Array.isArray(config)) {
+    out.unknown = `${configFile}: it is not a JSON object`;
+    return out;
+  }
+  const shapes = configShapes(config as Obj);
+  out.latentShape = shapes.latentShape;
+  out.features = shapes.features;
+  if (shapes.unknown !== null) out.unknown = `${configFile}: ${shapes.unknown}`;
+
+  const unet = componentShapes(dir, "unet", "diffusion_pytorch_model");
+  if ("unknown" in unet) {
+    out.unknown ??= unet.unknown;
+    return out;
+  }
+  out.unetShapes = unet.shapes;
+  out.unetFiles = unet.files;
+  out.unetParams = countValues(unet.shapes.values());
+  for (const [sub, stem] of FROZEN[family]) {
+    const c = componentShapes(dir, sub, stem);
+    if ("unknown" in c) {
+      out.unknown ??= c.unknown;
+      continue;
+    }
+    out.frozen.push({ name: sub, params: countValues(c.shapes.values()) });
+  }
+  return out;
+}
