@@ -84,8 +84,12 @@ export function fakeTextPipeline(dir: string, className: "StableDiffusionPipelin
   mkdirSync(path.join(dir, "scheduler"), { recursive: true });
   mkdirSync(path.join(dir, "real-images"), { recursive: true });
   writeFileSync(path.join(dir, "model_index.json"), JSON.stringify({ _class_name: className }));
-  writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DConditionModel", sample_size: className === "StableDiffusionPipeline" ? 64 : 128 }));
+  // SD 1.5's and SDXL's text widths: 768; 2048 with a 1280-wide pooled embedding beside 6 time ids of 256
+  const text = className === "StableDiffusionPipeline" ? { cross_attention_dim: 768 } : { cross_attention_dim: 2048, addition_embed_type: "text_time", projection_class_embeddings_input_dim: 2816, addition_time_embed_dim: 256 };
+  writeFileSync(path.join(dir, "unet", "config.json"), JSON.stringify({ _class_name: "UNet2DConditionModel", sample_size: className === "StableDiffusionPipeline" ? 64 : 128, ...text }));
   writeFileSync(path.join(dir, "scheduler", "scheduler_config.json"), JSON.stringify({ _class_name: "PNDMScheduler", num_train_timesteps: 1000, beta_schedule: "scaled_linear", beta_start: 0.00085, beta_end: 0.012 }));
+  mkdirSync(path.join(dir, "tokenizer"), { recursive: true });
+  writeFileSync(path.join(dir, "tokenizer", "tokenizer_config.json"), JSON.stringify({ model_max_length: 77 }));
   writeSafetensors(path.join(dir, "unet", "diffusion_pytorch_model.safetensors"), STAND_IN_UNET);
   const encoders = className === "StableDiffusionPipeline" ? ["text_encoder"] : ["text_encoder", "text_encoder_2"];
   for (const e of encoders) writeSafetensors(path.join(dir, e, "model.safetensors"), { "text_model.embeddings.token_embedding.weight": [10, 4] });

@@ -374,6 +374,11 @@ test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA
   // a checkpoint: the generator's adapters, AdamW's moments and their average; the whole fake score and head with theirs
   assert.equal(p.checkpoints.bytesEach, 1504 * 4 * 4 + 2968 * 4 * 3 + headParams(1280, 8) * 4 * 3);
   assert.ok(p.memory.workers.every((w) => !w.complete));
+  // the step tensors: latents, and the prompts' hidden states (tokenizer's 77 x the UNet's cross_attention_dim 768)
+  const B = p.recipe.resolved.train.batch_size;
+  const sent = (q: Plan) => Object.fromEntries(q.traffic.kinds[0]!.transfers.map((x) => [x.tensor, x.shape]));
+  assert.deepEqual(sent(p), { cond_hidden: [B, 77, 768], x_gen: [B, 4, 64, 64], t_dmd: [B], x_t_dmd: [B, 4, 64, 64], x0_real: [B, 4, 64, 64], x0_fake: [B, 4, 64, 64], gan_grad: [B, 4, 64, 64] });
+  assert.notEqual(p.traffic.runBytes, null);
   const text = formatPlan(p);
   assert.match(text, /SD 1\.5 UNet2DConditionModel \(latents 4x64x64\) 2,968 params \(counted from \S+diffusion_pytorch_model\.safetensors\)/);
   assert.match(text, /generator\.lora: rank 4 on 10 layers \(to_q, .*\): 1,504 trained params \(50\.7% of the UNet\)/);
@@ -397,6 +402,8 @@ test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA
   writeFileSync(path.join(xl, "unet", "diffusion_pytorch_model.safetensors.index.json"), JSON.stringify({ metadata: {}, weight_map: weightMap }));
   const xp = plan(load(path.join(recipesDir, "sdxl-4step.yaml"), xlSets), path.join(recipesDir, "sdxl-4step.yaml"));
   assert.deepEqual([xp.memory.network.params, xp.memory.network.frozen.map((f) => f.name), xp.memory.network.text?.weightFiles.length], [2968, ["text_encoder", "text_encoder_2", "vae"], 2]);
+  const xb = xp.recipe.resolved.train.batch_size;
+  assert.deepEqual([sent(xp).cond_hidden, sent(xp).cond_pooled, sent(xp).cond_time_ids], [[xb, 77, 2048], [xb, 1280], [xb, 6]]);
 
   // what cannot be read is unknown, with the file and why: a download cut short, a .bin-only UNet
   const cut = path.join(dir, "text_encoder", "model.safetensors");

@@ -230,9 +230,16 @@ test("a LoRA student of an SDXL-like pipeline: only the adapters train and are s
     "from transformers import CLIPTextModel, CLIPTextModelWithProjection",
     "d = sys.argv[1]",
     "n = lambda m: sum(p.numel() for p in m.parameters())",
-    "print(json.dumps([['text_encoder', n(CLIPTextModel.from_pretrained(d, subfolder='text_encoder'))], ['text_encoder_2', n(CLIPTextModelWithProjection.from_pretrained(d, subfolder='text_encoder_2'))], ['vae', n(AutoencoderKL.from_pretrained(d, subfolder='vae'))]]))",
+    "frozen = [['text_encoder', n(CLIPTextModel.from_pretrained(d, subfolder='text_encoder'))], ['text_encoder_2', n(CLIPTextModelWithProjection.from_pretrained(d, subfolder='text_encoder_2'))], ['vae', n(AutoencoderKL.from_pretrained(d, subfolder='vae'))]]",
+    "from dmd2_worker.adapters.registry import load_adapter",
+    "c = load_adapter(d, 'cpu').encode_prompts(['a cat'])",
+    "print(json.dumps({'frozen': frozen, 'text': [list(c.encoder_hidden_states.shape[1:]), list(c.text_embeds.shape[1:]), list(c.time_ids.shape[1:])]}))",
   ].join("\n"), path.join(work, "sdxl")], { env });
-  assert.deepEqual(net.frozen.map((f) => [f.name, f.params]), JSON.parse(counts.stdout));
+  const py = JSON.parse(counts.stdout) as { frozen: [string, number][]; text: number[][] };
+  assert.deepEqual(net.frozen.map((f) => [f.name, f.params]), py.frozen);
+  // and the text step tensors' shapes as the adapter makes them
+  const t = net.textTensors!;
+  assert.deepEqual([[t.seqLen, t.hiddenDim], [t.pooledDim], [6]], py.text);
   const runDir = path.join(work, "runs", "sdxl-per_role-lora");
   for (const file of ["generator.safetensors", "generator.optim.safetensors"]) assert.ok(existsSync(path.join(checkpoint(runDir, 4), file)), file);
   const gen = readSafetensors(path.join(checkpoint(runDir, 4), "generator.safetensors"));

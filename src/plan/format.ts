@@ -18,7 +18,7 @@ const shown = (p: string) => {
   return rel !== "" && !rel.startsWith("..") ? rel : p;
 };
 const heading = (title: string, rest = "") => chalk.bold(title) + (rest === "" ? "" : `  ${rest}`);
-const bytes = (b: number | null) => (b === null ? "? (image size unknown)" : formatBytes(b));
+const bytes = (b: number | null) => (b === null ? "? (a tensor's size is unknown)" : formatBytes(b));
 const classes = (k: number | null) => (k === null ? "unconditional" : `${k} classes`);
 
 /** The data line of the header: what the data source has, or what is unknown and what the teacher expects. */

@@ -8,6 +8,7 @@ import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFe
 import { textFamily } from "../recipe/teacherFolder.js";
 import { loraPlan, type LoraPlan } from "./lora.js";
 import { componentShapes } from "./safetensors.js";
+import type { TextTensorSizes } from "./tensors.js";
 import { readTextPipeline } from "./textPipeline.js";
 import { readTeacherNetwork, unet2dActivationsPerSample, unet2dFeatures, unet2dParams, unet2dSizeProblem, type UNet2DArch } from "./unet2d.js";
 
@@ -43,6 +44,8 @@ export interface NetworkPlan {
   params: number | null;
   /** text-to-image: where the UNet's count was read (its safetensors headers) and the pipeline's family */
   text: { family: "sd15" | "sdxl"; weightFiles: string[] } | null;
+  /** the text step tensors' sizes (text-to-image); null: none, or unknown */
+  textTensors: TextTensorSizes | null;
   /** the generator's LoRA adapters (generator.lora); null: the whole UNet trains */
   lora: LoraPlan | null;
   /** frozen networks the generator's worker holds beside its UNet (a pipeline's text encoders and VAE) */
@@ -109,6 +112,7 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
         nullClass: arch.numClasses !== null,
         params: unetParams(arch),
         text: null,
+        textTensors: null,
         lora: null,
         frozen: [],
         features: feat,
@@ -137,6 +141,7 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
     nullClass: t.nullClass !== null,
     params: a === null ? null : unet2dParams(a),
     text: null,
+    textTensors: null,
     lora: null,
     frozen: [],
     features: null,
@@ -206,6 +211,7 @@ function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", proble
     nullClass: false,
     params: t.unknown === null ? t.unetParams : null,
     text: { family, weightFiles: t.unetFiles },
+    textTensors: t.textTensors,
     lora: null,
     frozen: t.frozen,
     features: t.features,

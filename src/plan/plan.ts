@@ -25,7 +25,7 @@ import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
 import { resolvePython } from "../workers/python.js";
 import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
 import { dataPlan, imageShapeOf, networkPlan, type DataPlan, type NetworkPlan, type Shape } from "./network.js";
-import { stepTraffic, type StepTraffic } from "./tensors.js";
+import { stepTraffic, type StepTraffic, type TextTensorSizes } from "./tensors.js";
 import { defaultTorchThreads, type ThreadsDefault } from "./threads.js";
 
 export interface PlanProblem {
@@ -283,12 +283,12 @@ function schedulePlan(r: Recipe): SchedulePlan {
   };
 }
 
-function trafficPlan(r: Recipe, shape: Shape | null): TrafficPlan {
+function trafficPlan(r: Recipe, shape: Shape | null, text: TextTensorSizes | null): TrafficPlan {
   const home = roleHome(workerLayout(r.placement));
   const steps = r.train.steps;
   const ratio = r.ttur.ratio;
   const G = generatorUpdatesBefore(steps, ratio);
-  const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r, shape);
+  const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r, shape, text);
   const kinds: TrafficPlan["kinds"] = [{ kind: "generator step", example: 0, count: 1, ...traffic(0) }];
   if (G > 1) {
     // later generator steps differ from step 0 only when G's GAN weight warms up from 0 (no gan_grad at step 0)
@@ -377,7 +377,7 @@ export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}):
     data,
     placement,
     schedule: schedulePlan(recipe),
-    traffic: trafficPlan(recipe, imageShapeOf(data, net.network)),
+    traffic: trafficPlan(recipe, imageShapeOf(data, net.network), net.network.textTensors),
     checkpoints: checkpointPlan(recipe, memory.workers),
     memory: memory.plan,
     problems,

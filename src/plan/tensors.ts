@@ -7,6 +7,15 @@ import { DTYPE_ITEMSIZE, type DType } from "../protocol/messages.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import type { RoutedCall } from "../schedule/stepPlan.js";
 
+/** The text step tensors' sizes (a text-to-image teacher, plan/textPipeline.ts): cond_hidden (B, seqLen, hiddenDim);
+ * SDXL also cond_pooled (B, pooledDim) and cond_time_ids (B, 6). */
+export interface TextTensorSizes {
+  seqLen: number;
+  hiddenDim: number;
+  /** null: no pooled embedding (SD 1.5) */
+  pooledDim: number | null;
+}
+
 export interface TensorInfo {
   dtype: DType;
   shape: number[];
@@ -17,7 +26,7 @@ export interface TensorInfo {
  * dtype and shape of each tensor an op produces, for this recipe's batch and the images' (C, H, W) (network.ts;
  * null when not known before the workers read the data); null if unknown.
  */
-export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number, number, number] | null): TensorInfo | null {
+export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number, number, number] | null, text: TextTensorSizes | null = null): TensorInfo | null {
   const B = r.train.batch_size;
   const image = (): TensorInfo | null => {
     if (imageShape === null) return null;
@@ -25,6 +34,7 @@ export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number
     return { dtype: "float32", shape: [B, c, h, w], bytes: B * c * h * w * DTYPE_ITEMSIZE.float32 };
   };
   const perSample = (): TensorInfo => ({ dtype: "int64", shape: [B], bytes: B * DTYPE_ITEMSIZE.int64 });
+  const floats = (...dims: number[]): TensorInfo => ({ dtype: "float32", shape: [B, ...dims], bytes: B * dims.reduce((a, b) => a * b, 1) * DTYPE_ITEMSIZE.float32 });
   switch (name) {
     case "x_gen":
     case "x_t_dmd":
@@ -35,6 +45,13 @@ export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number
     case "cond": // class labels
     case "t_dmd": // the DMD gradient's timesteps
       return perSample();
+    // text conditioning (roles/text.py store_conditioning): the prompts' hidden states, SDXL's pooled embedding and time ids
+    case "cond_hidden":
+      return text === null ? null : floats(text.seqLen, text.hiddenDim);
+    case "cond_pooled":
+      return text?.pooledDim == null ? null : floats(text.pooledDim);
+    case "cond_time_ids":
+      return text === null ? null : floats(6);
     default:
       return null;
   }
@@ -60,13 +77,13 @@ export interface StepTraffic {
 }
 
 /** Summarises a routed step: one entry per tensor that leaves its worker. */
-export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: Recipe, imageShape: readonly [number, number, number] | null): StepTraffic {
+export function stepTraffic(phases: RoutedCall[][], home: Map<Role, string>, r: Recipe, imageShape: readonly [number, number, number] | null, text: TextTensorSizes | null = null): StepTraffic {
   const transfers = new Map<string, Transfer>();
   const name = (c: RoutedCall) => `${c.role}.${c.op}`;
   const worker = (c: RoutedCall) => home.get(c.role) ?? c.role;
   for (const call of phases.flat()) {
     for (const t of call.outputs.filter((o) => call.returns.includes(o))) {
-      const info = tensorInfo(t, r, imageShape);
+      const info = tensorInfo(t, r, imageShape, text);
       transfers.set(t, {
         tensor: t,
         dtype: info?.dtype ?? null,

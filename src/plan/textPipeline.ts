@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { TextFamily } from "../recipe/teacherFolder.js";
 import { componentShapes, countValues, type TensorShapes } from "./safetensors.js";
+import type { TextTensorSizes } from "./tensors.js";
 
 export interface TextPipelineNetwork {
   /** `<teacher>/unet/config.json` */
@@ -23,6 +24,9 @@ export interface TextPipelineNetwork {
   latentShape: [number, number, number] | null;
   /** the mid block's output (the discriminator head's input); null when unknown */
   features: { channels: number; size: number } | null;
+  /** the text step tensors' sizes: the tokenizer's model_max_length, the UNet's cross_attention_dim (and SDXL's
+   * pooled width); null when the JSON files do not say */
+  textTensors: TextTensorSizes | null;
   /** the frozen networks the generator's worker also holds (text encoders, VAE), by subfolder */
   frozen: { name: string; params: number }[];
   /** why the sizes are unknown; null when the UNet and the frozen networks were all read */
@@ -52,10 +56,31 @@ function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentSh
   return { latentShape: [inChannels, size, size], features, unknown: null };
 }
 
+/**
+ * What the adapters write as step tensors (roles/text.py): the prompt padded to tokenizer/'s model_max_length, of
+ * the UNet's cross_attention_dim (UNet2DConditionModel's default 1280 when unset); SDXL's pooled embedding is what
+ * the added embedding takes beside 6 time-id embeddings (models/unet2d_condition.py). Null when a file is missing.
+ */
+function textTensorSizes(dir: string, unet: Obj, family: TextFamily): TextTensorSizes | null {
+  let seqLen: unknown;
+  try {
+    seqLen = (JSON.parse(readFileSync(path.join(dir, "tokenizer", "tokenizer_config.json"), "utf8")) as Obj).model_max_length;
+  } catch {
+    return null;
+  }
+  const hiddenDim = unet.cross_attention_dim ?? 1280;
+  if (!isCount(seqLen) || seqLen > 1e6 || !isCount(hiddenDim)) return null;
+  if (family === "sd15") return { seqLen, hiddenDim, pooledDim: null };
+  const input = unet.projection_class_embeddings_input_dim;
+  const timeEmbed = unet.addition_time_embed_dim;
+  if (!isCount(input) || !isCount(timeEmbed) || input <= 6 * timeEmbed) return null;
+  return { seqLen, hiddenDim, pooledDim: input - 6 * timeEmbed };
+}
+
 /** The networks of the pipeline folder `dir` of family `family`, as far as its JSON files and weight headers tell. */
 export function readTextPipeline(dir: string, family: TextFamily): TextPipelineNetwork {
   const configFile = path.join(dir, "unet", "config.json");
-  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, frozen: [], unknown: null };
+  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null };
   let config: unknown;
   try {
     config = JSON.parse(readFileSync(configFile, "utf8"));
@@ -68,6 +93,7 @@ export function readTextPipeline(dir: string, family: TextFamily): TextPipelineN
     out.unknown = `${configFile}: it is not a JSON object`;
     return out;
   }
+  out.textTensors = textTensorSizes(dir, config as Obj, family);
   const shapes = configShapes(config as Obj);
   out.latentShape = shapes.latentShape;
   out.features = shapes.features;
