@@ -14,6 +14,7 @@ float32 dtype, so they are upcast on load and train as from a float32 folder.
     python scripts/sd_pipelines.py build sd15|sdxl OUT [sd15|sdxl OUT ...] [--size full|tiny] [--dtype fp16|bf16|fp32]
                                          [--device cpu|cuda] [--images DIR]
     python scripts/sd_pipelines.py count [sd15|sdxl]     # parameter counts of the full configs (meta device: no memory)
+    python scripts/sd_pipelines.py skeleton sd15|sdxl OUT  # configs + safetensors headers over sparse holes: for dmd2 plan
 
 `--size tiny` assembles the same pipeline from the tiny test configs (tests/pipelines.py: what the CPU dry run of
 gpu-sd-check.sh uses), through the same dtype cast and save. `--device cuda` initialises the random weights on the
@@ -22,6 +23,7 @@ GPU (seconds instead of a minute or more for SDXL on a CPU); they are saved from
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -169,6 +171,40 @@ def count(family: str) -> dict:
     return {k: sum(p.numel() for p in parts[k].parameters()) for k in NETWORKS if k in parts}
 
 
+def skeleton(family: str, out: Path) -> dict:
+    """A pipeline folder with the full configs, tokenizers and scheduler, whose safetensors files hold a real header
+    (every tensor's name, float16 shape and offsets) over a sparse hole instead of weights: what `dmd2 plan` reads,
+    at no disk cost (networks built on the meta device). Not loadable by a worker. Returns the parameter counts."""
+    with tempfile.TemporaryDirectory() as work, torch.device("meta"):
+        parts = components(family, "full", Path(work))
+        out.mkdir(parents=True, exist_ok=True)
+        index = {"_class_name": "StableDiffusionPipeline" if family == "sd15" else "StableDiffusionXLPipeline"}
+        for name, part in parts.items():
+            folder = out / name
+            folder.mkdir(exist_ok=True)
+            index[name] = ["transformers" if name.startswith(("text_encoder", "tokenizer")) else "diffusers",
+                           type(part).__name__]
+            if name.startswith("tokenizer"):
+                part.save_pretrained(folder)
+                continue
+            (part.save_config if hasattr(part, "save_config") else part.config.save_pretrained)(folder)
+            header, offset = {}, 0
+            for key, tensor in part.state_dict().items():
+                size = tensor.numel() * 2
+                header[key] = {"dtype": "F16", "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+                offset += size
+            blob = json.dumps(header).encode()
+            stem = "model" if name.startswith("text_encoder") else "diffusion_pytorch_model"
+            with open(folder / f"{stem}.safetensors", "wb") as f:
+                f.write(len(blob).to_bytes(8, "little") + blob)
+                f.truncate(8 + len(blob) + offset)  # a hole: the file has its full length, the disk holds the header
+    scheduler = sd15_scheduler() if family == "sd15" else sdxl_scheduler()
+    scheduler.save_pretrained(out / "scheduler")
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return {k: sum(p.numel() for p in parts[k].parameters()) for k in NETWORKS if k in parts}
+
+
 def show(counts: dict) -> str:
     return ", ".join(f"{k} {v / 1e6:,.1f}M" for k, v in counts.items())
 
@@ -185,10 +221,17 @@ def main(argv: list[str]) -> int:
     b.add_argument("--images", type=Path, help="also write 4 random 64x64 PNGs and a captions.txt into this folder")
     c = sub.add_parser("count", help="parameter counts of the full configs")
     c.add_argument("family", nargs="?", choices=("sd15", "sdxl"))
+    k = sub.add_parser("skeleton", help="a full-size folder for dmd2 plan: configs and safetensors headers over "
+                                        "sparse holes (no weights, no disk)")
+    k.add_argument("family", choices=("sd15", "sdxl"))
+    k.add_argument("out", type=Path)
     args = ap.parse_args(argv)
     diffusers_logging.set_verbosity_error()  # e.g. "modules that should be kept in float32: []" on the dtype cast
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()  # "Writing model shards"
+    if args.cmd == "skeleton":
+        print(json.dumps(skeleton(args.family, args.out)))
+        return 0
     if args.cmd == "count":
         for family in [args.family] if args.family else ["sd15", "sdxl"]:
             print(f"{family}: {show(count(family))}")

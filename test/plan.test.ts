@@ -418,6 +418,24 @@ test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA
   assert.match(formatPlan(b), /SD 1\.5 UNet2DConditionModel from \S+: size unknown/);
 });
 
+test("plan at full size: SD 1.5's published parameter counts from a skeleton folder (headers over sparse holes)", async () => {
+  // scripts/sd_pipelines.py skeleton: the published configs built on the meta device, safetensors headers only
+  const dir = path.join(tmp, "sd15-skeleton");
+  const built = await execa(projectPython, [path.join(projectRoot, "scripts", "sd_pipelines.py"), "skeleton", "sd15", dir], { reject: false, env: { ...process.env, HF_HUB_OFFLINE: "1" } });
+  assert.equal(built.exitCode, 0, built.stderr);
+  mkdirSync(path.join(dir, "real"));
+  writeFileSync(path.join(dir, "prompts.txt"), "a cat\n");
+  const file = path.join(recipesDir, "sd15-1step.yaml");
+  const sets = [`teacher.path=${dir}`, `data.prompts.file=${path.join(dir, "prompts.txt")}`, `data.prompts.images=${path.join(dir, "real")}`];
+  const p = plan(load(file, [...sets, "generator.lora.rank=64"]), file);
+  const n = p.memory.network;
+  // runwayml/stable-diffusion-v1-5: UNet 859,520,964, CLIP ViT-L/14 text encoder 123,060,480, VAE 83,653,863;
+  // lora.py's default targets at rank 64: 58,466,304 (docs/adapters.md §7: 58.5M, 6.8%)
+  assert.deepEqual([n.params, n.frozen, n.lora?.params], [859520964, [{ name: "text_encoder", params: 123060480 }, { name: "vae", params: 83653863 }], 58466304]);
+  assert.deepEqual([n.imageShape, n.textTensors], [[4, 64, 64], { seqLen: 77, hiddenDim: 768, pooledDim: null }]);
+  assert.deepEqual(p.problems.filter((x) => x.subject !== "python"), []);
+});
+
 test("plan CLI: --json prints one JSON object; nothing is started", async () => {
   const r = await cli(["plan", "recipes/tiny.yaml", "--json"]);
   assert.equal(r.exitCode, 0, r.stderr);
