@@ -274,3 +274,18 @@ test("sample: --prompt on a run conditioned on classes is a one-line usage error
   assert.equal(f.exitCode, 2);
   assert.equal(f.stderr.trim(), `error: --prompts-file ${path.join(work, "nope.txt")} does not exist (give a UTF-8 text file, one prompt a line)`);
 });
+
+test("eval: a text-to-image run or pipeline is a one-line usage error naming what eval scores, before any Python starts", async () => {
+  const sd = fakePipeline("eval-sd15", "StableDiffusionPipeline");
+  const runDir = path.join(work, "runs", "text-run");
+  const r = loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: work, cpuCount: 2, overrides: [`run_dir=${runDir}`] });
+  // what a text-to-image run's recipe.resolved.json says about its data (the rest does not matter here)
+  write(path.join("runs", "text-run", "recipe.resolved.json"), JSON.stringify({ ...r, data: { ...r.data, source: "prompts" } }));
+  const run = await dmd2(["eval", runDir]);
+  assert.equal(run.exitCode, 2);
+  assert.equal(run.stderr.trim(), `error: ${runDir}: a text-to-image run (data.source prompts): dmd2 eval scores models of an image data set (gmm, digits, folder); text-to-image runs and pipelines are not scored yet: look at their images with dmd2 sample <run> --prompt TEXT`);
+  const pipe = await dmd2(["eval", sd]);
+  assert.equal(pipe.exitCode, 2);
+  assert.match(pipe.stderr.trim(), /^error: \S+eval-sd15: a text-to-image pipeline \(StableDiffusionPipeline\): dmd2 eval scores models of an image data set .* with dmd2 sample on a run distilled from it$/);
+  assert.doesNotMatch(run.stderr + pipe.stderr, /evaluating/, "refused before the evaluation job");
+});

@@ -7,7 +7,7 @@ import path from "node:path";
 import { UsageError } from "../errors.js";
 import { showPath } from "../recipe/files.js";
 import { dataSchema } from "../recipe/schema.js";
-import { looksLikeTeacherFolder, readTeacherData, TEACHER_META } from "../recipe/teacherFolder.js";
+import { looksLikeTeacherFolder, readTeacherData, TEACHER_META, textFamily } from "../recipe/teacherFolder.js";
 import type { DataConfig } from "../recipe/types.js";
 import { checkSchema } from "../recipe/validate.js";
 import { readRunRecipe } from "../run/sample.js";
@@ -32,12 +32,16 @@ function checkedData(raw: unknown, file: string): DataConfig {
   return value.data as DataConfig;
 }
 
+/** Text-to-image models are not scored: FD and class accuracy here need an image data set the model learnt. */
+const NO_TEXT = "dmd2 eval scores models of an image data set (gmm, digits, folder); text-to-image runs and pipelines are not scored yet: look at their images with dmd2 sample <run> --prompt TEXT";
+
 export function readTarget(given: string): Target {
   const dir = path.resolve(given);
   if (!existsSync(dir)) throw new UsageError(`${given} does not exist (give a teacher folder or the run_dir of a dmd2 distill run)`);
   if (!statSync(dir).isDirectory()) throw new UsageError(`${given} is not a folder (give a teacher folder or the run_dir of a dmd2 distill run)`);
   if (existsSync(path.join(dir, "recipe.resolved.json"))) {
     const recipe = readRunRecipe(dir);
+    if ((recipe.data as { source?: unknown } | undefined)?.source === "prompts") throw new UsageError(`${given}: a text-to-image run (data.source prompts): ${NO_TEXT}`, { code: "EVAL_DATA" });
     const steps = (recipe.generator as { steps?: unknown } | undefined)?.steps;
     return {
       kind: "student",
@@ -46,6 +50,8 @@ export function readTarget(given: string): Target {
       generatorSteps: typeof steps === "number" && Number.isInteger(steps) && steps >= 1 ? steps : null,
     };
   }
+  const family = textFamily(dir);
+  if (family !== null) throw new UsageError(`${given}: a text-to-image pipeline (${family === "sd15" ? "StableDiffusionPipeline" : "StableDiffusionXLPipeline"}): ${NO_TEXT.replace(" <run> --prompt TEXT", " on a run distilled from it")}`, { code: "EVAL_DATA" });
   if (looksLikeTeacherFolder(dir)) {
     const meta = readTeacherData(dir);
     if (meta !== null && "error" in meta) throw new UsageError(`${meta.error}: the teacher folder is damaged`);
