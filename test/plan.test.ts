@@ -209,6 +209,27 @@ test("plan: tiny's tensors, sizes and memory", () => {
   assert.equal(p.memory.estimate, true);
 });
 
+test("plan: checkpoints that would not fit on the run folder's disk are a problem line", () => {
+  const r = load(tinyFile, ["train.checkpoint_every=20"]);
+  const roomy = buildPlan(r, tinyFile, { cpuCount: 2, freeBytes: () => 1e12 });
+  const c = roomy.checkpoints;
+  // written before the oldest is removed: keep_last + 1 at once (tiny writes more than that), the built-in teacher's copy beside them
+  assert.ok(c.count > r.train.keep_last + 1);
+  assert.equal(c.peakBytes! - c.diskBytes!, c.bytesEach);
+  assert.equal(c.freeBytes, 1e12);
+  assert.deepEqual(roomy.problems.filter((x) => x.subject === "train.keep_last"), []);
+  const tight = buildPlan(r, tinyFile, { cpuCount: 2, freeBytes: () => c.peakBytes! - 1 });
+  const p = tight.problems.filter((x) => x.subject === "train.keep_last");
+  assert.equal(p.length, 1);
+  assert.match(p[0]!.message, new RegExp(`need up to ~\\S+ \\S+ \\(${r.train.keep_last + 1} of ~\\S+ \\S+ while the newest is written\\), the disk of \\S+ has \\S+ \\S+ free`));
+  assert.match(p[0]!.fix ?? "", /lower train\.keep_last/);
+  assert.match(formatPlan(tight), /disk +\S+ \S+ free; up to ~\S+ \S+ while the newest checkpoint is written/);
+  // unreadable free space: said so, no problem invented
+  const unknown = buildPlan(r, tinyFile, { cpuCount: 2, freeBytes: () => null });
+  assert.equal(unknown.checkpoints.freeBytes, null);
+  assert.deepEqual(unknown.problems.filter((x) => x.subject === "train.keep_last"), []);
+});
+
 test("plan: a missing interpreter is a problem line, not a failure; an image size the UNet refuses is a recipe error", () => {
   assert.throws(() => load(tinyFile, ["data.gmm.image_size=6"]), /data\.gmm\.image_size: must be a multiple of 4/);
   const r = load(tinyFile, []);

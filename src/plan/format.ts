@@ -156,6 +156,7 @@ function checkpointLines(plan: Plan): string[] {
           ? "unknown (the networks' sizes are unknown, see Memory)"
           : `~${formatBytes(c.bytesEach)} each; ~${formatBytes(c.diskBytes)} at the end${plan.recipe.resolved.teacher.source === "builtin" ? " with the teacher's copy" : " (the teacher stays in its folder)"} (estimate)`,
       ],
+      ["disk", c.freeBytes === null ? "free space unknown" : `${formatBytes(c.freeBytes)} free${c.peakBytes === null ? "" : `; up to ~${formatBytes(c.peakBytes)} while the newest checkpoint is written`}`],
       ["existing", existing],
     ]),
   ];

@@ -4,11 +4,12 @@
 // The networks are sized from the recipe (the built-in teacher) or the diffusers teacher's unet/config.json
 // (network.ts); what only a worker can find out (a folder's images) is reported as unknown.
 
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, statfsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { parse } from "yaml";
 import { isDmdError, UsageError } from "../errors.js";
+import { formatBytes } from "../text.js";
 import { loadRecipe } from "../recipe/load.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import { checkpointName, checkpointsDir, listCheckpoints } from "../run/checkpoints.js";
@@ -133,6 +134,11 @@ export interface CheckpointPlan {
   /** estimated disk use of the run folder at the end: keep_last checkpoints and the built-in teacher's copy
    * (a diffusers teacher stays in its folder); null: unknown */
   diskBytes: number | null;
+  /** the most the run folder holds at once: a new checkpoint is written before the oldest is removed, so keep_last + 1
+   * of them, and the built-in teacher's copy; null: unknown */
+  peakBytes: number | null;
+  /** free space on the disk the run folder goes to (its nearest existing folder); null: unreadable */
+  freeBytes: number | null;
   /** complete checkpoints already in the run folder */
   existing: string[];
   /** the step distill would resume from, or null for a fresh start */
@@ -169,6 +175,20 @@ export interface Plan {
 export interface PlanOptions {
   env?: NodeJS.ProcessEnv;
   cpuCount?: number;
+  /** free bytes on the disk holding `dir` (tests); default: statfs of its nearest existing folder */
+  freeBytes?: (dir: string) => number | null;
+}
+
+/** Free bytes on the disk of `dir` or of its nearest existing parent; null when unreadable. */
+function diskFreeBytes(dir: string): number | null {
+  let d = path.resolve(dir);
+  while (!existsSync(d) && path.dirname(d) !== d) d = path.dirname(d);
+  try {
+    const s = statfsSync(d);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch {
+    return null;
+  }
 }
 
 function pythonPlan(r: Recipe, env: NodeJS.ProcessEnv, problems: PlanProblem[]): PythonPlan {
@@ -321,7 +341,7 @@ function checkpointSteps(r: Recipe, which: "first" | "last", n: number): number[
   return (which === "first" ? list.slice(0, n) : list.slice(-n)).filter((done) => isCheckpointStep(done - 1, r));
 }
 
-function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null): CheckpointPlan {
+function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null, freeBytes: (dir: string) => number | null, problems: PlanProblem[]): CheckpointPlan {
   const every = r.train.checkpoint_every;
   const steps = r.train.steps;
   const count = Math.floor(steps / every) + (steps % every === 0 ? 0 : 1);
@@ -334,6 +354,17 @@ function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null): CheckpointPla
   const teacherBytes = r.teacher.source === "builtin" ? (roles?.find((m) => m.role === "teacher")?.weightsBytes ?? 0) : 0;
   const existing = listCheckpoints(r.run_dir);
   const keptAtEnd = checkpointSteps(r, "last", r.train.keep_last).map(checkpointName);
+  const peakBytes = bytesEach === null ? null : Math.min(count, r.train.keep_last + 1) * bytesEach + teacherBytes;
+  const free = freeBytes(r.run_dir);
+  // checkpoints already there are replaced as the run goes, so they count as room
+  const room = free === null ? null : free + existing.length * (bytesEach ?? 0);
+  if (peakBytes !== null && room !== null && peakBytes > room) {
+    problems.push({
+      subject: "train.keep_last",
+      message: `the checkpoints need up to ~${formatBytes(peakBytes)} (${Math.min(count, r.train.keep_last + 1)} of ~${formatBytes(bytesEach!)} while the newest is written), the disk of ${r.run_dir} has ${formatBytes(free!)} free`,
+      fix: "free some space, lower train.keep_last, or point run_dir at a disk with more room",
+    });
+  }
   return {
     dir: checkpointsDir(r.run_dir),
     every,
@@ -343,6 +374,8 @@ function checkpointPlan(r: Recipe, memory: WorkerMemory[] | null): CheckpointPla
     keptAtEnd,
     bytesEach,
     diskBytes: bytesEach === null ? null : keptAtEnd.length * bytesEach + teacherBytes,
+    peakBytes,
+    freeBytes: free,
     existing: existing.map((c) => path.basename(c.dir)),
     resumeFrom: existing.length > 0 ? existing[existing.length - 1]!.step : null,
   };
@@ -378,7 +411,7 @@ export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}):
     placement,
     schedule: schedulePlan(recipe),
     traffic: trafficPlan(recipe, imageShapeOf(data, net.network), net.network.textTensors),
-    checkpoints: checkpointPlan(recipe, memory.workers),
+    checkpoints: checkpointPlan(recipe, memory.workers, opts.freeBytes ?? diskFreeBytes, problems),
     memory: memory.plan,
     problems,
   };
