@@ -12,7 +12,7 @@ import { parse } from "yaml";
 import { UsageError } from "../src/errors.js";
 import { formatPlan } from "../src/plan/format.js";
 import { headBlocks, headParams, unetArch, unetParams, type UNetArch } from "../src/plan/params.js";
-import { buildPlan, loadPlanRecipe, scheduleRowSteps, type Plan } from "../src/plan/plan.js";
+import { buildPlan, checkpointDiskWarning, loadPlanRecipe, scheduleRowSteps, type Plan } from "../src/plan/plan.js";
 import { unet2dActivationsPerSample, unet2dArch, unet2dParams } from "../src/plan/unet2d.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import { ROLES, type Recipe } from "../src/recipe/types.js";
@@ -224,6 +224,9 @@ test("plan: checkpoints that would not fit on the run folder's disk are a proble
   assert.match(p[0]!.message, new RegExp(`need up to ~\\S+ \\S+ \\(${r.train.keep_last + 1} of ~\\S+ \\S+ while the newest is written\\), the disk of \\S+ has \\S+ \\S+ free`));
   assert.match(p[0]!.fix ?? "", /lower train\.keep_last/);
   assert.match(formatPlan(tight), /disk +\S+ \S+ free; up to ~\S+ \S+ while the newest checkpoint is written/);
+  // what dmd2 distill warns before it starts (run/distill.ts), from the same problem
+  assert.equal(checkpointDiskWarning(r, tinyFile, () => c.peakBytes! - 1), `${p[0]!.message}: ${p[0]!.fix} (dmd2 plan shows the sizes)`);
+  assert.equal(checkpointDiskWarning(r, tinyFile, () => 1e12), null);
   // unreadable free space: said so, no problem invented
   const unknown = buildPlan(r, tinyFile, { cpuCount: 2, freeBytes: () => null });
   assert.equal(unknown.checkpoints.freeBytes, null);

@@ -417,6 +417,19 @@ export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}):
   };
 }
 
+/**
+ * The one-line warning `dmd2 distill` prints before it starts when the checkpoints would not fit on the run folder's
+ * disk (the plan's train.keep_last problem), or null. Advisory: a plan that cannot be made gives no warning.
+ */
+export function checkpointDiskWarning(recipe: Recipe, file: string, freeBytes?: (dir: string) => number | null): string | null {
+  try {
+    const p = buildPlan(recipe, file, freeBytes === undefined ? {} : { freeBytes }).problems.find((x) => x.subject === "train.keep_last");
+    return p === undefined ? null : `${p.message}: ${p.fix} (dmd2 plan shows the sizes)`;
+  } catch {
+    return null;
+  }
+}
+
 /** Whether a recipe file is a teacher recipe (dmd2 train-teacher's: it has `model:` and no `generator:`); false when it cannot be read. */
 export function isTeacherRecipeFile(file: string): boolean {
   try {

@@ -60,6 +60,15 @@ export class Reporter {
     this.event("info", { message }, message);
   }
 
+  /** Something the user should act on before it costs them: shown in quiet mode too. */
+  warn(message: string) {
+    if (this.mode === "json") {
+      this.event("warning", { message });
+      return;
+    }
+    this.line(`${chalk.yellow("warning:")} ${message}`);
+  }
+
   debug(message: string) {
     if (this.verbose) this.event("debug", { message }, chalk.dim(message));
   }
