@@ -4,7 +4,7 @@
 // --set exactly like distill.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -440,6 +440,17 @@ test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA
   const b = plan(load(file, sets), file);
   assert.match(b.memory.unknown ?? "", /diffusion_pytorch_model\.safetensors is missing \(the plan reads safetensors headers/);
   assert.match(formatPlan(b), /SD 1\.5 UNet2DConditionModel from \S+: size unknown/);
+
+  // a pipeline saved with variant="fp16": the workers cannot load it, a problem line says so before anything starts
+  const v = path.join(tmp, "text-variant");
+  const vSets = fakeTextPipeline(v, "StableDiffusionPipeline");
+  renameSync(path.join(v, "unet", "diffusion_pytorch_model.safetensors"), path.join(v, "unet", "diffusion_pytorch_model.fp16.safetensors"));
+  const vp = plan(load(file, vSets), file);
+  assert.match(vp.memory.unknown ?? "", /diffusion_pytorch_model\.safetensors is missing: only variant weights are there \(diffusion_pytorch_model\.fp16\.safetensors\)/);
+  const vprob = vp.problems.filter((x) => x.subject === "teacher");
+  assert.equal(vprob.length, 1);
+  assert.match(vprob[0]!.message, /unet has only variant weights \(diffusion_pytorch_model\.fp16\.safetensors\); the workers load the default files and will refuse it/);
+  assert.match(vprob[0]!.fix ?? "", /without variant=/);
 });
 
 test("plan at full size: SD 1.5's published parameter counts from a skeleton folder (headers over sparse holes)", async () => {

@@ -188,6 +188,11 @@ def _weights_path(directory: Path) -> Path:
     if (directory / "unet" / "diffusion_pytorch_model.bin").is_file():
         raise TeacherFolderError(f"{path}: missing; this worker reads only safetensors weights (convert "
                                  f"diffusion_pytorch_model.bin with UNet2DModel.save_pretrained(safe_serialization=True))")
+    variants = sorted(p.name for p in (directory / "unet").glob("diffusion_pytorch_model.*.safetensors"))
+    if variants:
+        raise TeacherFolderError(f"{path}: missing; only variant weights are there ({', '.join(variants)}): save the "
+                                 f"UNet again without variant= (UNet2DModel.from_pretrained(folder, subfolder='unet', "
+                                 f"variant=...).save_pretrained(folder / 'unet'))")
     raise TeacherFolderError(f"{path}: missing")
 
 

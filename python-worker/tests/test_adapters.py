@@ -216,6 +216,13 @@ def test_missing_weights_and_bad_scheduler_are_one_line(folders, tmp_path):
     msg = error_of(folder)
     assert msg.startswith(f"{folder / 'unet'}: cannot load UNet2DConditionModel"), msg
     shutil.rmtree(folder)
+    # a pipeline saved with variant="fp16" (what a hub download with variant= gives): said so, with the fix
+    folder = Path(shutil.copytree(folders[("sd15", "epsilon")], tmp_path / "fp16"))
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").rename(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    assert error_of(folder).startswith(f"{folder / 'unet'}: cannot load UNet2DConditionModel: only variant weights "
+                                       f"are there (diffusion_pytorch_model.fp16.safetensors); dmd2 loads the default "
+                                       f"files: save the pipeline again without variant=")
+    shutil.rmtree(folder)
     folder = with_prediction_type(folders[("sd15", "epsilon")], tmp_path / "pipe", "flow")
     assert error_of(folder) == (f"{folder / 'scheduler/scheduler_config.json'}: prediction_type 'flow' is not "
                                 f"supported (supported: 'epsilon', 'v_prediction', 'sample')")

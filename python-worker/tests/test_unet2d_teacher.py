@@ -180,6 +180,10 @@ BREAKAGES = {
                    r"diffusion_pytorch_model\.safetensors: missing$"),
     "only .bin weights": (lambda d: (d / "unet" / "diffusion_pytorch_model.safetensors").rename(
         d / "unet" / "diffusion_pytorch_model.bin"), "reads only safetensors"),
+    "only fp16 variant weights": (lambda d: (d / "unet" / "diffusion_pytorch_model.safetensors").rename(
+        d / "unet" / "diffusion_pytorch_model.fp16.safetensors"),
+        r"missing; only variant weights are there \(diffusion_pytorch_model\.fp16\.safetensors\): save the UNet again "
+        r"without variant="),
     "corrupt weights": (lambda d: (d / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"junk"),
                         "cannot read safetensors"),
     "weights of another UNet": (_replace_weights, r"do not fit unet/config\.json: \d+ of another shape"),

@@ -3,6 +3,7 @@
 // sized from the recipe (the built-in TinyUNet, params.ts) or from a diffusers teacher's unet/config.json
 // (unet2d.ts). Whatever only the worker can find out (a folder's images) is said to be unknown, not guessed.
 
+import path from "node:path";
 import type { Recipe } from "../recipe/types.js";
 import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
 import { textFamily } from "../recipe/teacherFolder.js";
@@ -221,6 +222,10 @@ function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", proble
     unknown: t.unknown,
     activationsUnknown: "what a UNet2DConditionModel's forward pass keeps is not modelled (weights, grads and AdamW are exact, from the safetensors headers)",
   };
+  // the workers' from_pretrained loads the default weight files: a folder saved with variant= fails at set-up
+  for (const v of t.variantOnly) {
+    problems.push({ subject: "teacher", message: `${path.join(dir, v.sub)} has only variant weights (${v.files.join(", ")}); the workers load the default files and will refuse it`, fix: "save the pipeline again without variant= (DiffusionPipeline.from_pretrained(folder, variant=...).save_pretrained(new_folder)) or fetch the non-variant files" });
+  }
   if (t.unknown === null && t.features === null) network.unknown = `${t.configFile}: sample_size is not divisible by 2^(len(block_out_channels) - 1); the workers will refuse it`;
   if (t.unetShapes !== null && network.unknown === null) network.lora = loraChecked(r, t.unetShapes, problems);
   return { network, problems };

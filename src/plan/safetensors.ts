@@ -2,7 +2,7 @@
 // (the 8-byte length and the JSON after it; the tensors themselves are never read). What the plan sizes networks
 // from when it does not model their layers (plan/textPipeline.ts): the count is then exact for any architecture.
 
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
 import path from "node:path";
 
 /** Name -> shape of every tensor in a model's weights (all shards together). */
@@ -64,7 +64,7 @@ export function countValues(shapes: Iterable<number[]>): number {
  * read and the tensors, or why they cannot be read (a .bin-only folder: only safetensors headers can be read
  * without loading the weights).
  */
-export function componentShapes(dir: string, sub: string, stem: string): { files: string[]; shapes: TensorShapes } | { unknown: string } {
+export function componentShapes(dir: string, sub: string, stem: string): { files: string[]; shapes: TensorShapes } | { unknown: string; variantOnly?: string[] } {
   const folder = path.join(dir, sub);
   const single = path.join(folder, `${stem}.safetensors`);
   const index = `${single}.index.json`;
@@ -86,5 +86,26 @@ export function componentShapes(dir: string, sub: string, stem: string): { files
   } catch (e) {
     return { unknown: (e as Error).message };
   }
+  const variants = variantOnlyWeights(folder, stem);
+  if (variants.length > 0) {
+    return { unknown: `${single} is missing: only variant weights are there (${variants.join(", ")}), which the workers do not load (they load the default files)`, variantOnly: variants };
+  }
   return { unknown: `${single} is missing (the plan reads safetensors headers; a .bin-only model cannot be sized without loading it)` };
+}
+
+/**
+ * The weight files of a `variant=` save (`<stem>.fp16.safetensors`, shard indexes) in a folder without the default
+ * `<stem>.safetensors` / `.bin` (single or sharded): what from_pretrained without a variant cannot load (the workers'
+ * adapters/base.py variant_only_weights says the same).
+ */
+export function variantOnlyWeights(folder: string, stem: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(folder);
+  } catch {
+    return [];
+  }
+  const defaults = [`${stem}.safetensors`, `${stem}.bin`];
+  if (names.some((n) => defaults.includes(n) || defaults.some((d) => n === `${d}.index.json`))) return [];
+  return names.filter((n) => n.startsWith(`${stem}.`) && (n.endsWith(".safetensors") || n.endsWith(".bin") || n.endsWith(".index.json"))).sort();
 }

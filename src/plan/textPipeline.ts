@@ -31,6 +31,8 @@ export interface TextPipelineNetwork {
   frozen: { name: string; params: number }[];
   /** why the sizes are unknown; null when the UNet and the frozen networks were all read */
   unknown: string | null;
+  /** components saved only as a variant (e.g. fp16), which the workers cannot load: subfolder and files */
+  variantOnly: { sub: string; files: string[] }[];
 }
 
 /** The text encoders each family's adapter loads, then its VAE (adapters/sd15.py, sdxl.py). */
@@ -80,7 +82,7 @@ function textTensorSizes(dir: string, unet: Obj, family: TextFamily): TextTensor
 /** The networks of the pipeline folder `dir` of family `family`, as far as its JSON files and weight headers tell. */
 export function readTextPipeline(dir: string, family: TextFamily): TextPipelineNetwork {
   const configFile = path.join(dir, "unet", "config.json");
-  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null };
+  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null, variantOnly: [] };
   let config: unknown;
   try {
     config = JSON.parse(readFileSync(configFile, "utf8"));
@@ -102,15 +104,18 @@ export function readTextPipeline(dir: string, family: TextFamily): TextPipelineN
   const unet = componentShapes(dir, "unet", "diffusion_pytorch_model");
   if ("unknown" in unet) {
     out.unknown ??= unet.unknown;
-    return out;
+    if (unet.variantOnly) out.variantOnly.push({ sub: "unet", files: unet.variantOnly });
   }
-  out.unetShapes = unet.shapes;
-  out.unetFiles = unet.files;
-  out.unetParams = countValues(unet.shapes.values());
+  if (!("unknown" in unet)) {
+    out.unetShapes = unet.shapes;
+    out.unetFiles = unet.files;
+    out.unetParams = countValues(unet.shapes.values());
+  }
   for (const [sub, stem] of FROZEN[family]) {
     const c = componentShapes(dir, sub, stem);
     if ("unknown" in c) {
       out.unknown ??= c.unknown;
+      if (c.variantOnly) out.variantOnly.push({ sub, files: c.variantOnly });
       continue;
     }
     out.frozen.push({ name: sub, params: countValues(c.shapes.values()) });

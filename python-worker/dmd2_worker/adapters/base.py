@@ -135,13 +135,38 @@ def check_components(folder: Path, pipeline: str, components: Sequence[tuple[str
             raise AdapterError(f"{folder / sub / file}: missing ({what})")
 
 
+# the weight files from_pretrained reads without `variant=` (diffusers models, transformers models), single or sharded
+_DEFAULT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
+                    "pytorch_model.bin")
+
+
+def variant_only_weights(directory: Path) -> list[str]:
+    """Weight files of a `variant=` save (`diffusion_pytorch_model.fp16.safetensors`, `model.fp16.safetensors`, their
+    shards' indexes) in a component folder that has none of the default ones: what `from_pretrained` without a
+    variant cannot load. Empty when the default weights are there, or when there are no variant files either."""
+    if not directory.is_dir():
+        return []
+    names = {p.name for p in directory.iterdir()}
+    if any(n in names or f"{n}.index.json" in names for n in _DEFAULT_WEIGHTS):
+        return []
+    stems = tuple(d.split(".")[0] + "." for d in _DEFAULT_WEIGHTS)
+    return sorted(n for n in names if n.startswith(stems) and n.endswith((".safetensors", ".bin", ".index.json")))
+
+
 def load_component(loader: Callable[..., Any], folder: Path, sub: str, **kwargs: Any) -> Any:
-    """`loader(folder, subfolder=sub, local_files_only=True, **kwargs)` with any failure as one AdapterError line."""
+    """`loader(folder, subfolder=sub, local_files_only=True, **kwargs)` with any failure as one AdapterError line
+    (a folder saved with `variant=`, whose weights the default load cannot find, is said so with the fix)."""
     try:
         return loader(str(folder), subfolder=sub, local_files_only=True, **kwargs)
     except Exception as e:  # diffusers/transformers raise OSError, ValueError, EnvironmentError, KeyError, ...
         name = getattr(loader, "__self__", None)
         name = getattr(name, "__name__", sub)
+        variants = variant_only_weights(folder / sub)
+        if variants:
+            raise AdapterError(f"{folder / sub}: cannot load {name}: only variant weights are there "
+                               f"({', '.join(variants)}); dmd2 loads the default files: save the pipeline again "
+                               f"without variant= (DiffusionPipeline.from_pretrained(folder, variant=...)"
+                               f".save_pretrained(new_folder)) or fetch the non-variant files") from None
         raise AdapterError(f"{folder / sub}: cannot load {name}: {one_line(e)}") from None
 
 
