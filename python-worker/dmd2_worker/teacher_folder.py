@@ -181,6 +181,24 @@ def read_class_layout(directory: Path, unet_config: dict[str, Any]) -> tuple[int
     return k, null
 
 
+# the weight files from_pretrained reads without `variant=` (diffusers models, transformers models), single or sharded
+_DEFAULT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
+                    "pytorch_model.bin")
+
+
+def variant_only_weights(directory: Path) -> list[str]:
+    """Weight files of a `variant=` save (`diffusion_pytorch_model.fp16.safetensors`, `model.fp16.safetensors`, their
+    shards' indexes) in a component folder that has none of the default ones: what `from_pretrained` without a
+    variant cannot load. Empty when the default weights are there, or when there are no variant files either."""
+    if not directory.is_dir():
+        return []
+    names = {p.name for p in directory.iterdir()}
+    if any(n in names or f"{n}.index.json" in names for n in _DEFAULT_WEIGHTS):
+        return []
+    stems = tuple(d.split(".")[0] + "." for d in _DEFAULT_WEIGHTS)
+    return sorted(n for n in names if n.startswith(stems) and n.endswith((".safetensors", ".bin", ".index.json")))
+
+
 def _weights_path(directory: Path) -> Path:
     path = directory / UNET_WEIGHTS
     if path.is_file():
@@ -188,7 +206,7 @@ def _weights_path(directory: Path) -> Path:
     if (directory / "unet" / "diffusion_pytorch_model.bin").is_file():
         raise TeacherFolderError(f"{path}: missing; this worker reads only safetensors weights (convert "
                                  f"diffusion_pytorch_model.bin with UNet2DModel.save_pretrained(safe_serialization=True))")
-    variants = sorted(p.name for p in (directory / "unet").glob("diffusion_pytorch_model.*.safetensors"))
+    variants = variant_only_weights(directory / "unet")
     if variants:
         raise TeacherFolderError(f"{path}: missing; only variant weights are there ({', '.join(variants)}): save the "
                                  f"UNet again without variant= (UNet2DModel.from_pretrained(folder, subfolder='unet', "

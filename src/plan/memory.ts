@@ -5,8 +5,9 @@
 // weights), and the generator an average of them (generator.ema_decay); a frozen one holds weights only; with LoRA
 // only the adapters train. The generator's worker of a text-to-image run also holds the text encoder(s) and VAE.
 // Activations: the values autograd keeps for a backward pass (unetActivationsPerSample) times the batch, times 2
-// for the gradients the backward pass makes alongside them (unknown for a UNet2DConditionModel). The roles' peaks are added as if they happened at once, so a worker's figure is an upper bound of
-// what the networks need; the Python interpreter and torch themselves come on top (see RUNTIME_NOTE).
+// for the gradients the backward pass makes alongside them (unknown for a UNet2DConditionModel). The roles' peaks
+// are added as if they happened at once, so a worker's figure is an upper bound of what the networks need; the
+// Python interpreter and torch themselves come on top (see RUNTIME_NOTE).
 
 import type { Recipe, Role } from "../recipe/types.js";
 import type { WorkerSpec } from "../schedule/placement.js";

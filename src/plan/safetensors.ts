@@ -96,7 +96,7 @@ export function componentShapes(dir: string, sub: string, stem: string): { files
 /**
  * The weight files of a `variant=` save (`<stem>.fp16.safetensors`, shard indexes) in a folder without the default
  * `<stem>.safetensors` / `.bin` (single or sharded): what from_pretrained without a variant cannot load (the workers'
- * adapters/base.py variant_only_weights says the same).
+ * teacher_folder.py variant_only_weights says the same).
  */
 export function variantOnlyWeights(folder: string, stem: string): string[] {
   let names: string[];

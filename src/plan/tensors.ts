@@ -28,13 +28,9 @@ export interface TensorInfo {
  */
 export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number, number, number] | null, text: TextTensorSizes | null = null): TensorInfo | null {
   const B = r.train.batch_size;
-  const image = (): TensorInfo | null => {
-    if (imageShape === null) return null;
-    const [c, h, w] = imageShape;
-    return { dtype: "float32", shape: [B, c, h, w], bytes: B * c * h * w * DTYPE_ITEMSIZE.float32 };
-  };
-  const perSample = (): TensorInfo => ({ dtype: "int64", shape: [B], bytes: B * DTYPE_ITEMSIZE.int64 });
   const floats = (...dims: number[]): TensorInfo => ({ dtype: "float32", shape: [B, ...dims], bytes: B * dims.reduce((a, b) => a * b, 1) * DTYPE_ITEMSIZE.float32 });
+  const image = (): TensorInfo | null => (imageShape === null ? null : floats(...imageShape));
+  const perSample = (): TensorInfo => ({ dtype: "int64", shape: [B], bytes: B * DTYPE_ITEMSIZE.int64 });
   switch (name) {
     case "x_gen":
     case "x_t_dmd":

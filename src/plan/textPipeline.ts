@@ -5,11 +5,11 @@
 // models/unet2d_condition.py takes them. What a forward pass keeps (activations) is not modelled for these UNets:
 // the plan says so instead of guessing.
 
-import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { TextFamily } from "../recipe/teacherFolder.js";
 import { componentShapes, countValues, type TensorShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
+import { isCount, readJson } from "./unet2d.js";
 
 export interface TextPipelineNetwork {
   /** `<teacher>/unet/config.json` */
@@ -42,7 +42,6 @@ const FROZEN: Record<TextFamily, [string, string][]> = {
 };
 
 type Obj = Record<string, unknown>;
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
 
 /** Latent shape and mid-block features from a UNet2DConditionModel config, or why not. */
 function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentShape"]; features: TextPipelineNetwork["features"]; unknown: string | null } {
@@ -64,12 +63,9 @@ function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentSh
  * the added embedding takes beside 6 time-id embeddings (models/unet2d_condition.py). Null when a file is missing.
  */
 function textTensorSizes(dir: string, unet: Obj, family: TextFamily): TextTensorSizes | null {
-  let seqLen: unknown;
-  try {
-    seqLen = (JSON.parse(readFileSync(path.join(dir, "tokenizer", "tokenizer_config.json"), "utf8")) as Obj).model_max_length;
-  } catch {
-    return null;
-  }
+  const tokenizer = readJson(path.join(dir, "tokenizer", "tokenizer_config.json"));
+  if ("error" in tokenizer) return null;
+  const seqLen = (tokenizer.value as Obj | null)?.model_max_length;
   const hiddenDim = unet.cross_attention_dim ?? 1280;
   if (!isCount(seqLen) || seqLen > 1e6 || !isCount(hiddenDim)) return null;
   if (family === "sd15") return { seqLen, hiddenDim, pooledDim: null };
@@ -83,14 +79,12 @@ function textTensorSizes(dir: string, unet: Obj, family: TextFamily): TextTensor
 export function readTextPipeline(dir: string, family: TextFamily): TextPipelineNetwork {
   const configFile = path.join(dir, "unet", "config.json");
   const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null, variantOnly: [] };
-  let config: unknown;
-  try {
-    config = JSON.parse(readFileSync(configFile, "utf8"));
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    out.unknown = `${configFile} is ${err.code === "ENOENT" ? "missing" : `not readable JSON (${err.message.split("\n")[0]})`}`;
+  const json = readJson(configFile);
+  if ("error" in json) {
+    out.unknown = `${configFile} is ${json.error}`;
     return out;
   }
+  const config = json.value;
   if (typeof config !== "object" || config === null || Array.isArray(config)) {
     out.unknown = `${configFile}: it is not a JSON object`;
     return out;

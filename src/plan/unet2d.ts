@@ -65,7 +65,7 @@ const MID_BLOCKS = ["UNetMidBlock2D"];
 
 type Obj = Record<string, unknown>;
 
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
+export const isCount = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v >= 1;
 
 /**
  * The arch of a parsed `unet/config.json`, or why it cannot be sized: a value of the wrong type, or a block
@@ -362,7 +362,8 @@ export interface TeacherNetwork {
   classesRead: boolean;
 }
 
-function readJson(file: string): { value: unknown } | { error: string } {
+/** A JSON file, or why not: "missing" or "not readable JSON (...)". */
+export function readJson(file: string): { value: unknown } | { error: string } {
   try {
     return { value: JSON.parse(readFileSync(file, "utf8")) as unknown };
   } catch (e) {

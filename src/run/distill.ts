@@ -10,7 +10,6 @@ import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../schedule/placement.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
 import { planStep, routeTensors } from "../schedule/stepPlan.js";
-import { checkpointDiskWarning } from "../plan/plan.js";
 import { applyRetention, beginCheckpoint, commitCheckpoint, listCheckpoints, type Manifest } from "./checkpoints.js";
 import { Cluster } from "./cluster.js";
 import type { Reporter } from "./reporter.js";
@@ -49,8 +48,6 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
   if (resume && resume.step >= recipe.train.steps) {
     reporter.info(`run ${runDir} already finished (${resume.step} steps); sampling from its last checkpoint`);
   }
-  const disk = checkpointDiskWarning(recipe, opts.recipeFile ?? path.join(runDir, "recipe.resolved.json"));
-  if (disk !== null) reporter.warn(disk);
   const layout = workerLayout(recipe.placement);
   const home = roleHome(layout);
   reporter.phase("starting workers", layout.map((w) => `${w.name}[${w.roles.join(",")}]`).join(" "));

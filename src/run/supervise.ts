@@ -3,9 +3,11 @@
 // Errors that would only repeat (bad input, a non-finite loss under on_nonfinite: stop, a protocol mismatch)
 // are not retried.
 
+import path from "node:path";
 import { color as chalk } from "../colors.js";
 import { DmdError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
 import type { Recipe } from "../recipe/types.js";
+import { checkpointDiskWarning } from "../plan/plan.js";
 import { distill, type DistillResult } from "./distill.js";
 import type { Reporter } from "./reporter.js";
 
@@ -22,6 +24,9 @@ export async function distillWithRestarts(
   reporter: Reporter,
   opts: { signal?: AbortSignal; recipeFile?: string } = {},
 ): Promise<DistillResult & { restarts: number }> {
+  // once per command, not on every restart: the checkpoints would not fit on the run folder's disk
+  const disk = checkpointDiskWarning(recipe, opts.recipeFile ?? path.join(recipe.run_dir, "recipe.resolved.json"));
+  if (disk !== null) reporter.warn(disk);
   const max = recipe.restart.max;
   for (let restarts = 0; ; restarts++) {
     try {

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..diffusion import NoiseSchedule
-from ..teacher_folder import TeacherFolderError, check_schedule_values, read_json_object as _read_json_object
+from ..teacher_folder import (TeacherFolderError, check_schedule_values, read_json_object as _read_json_object,
+                              variant_only_weights)
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
@@ -133,24 +134,6 @@ def check_components(folder: Path, pipeline: str, components: Sequence[tuple[str
             raise AdapterError(f"{folder}: missing {sub}/ ({what}); a {pipeline} folder needs {need}")
         if file and not (folder / sub / file).is_file():
             raise AdapterError(f"{folder / sub / file}: missing ({what})")
-
-
-# the weight files from_pretrained reads without `variant=` (diffusers models, transformers models), single or sharded
-_DEFAULT_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
-                    "pytorch_model.bin")
-
-
-def variant_only_weights(directory: Path) -> list[str]:
-    """Weight files of a `variant=` save (`diffusion_pytorch_model.fp16.safetensors`, `model.fp16.safetensors`, their
-    shards' indexes) in a component folder that has none of the default ones: what `from_pretrained` without a
-    variant cannot load. Empty when the default weights are there, or when there are no variant files either."""
-    if not directory.is_dir():
-        return []
-    names = {p.name for p in directory.iterdir()}
-    if any(n in names or f"{n}.index.json" in names for n in _DEFAULT_WEIGHTS):
-        return []
-    stems = tuple(d.split(".")[0] + "." for d in _DEFAULT_WEIGHTS)
-    return sorted(n for n in names if n.startswith(stems) and n.endswith((".safetensors", ".bin", ".index.json")))
 
 
 def load_component(loader: Callable[..., Any], folder: Path, sub: str, **kwargs: Any) -> Any:
