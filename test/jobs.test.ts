@@ -188,11 +188,14 @@ test("eval: the spec names each model, its steps, the data and the picture rows;
   assert.equal(
     r.stdout,
     [
-      "model    steps     FD  class accuracy  images/s  speed-up over teacher 50 steps",
-      "teacher     10  3.250           90.0%       500                            5.0x",
-      "teacher     50  1.500           95.0%       100                            1.0x",
-      "student      1  2.125           93.0%      4000                           40.0x",
+      "model    steps     FD  FD to train split  class accuracy  images/s  speed-up over teacher 50 steps",
+      "teacher     10  3.250              2.500           90.0%       500                            5.0x",
+      "teacher     50  1.500             0.2500           95.0%       100                            1.0x",
+      "student      1  2.125                  -           93.0%      4000                           40.0x",
       "Noise floor (train vs held-out images, classifier features): FD 0.8125; the classifier's accuracy on held-out images: 97.5%",
+      "FD to train split: the same distance to the 901 training images (what the teacher and the GAN learnt from); a model much " +
+        "closer to them than to the held-out images reproduces its training images' statistics, and its held-out FD then moves " +
+        "with the direction of its remaining error more than with its quality",
     ].join("\n"),
   );
   assert.match(r.stderr, /sampling teacher, 50 steps/);

@@ -42,8 +42,13 @@ test("table rows carry the speed-up over the teacher at 50 steps", () => {
 
 test("quality.md: the table, the noise floor, the picture relative to the file, machine and wall times", () => {
   const md = qualityMarkdown(results, "/p/docs/bench/quality.md");
-  assert.ok(md.includes("| model | steps | FD | class accuracy | images/s | speed-up over teacher 50 steps |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"), md);
-  assert.ok(md.includes("| teacher | 1 | 250.5 | 10.0% | 2000 | 50.0x |\n| teacher | 50 | 1.250 | 97.0% | 40.0 | 1.0x |\n| student | 4 | 2.500 ± 0.13 | 95.0% | 500 | 12.5x |\n"), md);
+  assert.ok(md.includes("| model | steps | FD | FD to train split | class accuracy | images/s | speed-up over teacher 50 steps |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"), md);
+  assert.ok(md.includes("| teacher | 1 | 250.5 | - | 10.0% | 2000 | 50.0x |\n| teacher | 50 | 1.250 | - | 97.0% | 40.0 | 1.0x |\n| student | 4 | 2.500 ± 0.13 | - | 95.0% | 500 | 12.5x |\n"), md);
+  assert.ok(!md.includes("FD to train split: the same distance"), "results written before fd_train: no line explaining it");
+  const withTrain: EvalResult = { ...evaluation, train_images: 901, rows: evaluation.rows.map((r, i) => ({ ...r, fd_train: [200.5, 0.5, 0.125][i]! })) };
+  const trained = qualityMarkdown({ ...results, evaluation: withTrain }, "/p/docs/bench/quality.md");
+  assert.ok(trained.includes("| teacher | 1 | 250.5 | 200.5 | 10.0% |") && trained.includes("| student | 4 | 2.500 ± 0.13 | 0.1250 | 95.0% |"), trained);
+  assert.ok(trained.includes("\n\nFD to train split: the same distance to the 901 training images (what the teacher and the GAN learnt from);"), trained);
   assert.ok(md.includes("Noise floor (train vs held-out images, classifier features): FD 0.5000; the classifier's accuracy on held-out images: 98.0%."), md);
   assert.ok(md.includes("](../img/digits-compare.png)"), md);
   assert.ok(md.includes("| CPU | CPU X, 2 cores |"), md);

@@ -59,7 +59,7 @@ test("eval: the teacher at 1 and 2 DDIM steps, finite scores, and the picture", 
   assert.ok(result.heldout_accuracy > 0.5 && result.heldout_accuracy <= 1, `held-out accuracy ${result.heldout_accuracy}`);
   assert.deepEqual(result.rows.map((row) => [row.label, row.kind, row.steps]), [["teacher", "teacher", 1], ["teacher", "teacher", 2]]);
   for (const row of result.rows) {
-    for (const k of ["fd", "accuracy", "images_per_s", "seconds"]) assert.ok(Number.isFinite(row[k]), `${k} = ${row[k]}`);
+    for (const k of ["fd", "fd_train", "accuracy", "images_per_s", "seconds"]) assert.ok(Number.isFinite(row[k]), `${k} = ${row[k]}`);
     assert.ok((row.fd as number) >= 0 && (row.images_per_s as number) > 0);
     assert.ok((row.accuracy as number) >= 0 && (row.accuracy as number) <= 1);
   }

@@ -26,9 +26,10 @@ from dmd2_worker.evaluate.__main__ import main as evaluate_main
 from dmd2_worker.evaluate.classifier import FEATURE_DIM, load_or_train_classifier, train_classifier
 from dmd2_worker.evaluate.features import ClassifierExtractor
 from dmd2_worker.evaluate.frechet import feature_distance, fit_gaussian, frechet_distance
-from dmd2_worker.evaluate.models import load_student, newest_checkpoint
+from dmd2_worker.evaluate.models import load_sampler, load_student, newest_checkpoint
 from dmd2_worker.evaluate.run import evaluate, generate, noise_floor
 from dmd2_worker.evaluate.spec import EvalInputError, StudentModel, parse_eval_spec
+from dmd2_worker.images import as_saved
 from dmd2_worker.models.tiny_unet import TinyUNet, default_arch_config
 from dmd2_worker.teacher_training import write_teacher_dir
 
@@ -276,11 +277,12 @@ def test_evaluate_process_end_to_end(models_on_disk, digits_classifier, dmd2_cac
     assert result["heldout_accuracy"] > 0.9 and result["noise_floor"] > 0
     assert [(r["label"], r["kind"], r["steps"]) for r in result["rows"]] == [
         ("teacher", "teacher", 1), ("teacher", "teacher", 2), ("student", "student", 2)]
-    scored = {"label", "kind", "steps", "fd", "fd_sd", "fd_draws", "accuracy", "images_per_s", "seconds"}
+    scored = {"label", "kind", "steps", "fd", "fd_sd", "fd_draws", "fd_train", "accuracy", "images_per_s", "seconds"}
     for row in result["rows"]:
         assert set(row) == (scored if row["kind"] == "teacher" else scored | {"checkpoint", "weights"})
         assert row["fd_sd"] is None and row["fd_draws"] == [row["fd"]]
         assert row["fd"] > result["noise_floor"] and 0 <= row["accuracy"] <= 1 and row["images_per_s"] > 0
+        assert row["fd_train"] > 0
     width, height = Image.open(picture).size
     assert width > 3 * 48 and height >= 3 * 48  # three rows of three upscaled 8x8 tiles and the labels
 
@@ -336,6 +338,20 @@ def test_evaluate_with_torchscript_features(models_on_disk, tmp_path: Path):
     result = evaluate(spec, lambda message: None)
     assert result["features"] == "torchscript" and result["heldout_accuracy"] is None
     assert result["rows"][0]["accuracy"] is None and result["rows"][0]["fd"] > 0
+
+    # fd and fd_train by hand: the same samples' features against the held-out and against the whole train split
+    def features_of(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return extractor(as_saved(images))
+    train_images, _ = build_data_source(digits_config(), "train").all()
+    heldout_images, _ = build_data_source(digits_config(), "heldout").all()
+    samples = generate(load_sampler(spec.models[0], 0, torch.device("cpu")), 1, spec, torch.device("cpu")).images
+    row = result["rows"][0]
+    assert result["train_images"] == len(train_images)
+    assert row["fd"] == pytest.approx(feature_distance(features_of(samples), features_of(heldout_images)), rel=1e-6)
+    assert row["fd_train"] == pytest.approx(feature_distance(features_of(samples), features_of(train_images)),
+                                            rel=1e-6)
+    assert row["fd_train"] != pytest.approx(row["fd"], rel=1e-3)  # a different reference set, a different distance
 
 
 class _StandInInceptionDetector(torch.nn.Module):

@@ -13,7 +13,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseBenchArgs, runIfMain } from "./cli.js";
 import { execa } from "execa";
-import { floorLine, textTable, type EvalResult } from "../eval/table.js";
+import { notes, textTable, type EvalResult } from "../eval/table.js";
 import { PROJECT_ROOT } from "../workers/python.js";
 import { describeMachine, loadAverage } from "./machine.js";
 import { qualityMarkdown, tableRows, type QualityResults, type Stage } from "./qualityReport.js";
@@ -166,7 +166,7 @@ export async function main(argv: string[]): Promise<number> {
     const md = path.join(outDir, "quality.md");
     writeFileSync(path.join(outDir, "quality.json"), JSON.stringify(results, null, 1) + "\n");
     writeFileSync(md, qualityMarkdown(results, md));
-    process.stdout.write(`\n${textTable(evaluation)}\n${floorLine(evaluation)}\n\n`);
+    process.stdout.write(`\n${textTable(evaluation)}\n${notes(evaluation)}\n\n`);
     process.stdout.write(`${stages.map((s) => `${s.name} ${s.seconds.toFixed(0)} s`).join(", ")}; total ${results.total_s.toFixed(0)} s\n`);
     process.stdout.write(`wrote ${path.relative(process.cwd(), md) || md}, quality.json and ${path.relative(process.cwd(), picture) || picture}\n`);
     return 0;

@@ -2,7 +2,7 @@
 // evaluation, the noise floor, the picture, the machine, the wall time of each stage, the command).
 
 import path from "node:path";
-import { floorLine, markdownTable, speedups, type EvalResult } from "../eval/table.js";
+import { floorLine, markdownTable, speedups, trainLine, type EvalResult } from "../eval/table.js";
 import type { Machine } from "./machine.js";
 import { checkTargets, targetsMarkdown } from "./qualityTargets.js";
 
@@ -63,6 +63,7 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     markdownTable(res.evaluation),
     "",
     `${floorLine(res.evaluation)}.`,
+    ...(trainLine(res.evaluation) === null ? [] : ["", `${trainLine(res.evaluation)}.`]),
     "",
     "## Targets",
     "",

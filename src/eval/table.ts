@@ -12,6 +12,9 @@ export interface EvalRow {
   fd_sd: number | null;
   /** each draw's FD */
   fd_draws: number[];
+  /** the mean over the draws of the same distance to the whole train split (absent in results written before it
+   * existed; null when a draw diverged) */
+  fd_train?: number | null;
   /** null with torchscript or inception features */
   accuracy: number | null;
   images_per_s: number;
@@ -20,6 +23,8 @@ export interface EvalRow {
 
 export interface EvalResult {
   noise_floor: number;
+  /** the size of the train split fd_train is measured against (absent in results written before it existed) */
+  train_images?: number;
   heldout_accuracy: number | null;
   features: string;
   n: number;
@@ -30,7 +35,7 @@ export interface EvalResult {
 
 const REFERENCE_STEPS = 50;
 
-const COLUMNS = ["model", "steps", "FD", "class accuracy", `images/s`, `speed-up over teacher ${REFERENCE_STEPS} steps`] as const;
+const COLUMNS = ["model", "steps", "FD", "FD to train split", "class accuracy", `images/s`, `speed-up over teacher ${REFERENCE_STEPS} steps`] as const;
 
 /** images/s of each row over those of the first teacher row at 50 steps; null without one. */
 export function speedups(rows: readonly EvalRow[]): Array<number | null> {
@@ -38,9 +43,11 @@ export function speedups(rows: readonly EvalRow[]): Array<number | null> {
   return rows.map((r) => (ref === undefined ? null : r.images_per_s / ref.images_per_s));
 }
 
+const number4 = (x: number) => (x >= 1000 ? x.toFixed(0) : x.toPrecision(4));
+
 /** "1.262", or with several draws "1.262 ± 0.169" (mean ± standard deviation of the draws). */
 function fdText(r: EvalRow): string {
-  const mean = r.fd >= 1000 ? r.fd.toFixed(0) : r.fd.toPrecision(4);
+  const mean = number4(r.fd);
   return r.fd_sd === null || r.fd_sd === undefined ? mean : `${mean} ± ${r.fd_sd.toPrecision(2)}`;
 }
 
@@ -53,6 +60,7 @@ function cells(result: EvalResult): string[][] {
     r.label,
     String(r.steps),
     fdText(r),
+    r.fd_train === null || r.fd_train === undefined ? "-" : number4(r.fd_train),
     percent(r.accuracy),
     r.images_per_s >= 100 ? r.images_per_s.toFixed(0) : r.images_per_s.toPrecision(3),
     ups[i] === null ? "-" : `${ups[i]!.toFixed(1)}x`,
@@ -63,6 +71,20 @@ function cells(result: EvalResult): string[][] {
 export function floorLine(result: EvalResult): string {
   const acc = result.heldout_accuracy === null ? "" : `; the classifier's accuracy on held-out images: ${percent(result.heldout_accuracy)}`;
   return `Noise floor (train vs held-out images, ${result.features} features): FD ${result.noise_floor.toPrecision(4)}${acc}`;
+}
+
+/** What the "FD to train split" column measures; null for results written before it existed. */
+export function trainLine(result: EvalResult): string | null {
+  if (result.train_images === undefined) return null;
+  return `FD to train split: the same distance to the ${result.train_images} training images (what the teacher and the GAN ` +
+    "learnt from); a model much closer to them than to the held-out images reproduces its training images' statistics, " +
+    "and its held-out FD then moves with the direction of its remaining error more than with its quality";
+}
+
+/** The lines under the text table: the noise floor and, when measured, what "FD to train split" is. */
+export function notes(result: EvalResult): string {
+  const train = trainLine(result);
+  return train === null ? floorLine(result) : `${floorLine(result)}\n${train}`;
 }
 
 export function textTable(result: EvalResult): string {

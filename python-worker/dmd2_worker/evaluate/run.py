@@ -6,6 +6,11 @@ samples comes first from a generator seeded with `seed` (draw r of `repeats`: `s
 step count starts from the same noise; a student's re-noise draws continue from that generator batch by batch.
 The timing covers the samples after one untimed warm-up batch. With `repeats` > 1 the row's FD is the mean of the
 draws' FDs (each draw's in `fd_draws`, their standard deviation in `fd_sd`), its accuracy that of all samples.
+
+Each row also has `fd_train`: the same distance to the whole train split, the images the teacher (and the GAN) learnt
+from. A model far closer to the train split than to the held-out one reproduces its training images' statistics
+rather than the data's: its held-out FD then says in which direction its small remaining error points, not how
+well it models the data (docs/pipeline.md §4).
 """
 from __future__ import annotations
 
@@ -157,6 +162,7 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
     heldout_features, heldout_predictions = extract(heldout_images)
     floor = noise_floor(extract, train, heldout_features, spec.seed)
     progress(f"held-out split: {len(heldout_images)} images, noise floor {floor}")
+    train_features, _ = extract(as_saved(train.all()[0]))
 
     rows: list[dict[str, Any]] = []
     tiles: dict[tuple[str, int], torch.Tensor] = {}
@@ -165,25 +171,28 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
             draws = "" if spec.repeats == 1 else f" x {spec.repeats} draws"
             progress(f"{describe(model.label, steps)}: sampling {spec.n} images{draws}")
             fds: list[float | None] = []
+            fds_train: list[float | None] = []
             correct: list[float | None] = []
             seconds = 0.0
             for draw in range(spec.repeats):
                 generated = generate(sampler, steps, spec, device, draw)
                 features, predictions = extract(generated.images)
                 fds.append(feature_distance(features, heldout_features))
+                fds_train.append(feature_distance(features, train_features))
                 correct.append(accuracy(predictions, generated.labels))
                 seconds += generated.seconds
                 if draw == 0 and columns:
                     tiles[(model.label, steps)] = _sample_tiles(generated, columns, heldout.num_classes is not None)
             row = {"label": model.label, "kind": model.kind, "steps": steps, "fd": _mean(fds),
-                   "fd_sd": _sd(fds), "fd_draws": fds,
+                   "fd_sd": _sd(fds), "fd_draws": fds, "fd_train": _mean(fds_train),
                    "accuracy": _mean(correct), "images_per_s": spec.n * spec.repeats / seconds, "seconds": seconds}
             if isinstance(sampler, StudentSampler):  # which weights were scored
                 row["checkpoint"] = str(sampler.checkpoint)
                 row["weights"] = sampler.weights
             rows.append(row)
             sd = "" if row["fd_sd"] is None else f" (sd {row['fd_sd']:.3f} over {spec.repeats} draws)"
-            progress(f"{describe(model.label, steps)}: fd {row['fd']}{sd}, {row['images_per_s']:.1f} images/s")
+            progress(f"{describe(model.label, steps)}: fd {row['fd']}{sd} (to the train split {row['fd_train']}), "
+                     f"{row['images_per_s']:.1f} images/s")
 
     if spec.picture is not None:
         picture_rows = [(REAL_ROW, _real_tiles(heldout, columns)) if row.steps is None
@@ -191,5 +200,6 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
                         for row in spec.picture.rows]
         progress(f"picture: {write_picture(spec.picture.path, picture_rows)}")
 
-    return {"event": "result", "noise_floor": floor, "heldout_accuracy": accuracy(heldout_predictions, heldout_labels),
+    return {"event": "result", "noise_floor": floor, "train_images": len(train_features),
+            "heldout_accuracy": accuracy(heldout_predictions, heldout_labels),
             "features": extract.name, "n": spec.n, "repeats": spec.repeats, "rows": rows}

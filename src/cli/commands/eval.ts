@@ -8,7 +8,7 @@ import path from "node:path";
 import { UsageError } from "../../errors.js";
 import { loadDataGroup } from "../../recipe/load.js";
 import { buildSpec, type EvalSpec, type Features } from "../../eval/spec.js";
-import { floorLine, textTable, type EvalResult } from "../../eval/table.js";
+import { notes, textTable, type EvalResult } from "../../eval/table.js";
 import { chooseData, readTarget } from "../../eval/targets.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
@@ -112,7 +112,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     }
     const { event: _event, ...result } = outcome.final;
     if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
-    else process.stdout.write(`${textTable(result as unknown as EvalResult)}\n${floorLine(result as unknown as EvalResult)}\n`);
+    else process.stdout.write(`${textTable(result as unknown as EvalResult)}\n${notes(result as unknown as EvalResult)}\n`);
     return 0;
   } finally {
     interrupt.dispose();
