@@ -27,6 +27,7 @@ from dmd2_worker.evaluate.classifier import FEATURE_DIM, load_or_train_classifie
 from dmd2_worker.evaluate.features import ClassifierExtractor
 from dmd2_worker.evaluate.frechet import feature_distance, fit_gaussian, frechet_distance
 from dmd2_worker.evaluate.models import load_sampler, load_student, newest_checkpoint
+from dmd2_worker.evaluate.nearest import nearest_distances
 from dmd2_worker.evaluate.run import evaluate, generate, noise_floor
 from dmd2_worker.evaluate.spec import EvalInputError, StudentModel, parse_eval_spec
 from dmd2_worker.images import as_saved
@@ -410,3 +411,31 @@ def test_evaluate_with_inception_features(models_on_disk, tmp_path: Path):
     spec = parse_eval_spec(spec_dict([teacher], features={"kind": "inception", "path": str(tmp_path / "plain.pt")}))
     with pytest.raises(EvalInputError, match=r"features.path: .*plain.pt does not work as an Inception FID detector"):
         evaluate(spec, lambda message: None)
+
+
+def test_nearest_distances_by_hand():
+    """Distances over flattened pixels: samples (0,0) and (3,4) against train {(0,0), (6,8)} and held-out {(3,0)}."""
+    train = torch.tensor([[0.0, 0.0], [6.0, 8.0]]).view(2, 1, 1, 2)
+    heldout = torch.tensor([[3.0, 0.0]]).view(1, 1, 1, 2)
+    samples = torch.tensor([[0.0, 0.0], [3.0, 4.0]]).view(2, 1, 1, 2)
+    near = nearest_distances(samples, train, heldout, batch=1)
+    # sample 0: train 0 (a copy), held-out 3; sample 1: train 5 (to either), held-out 4
+    assert near.to_train == pytest.approx(2.5) and near.to_heldout == pytest.approx(3.5)
+    assert near.closer_to_train == pytest.approx(0.5) and near.train_copies == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        nearest_distances(samples, train.view(2, 2, 1, 1), heldout)
+
+
+def test_heldout_digits_are_new_images_and_train_digits_are_copies():
+    """On the digits splits: train images are their own nearest train image (distance 0, all copies); held-out
+    images are new ones (hardly any within the copy distance of a train image, on average ~2.2 away)."""
+    train, _ = build_data_source(digits_config(), "train").all()
+    heldout, _ = build_data_source(digits_config(), "heldout").all()
+    own = nearest_distances(as_saved(train), as_saved(train), as_saved(heldout))
+    assert own.to_train == pytest.approx(0.0, abs=1e-6) and own.train_copies == 1.0 and own.closer_to_train == 1.0
+    new = nearest_distances(as_saved(heldout), as_saved(train), as_saved(heldout), batch=300, leave_one_out=True)
+    assert 1.5 < new.to_train < 3.0 and new.train_copies < 0.01
+    # each held-out image against the other held-out ones: about as near as to the (equally many) train images
+    assert 0.8 < new.to_heldout / new.to_train < 1.25 and 0.35 < new.closer_to_train < 0.65
+    itself = nearest_distances(as_saved(heldout), as_saved(train), as_saved(heldout))
+    assert itself.to_heldout == pytest.approx(0.0, abs=1e-6) and itself.closer_to_train == 0.0
