@@ -28,15 +28,19 @@ from dmd2_worker.evaluate.nearest import Nearest, nearest_distances  # noqa: E40
 from dmd2_worker.evaluate.run import generate  # noqa: E402
 from dmd2_worker.evaluate.spec import EvalInputError, StudentModel, TeacherModel  # noqa: E402
 from dmd2_worker.images import as_saved  # noqa: E402
+from dmd2_worker.teacher_folder import TEACHER_INFO  # noqa: E402
 
 
 def data_of(path: Path) -> DataConfig:
-    for name in ("recipe.resolved.json", "dmd2_teacher.json"):
+    for name in ("recipe.resolved.json", TEACHER_INFO):
         if (path / name).is_file():
             problems: list[str] = []
             data = _parse(json.loads((path / name).read_text())["data"], DataConfig, "data", problems)
             if problems:
                 raise SystemExit(f"error: {path / name}: {'; '.join(problems)}")
+            if data.source == "prompts":
+                raise SystemExit(f"error: {path / name}: data.source is prompts: a text-to-image run has no image "
+                                 f"splits to compare with; this check is for pixel data (digits, gmm, an image folder)")
             return data
     raise SystemExit(f"error: {path}: neither a run folder (recipe.resolved.json) nor a dmd2 teacher folder "
                      f"(dmd2_teacher.json): pass one of those first")
@@ -67,15 +71,17 @@ def main() -> int:
     data = data_of(args.paths[0])
     train = as_saved(build_data_source(data, "train").all()[0])
     heldout = as_saved(build_data_source(data, "heldout").all()[0])
-    print(line("held-out images", nearest_distances(heldout, train, heldout, leave_one_out=True)))
     device = torch.device("cpu")
+    models = []  # all loaded before anything is sampled: a bad path fails at once
     for i, path in enumerate(args.paths):
         model, steps = model_of(path, args.checkpoint, args.teacher_steps)
         try:
-            sampler = load_sampler(model, i, device)
+            models.append((path, load_sampler(model, i, device), steps))
         except EvalInputError as e:
             raise SystemExit(f"error: {path}: {e}") from None
-        spec = argparse.Namespace(n=args.n, batch_size=500, seed=args.seed)
+    print(line("held-out images", nearest_distances(heldout, train, heldout, leave_one_out=True)))
+    spec = argparse.Namespace(n=args.n, batch_size=500, seed=args.seed)  # what generate() reads of an EvalSpec
+    for path, sampler, steps in models:
         samples = generate(sampler, steps, spec, device).images
         print(line(f"{path.name}, {steps} step{'s' if steps > 1 else ''}", nearest_distances(samples, train, heldout)),
               flush=True)

@@ -110,7 +110,8 @@ def test_noise_floor_is_far_below_the_distance_of_noise_images(digits_classifier
     extract = ClassifierExtractor(digits_classifier, torch.device("cpu"), 500)
     heldout_images, _ = build_data_source(digits_config(), "heldout").all()
     heldout_features, _ = extract(heldout_images)
-    floor = noise_floor(extract, build_data_source(digits_config(), "train"), heldout_features, seed=0)
+    train_features, _ = extract(build_data_source(digits_config(), "train").all()[0])
+    floor = noise_floor(train_features, heldout_features, seed=0)
     noise = torch.rand(heldout_images.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert 0 < floor < feature_distance(extract(noise)[0], heldout_features) / 10
 
@@ -439,3 +440,29 @@ def test_heldout_digits_are_new_images_and_train_digits_are_copies():
     assert 0.8 < new.to_heldout / new.to_train < 1.25 and 0.35 < new.closer_to_train < 0.65
     itself = nearest_distances(as_saved(heldout), as_saved(train), as_saved(heldout))
     assert itself.to_heldout == pytest.approx(0.0, abs=1e-6) and itself.closer_to_train == 0.0
+
+
+def test_nearest_train_script(models_on_disk, tmp_path: Path):
+    """scripts/nearest_train.py on a run and a teacher: the held-out reference line, then one line per model; a
+    folder that is neither kind fails in one line before anything is sampled."""
+    script = WORKER_ROOT.parent / "scripts" / "nearest_train.py"
+    run, teacher = models_on_disk["run"], models_on_disk["teacher"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    steps = json.loads((run / "recipe.resolved.json").read_text())["generator"]["steps"]
+    proc = subprocess.run([sys.executable, str(script), str(run), str(teacher), "--n", "40", "--teacher-steps", "2"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split("  ")[0].strip() for line in lines] == [
+        "held-out images", f"run, {steps} step{'s' if steps > 1 else ''}", "teacher, 2 steps"]
+    # the reference: each held-out digit against the other held-out ones (as test_heldout_digits_are_new_images...)
+    assert "nearer a train image  50.6%" in lines[0]
+    for line in lines[1:]:
+        share = float(line.split("nearer a train image")[1].split("%")[0])
+        assert 0 <= share <= 100
+
+    bad = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "missing")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip().startswith(f"error: {tmp_path / 'missing'}: ") and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -49,6 +49,7 @@ function drawsText(ev: EvalResult): string {
 export function qualityMarkdown(res: QualityResults, mdFile: string): string {
   const m = res.machine;
   const picture = path.relative(path.dirname(mdFile), res.picture);
+  const train = trainLine(res.evaluation);
   const stageRows = res.stages.map((s) => `| ${s.name} | \`${s.command}\` | ${seconds(s.seconds)} |`);
   return [
     "# Quality benchmark: handwritten digits",
@@ -63,7 +64,7 @@ export function qualityMarkdown(res: QualityResults, mdFile: string): string {
     markdownTable(res.evaluation),
     "",
     `${floorLine(res.evaluation)}.`,
-    ...(trainLine(res.evaluation) === null ? [] : ["", `${trainLine(res.evaluation)}.`]),
+    ...(train === null ? [] : ["", `${train}.`]),
     "",
     "## Targets",
     "",

@@ -30,19 +30,23 @@ def nearest_distances(samples: torch.Tensor, train: torch.Tensor, heldout: torch
     if samples.shape[1:] != train.shape[1:] or samples.shape[1:] != heldout.shape[1:]:
         raise ValueError(f"shapes differ: samples {tuple(samples.shape[1:])}, train {tuple(train.shape[1:])}, "
                          f"held-out {tuple(heldout.shape[1:])}")
-    flat = lambda x: x.detach().to("cpu", torch.float64).flatten(1)  # noqa: E731
-    s, t, h = flat(samples), flat(train), flat(heldout)
-    to_train = torch.cat([torch.cdist(s[i:i + batch], t).min(1).values for i in range(0, len(s), batch)])
-    if leave_one_out and s.shape != h.shape:
+    if leave_one_out and samples.shape != heldout.shape:
         raise ValueError("leave_one_out: the samples must be the held-out images")
+    flat = lambda x: x.detach().to("cpu", torch.float64).flatten(1)  # noqa: E731
+    s = flat(samples)
 
-    def nearest_heldout(i: int) -> torch.Tensor:
-        d = torch.cdist(s[i:i + batch], h)
-        if leave_one_out:  # not itself
-            rows = torch.arange(d.shape[0])
-            d[rows, rows + i] = float("inf")
-        return d.min(1).values
+    def nearest(images: torch.Tensor, skip_self: bool) -> torch.Tensor:
+        """Each sample's distance to its nearest row of `images` (with skip_self, sample i never to row i)."""
+        ref = flat(images)
+        mins = []
+        for i in range(0, len(s), batch):
+            d = torch.cdist(s[i:i + batch], ref)
+            if skip_self:
+                rows = torch.arange(d.shape[0])
+                d[rows, rows + i] = float("inf")
+            mins.append(d.min(1).values)
+        return torch.cat(mins)
 
-    to_heldout = torch.cat([nearest_heldout(i) for i in range(0, len(s), batch)])
+    to_train, to_heldout = nearest(train, False), nearest(heldout, leave_one_out)
     return Nearest(float(to_train.mean()), float(to_heldout.mean()), float((to_train < to_heldout).double().mean()),
                    float((to_train < COPY_DISTANCE).double().mean()))

@@ -22,7 +22,7 @@ import torch
 
 from ..data import DataSource, build_data_source
 from ..images import as_saved
-from .features import FeatureExtractor, build_feature_extractor
+from .features import build_feature_extractor
 from .frechet import feature_distance
 from .models import Sampler, StudentSampler, load_sampler
 from .picture import write_picture
@@ -87,14 +87,12 @@ def accuracy(predictions: torch.Tensor | None, labels: torch.Tensor | None) -> f
     return float((predictions == labels).to(torch.float64).mean())
 
 
-def noise_floor(extract: FeatureExtractor, train: DataSource, heldout_features: torch.Tensor,
-                seed: int) -> float | None:
-    """The distance between a seeded train subset of the held-out split's size and the held-out split."""
-    images, _ = train.all()
-    images = as_saved(images)
-    count = min(len(images), len(heldout_features))
-    subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
-    return feature_distance(extract(images[subset])[0], heldout_features)
+def noise_floor(train_features: torch.Tensor, heldout_features: torch.Tensor, seed: int) -> float | None:
+    """The distance between a seeded train subset of the held-out split's size and the held-out split, from the
+    features of the whole train split (rows in the split's order)."""
+    count = min(len(train_features), len(heldout_features))
+    subset = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed))[:count]
+    return feature_distance(train_features[subset], heldout_features)
 
 
 def _check_fits(samplers: list[Sampler], spec: EvalSpec, heldout: DataSource) -> None:
@@ -160,9 +158,9 @@ def evaluate(spec: EvalSpec, progress: Progress) -> dict[str, Any]:
     heldout_images, heldout_labels = heldout.all()
     heldout_images = as_saved(heldout_images)
     heldout_features, heldout_predictions = extract(heldout_images)
-    floor = noise_floor(extract, train, heldout_features, spec.seed)
+    train_features, _ = extract(as_saved(train.all()[0]))  # for the noise floor and each row's fd_train
+    floor = noise_floor(train_features, heldout_features, spec.seed)
     progress(f"held-out split: {len(heldout_images)} images, noise floor {floor}")
-    train_features, _ = extract(as_saved(train.all()[0]))
 
     rows: list[dict[str, Any]] = []
     tiles: dict[tuple[str, int], torch.Tensor] = {}
