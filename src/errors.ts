@@ -290,9 +290,9 @@ export interface RecipeIssue {
 
 /** `<file>:<line>: <key.path>: <problem>` (the parts that are known). */
 export function formatRecipeIssue(issue: RecipeIssue): string {
-  let where = issue.file ?? "";
+  let where = shortenValue(issue.file ?? "");
   if (issue.line != null) where = `${where}:${issue.line}`;
-  const parts = [where, issue.path, issue.message].filter((part) => part !== "");
+  const parts = [where, issue.path, shortenValue(issue.message)].filter((part) => part !== "");
   return parts.join(": ");
 }
 
@@ -334,16 +334,40 @@ const STORAGE_CODES: Record<string, string> = {
   EPERM: "operation not permitted",
 };
 const PY_STORAGE_ERRNO: Record<string, string> = { "28": "ENOSPC", "122": "EDQUOT", "30": "EROFS", "13": "EACCES", "1": "EPERM" };
+/** The C library's words for the same faults, as layers that drop the number print them (torch, PIL, numpy). */
+const STORAGE_WORDS: Array<[RegExp, string]> = [
+  [/no space left on device/i, "ENOSPC"],
+  [/disk quota exceeded/i, "EDQUOT"],
+  [/read-only file system/i, "EROFS"],
+];
 
-/** The errno code of a storage fault, from a Node system error or a worker's OSError reply; null otherwise. */
+/**
+ * The errno code of a storage fault, from every layer that writes: a Node system error (`code`), a worker's
+ * reply from Python (`[Errno 28]` of an OSError, PIL's OSError), safetensors' Rust `(os error 28)`, and torch's
+ * or anything's "No space left on device" without a number; null otherwise.
+ */
 export function storageFaultCode(error: unknown): string | null {
   const code = (error as NodeJS.ErrnoException | null)?.code;
   if (typeof code === "string" && code in STORAGE_CODES) return code;
-  if (error instanceof WorkerError && /Error$/.test(error.ename)) {
-    const m = /\[Errno (\d+)\]/.exec(error.evalue);
-    if (m && m[1]! in PY_STORAGE_ERRNO) return PY_STORAGE_ERRNO[m[1]!]!;
-  }
+  if (error instanceof WorkerError) return storageFaultInText(error.evalue);
   return null;
+}
+
+/** storageFaultCode of an error's text (a worker's evalue, a job's last line). */
+export function storageFaultInText(text: string): string | null {
+  const m = /\[Errno (\d+)\]|\(os error (\d+)\)|\berrno[ =:]+(\d+)/i.exec(text);
+  const n = m ? (m[1] ?? m[2] ?? m[3])! : null;
+  if (n !== null && n in PY_STORAGE_ERRNO) return PY_STORAGE_ERRNO[n]!;
+  for (const [re, c] of STORAGE_WORDS) if (re.test(text)) return c;
+  return null;
+}
+
+/**
+ * A value short enough for a one-line message: a word (no spaces) longer than `max` characters keeps its start
+ * and end with the count of what was left out, e.g. a 200,000-character path.
+ */
+export function shortenValue(text: string, max = 120): string {
+  return text.replace(/\S+/g, (w) => (w.length <= max ? w : `${w.slice(0, Math.floor(max / 2))}...(${w.length - max + 20} more characters)...${w.slice(-(Math.ceil(max / 2) - 20))}`));
 }
 
 /** A write into the run folder failed (full disk, quota, read-only): exit 1, the last complete checkpoint named. */

@@ -7,7 +7,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { color as chalk } from "../colors.js";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
-import { DmdError, RecipeError, UsageError, WorkerDiedError, WorkerError } from "../errors.js";
+import { DmdError, RecipeError, shortenValue, UsageError, WorkerDiedError, WorkerError } from "../errors.js";
 import type { Features } from "../eval/spec.js";
 import { Reporter, type OutputMode } from "../run/reporter.js";
 
@@ -83,15 +83,16 @@ export function buildProgram(): Command {
       .description("run a distillation recipe (resumes from the run folder's newest checkpoint if there is one)")
       .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
       .option("--set <key=value>", "override a recipe key, e.g. --set train.steps=50 (repeatable)", collect, [])
-      .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50"),
-  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[] }) => {
+      .option("--fresh", "start the run folder over: the old one is kept aside as <run_dir>.old-<time> (default: resume from its newest checkpoint)")
+      .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50\n  dmd2 distill recipes/tiny.yaml --set generator.lr=1e-5 --fresh"),
+  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
     const { loadRecipe } = await import("../recipe/load.js");
     const { distillWithRestarts } = await import("../run/supervise.js");
     const { onInterrupt } = await import("./interrupt.js");
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
     const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");
-    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile });
+    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile, fresh: opts.fresh === true });
     if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
     if (res.interrupted) process.exitCode = 130;
   });
@@ -237,14 +238,14 @@ function printError(e: DmdError, verbose: boolean) {
     if (e.hint) out(chalk.dim(e.hint));
     return;
   }
-  out(err + e.message);
+  out(err + shortenValue(e.message)); // a 200,000-character path is shown by its ends
   if (e instanceof WorkerError && verbose && e.traceback.trim()) out(chalk.dim(e.traceback.trimEnd()));
   else if (e instanceof WorkerDiedError && e.stderrTail.length > 0) {
     const tail = e.stderrTail.filter((l) => l.trim() !== "").slice(verbose ? -40 : -8);
     out(chalk.dim(`last lines of worker "${e.worker}" stderr:`));
     for (const l of tail) out(chalk.dim("  " + l));
     if (e.hint) out(chalk.dim(e.hint));
-  } else if (e.hint) out(chalk.dim(e.hint));
+  } else if (e.hint) out(chalk.dim(shortenValue(e.hint)));
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -2,9 +2,10 @@
 // curves, the training sample grids over time, the final grid, the resolved recipe). Works on a finished run and
 // on one still training (it shows what is there). A folder that is not a run folder is a UsageError (exit 2).
 
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../errors.js";
+import { ensureOutputFile } from "../run/outputPath.js";
 import { readRun } from "./data.js";
 import { MAX_TRAINING_GRIDS, renderReport } from "./html.js";
 
@@ -17,11 +18,10 @@ export interface ReportResult {
 }
 
 export function writeReport(runDir: string, out?: string): ReportResult {
-  const data = readRun(runDir);
+  const data = readRun(runDir); // a folder that is not a run folder: its own line first
+  const file = ensureOutputFile(out ?? path.join(runDir, "report.html"), { what: out === undefined ? "the report" : "--out", fix: out === undefined ? "give --out <file>" : "give another --out file" }, out);
   const html = renderReport(data);
-  const file = path.resolve(out ?? path.join(runDir, "report.html"));
   try {
-    mkdirSync(path.dirname(file), { recursive: true });
     const tmp = `${file}.tmp-${process.pid}`;
     writeFileSync(tmp, html);
     renameSync(tmp, file);

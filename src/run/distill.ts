@@ -3,9 +3,9 @@
 // processes are passed on untouched).
 
 import { createHash } from "node:crypto";
-import { accessSync, appendFileSync, constants as fsc, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { DmdError, StorageError, storageFaultCode, UsageError } from "../errors.js";
+import { DmdError, StorageError, storageFaultCode } from "../errors.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../schedule/placement.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
@@ -14,7 +14,10 @@ import { applyRetention, beginCheckpoint, commitCheckpoint, listCheckpoints, typ
 import { Cluster } from "./cluster.js";
 import type { Reporter } from "./reporter.js";
 import type { TensorFrame } from "../protocol/messages.js";
-import { FINAL_TAG, TrainingWatch } from "./watch.js";
+import { FINAL_TAG, TB_DIR, TrainingWatch } from "./watch.js";
+import { ensureOutputDir } from "./outputPath.js";
+import { checkResume, describeChanges, RESOLVED_FILE } from "./resumeCheck.js";
+import { removeEventFiles } from "./tensorboard.js";
 
 export interface DistillResult {
   runDir: string;
@@ -26,13 +29,16 @@ export interface DistillResult {
   interrupted: boolean;
 }
 
-function ensureWritable(dir: string) {
-  try {
-    mkdirSync(dir, { recursive: true });
-    accessSync(dir, fsc.W_OK);
-  } catch (e) {
-    throw new UsageError(`run_dir ${dir} is not writable (${(e as NodeJS.ErrnoException).code ?? e}): choose another run_dir or fix its permissions`);
-  }
+/** The run folder, made sure of before any work (outputPath.ts): one line naming it when it cannot be written. */
+export function ensureRunDir(dir: string): string {
+  return ensureOutputDir(dir, { what: "run_dir", fix: "choose another run_dir (--set run_dir=DIR) or fix its permissions" });
+}
+
+/** recipe.resolved.json, written whole (a temporary file renamed over it) once the recipe is known to fit the run. */
+function writeResolved(recipe: Recipe) {
+  const file = path.join(recipe.run_dir, RESOLVED_FILE);
+  writeFileSync(file + ".tmp", JSON.stringify(recipe, null, 2) + "\n");
+  renameSync(file + ".tmp", file);
 }
 
 export function recipeHash(r: Recipe): string {
@@ -41,10 +47,13 @@ export function recipeHash(r: Recipe): string {
 
 export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal?: AbortSignal; recipeFile?: string } = {}): Promise<DistillResult> {
   const runDir = recipe.run_dir;
-  ensureWritable(runDir);
-  writeFileSync(path.join(runDir, "recipe.resolved.json"), JSON.stringify(recipe, null, 2) + "\n");
+  ensureRunDir(runDir);
   const existing = listCheckpoints(runDir);
   const resume = existing.length > 0 ? existing[existing.length - 1]! : null;
+  // the run's recipe.resolved.json is replaced only once the new recipe fits the run: its checkpoint (here) and
+  // its teacher (the workers' setup, below)
+  const changed = resume ? checkResume(recipe, resume.dir) : [];
+  if (changed.length > 0) reporter.info(`resuming with changed keys: ${describeChanges(changed)}`);
   if (resume && resume.step >= recipe.train.steps) {
     reporter.info(`run ${runDir} already finished (${resume.step} steps); sampling from its last checkpoint`);
   }
@@ -73,8 +82,13 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
         reporter.phase("resuming", `from ${path.relative(process.cwd(), resume.dir) || resume.dir} (step ${resume.step})`);
         await cluster.restoreAll(resume.dir);
         start = resume.step;
-        truncateMetrics(metricsFile, start);
       }
+      writeResolved(recipe);
+      // metrics.jsonl keeps the rows up to the step resumed from, none for a run starting at 0 (a restart or a
+      // kill before the first checkpoint); TensorBoard's files of a run starting at 0 go too (a resumed run
+      // marks its restart in them instead: TrainingWatch)
+      truncateMetrics(metricsFile, start);
+      if (start === 0) removeEventFiles(path.join(runDir, TB_DIR));
       let lastCheckpoint = resume?.dir ?? "";
       const total = recipe.train.steps;
       let interrupted = false;
@@ -137,6 +151,7 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
 /** Drops metric rows of steps after `step` (they were run after the checkpoint we resume from, and will be again). */
 function truncateMetrics(file: string, step: number) {
   if (!existsSync(file)) return;
+  if (step === 0) return writeFileSync(file, "");
   const keep = readFileSync(file, "utf8")
     .split("\n")
     .filter((line) => {

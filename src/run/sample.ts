@@ -10,6 +10,7 @@ import { readPromptsFile } from "../recipe/prompts.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointName, listCheckpoints, verifyCheckpoint } from "./checkpoints.js";
 import { Cluster } from "./cluster.js";
+import { ensureOutputDir } from "./outputPath.js";
 import type { Reporter } from "./reporter.js";
 
 export interface SampleOptions {
@@ -128,6 +129,7 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
   const teacherDir = runTeacherDir(recipe);
   const ckpt = pickIntactCheckpoint(path.resolve(runDir), opts.checkpoint, (dir, bad) => `checkpoint ${dir} is damaged: ${bad} (pick another with --checkpoint)`);
   const outDir = path.resolve(opts.out ?? path.join(recipe.run_dir, "samples", `${path.basename(ckpt)}-${steps}step-seed${opts.seed}`));
+  ensureOutputDir(outDir, { what: opts.out === undefined ? "the samples folder" : "--out", fix: opts.out === undefined ? "give --out <dir>" : "give another --out folder" }, opts.out);
   reporter.phase("starting generator worker");
   const cluster = await Cluster.start(recipe, [{ name: "generator", roles: ["generator"] }], reporter, { logTag: "sample", replicas: false });
   try {

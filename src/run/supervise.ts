@@ -8,7 +8,9 @@ import { color as chalk } from "../colors.js";
 import { DmdError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointDiskWarning } from "../plan/plan.js";
-import { distill, type DistillResult } from "./distill.js";
+import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { distill, ensureRunDir, type DistillResult } from "./distill.js";
+import { acquireRunLock, LOCK_FILE } from "./lock.js";
 import type { Reporter } from "./reporter.js";
 
 const NOT_RETRIED = new Set(["NonFiniteError", "ProtocolVersionError", "RecipeError"]);
@@ -22,7 +24,45 @@ export function isRestartable(e: unknown): boolean {
 export async function distillWithRestarts(
   recipe: Recipe,
   reporter: Reporter,
-  opts: { signal?: AbortSignal; recipeFile?: string } = {},
+  opts: { signal?: AbortSignal; recipeFile?: string; fresh?: boolean } = {},
+): Promise<DistillResult & { restarts: number }> {
+  // one writer per run folder (lock.ts), held across restarts; checked and taken before any other work
+  ensureRunDir(recipe.run_dir);
+  if (opts.fresh) startOver(recipe.run_dir, reporter);
+  const lock = acquireRunLock(recipe.run_dir, (line) => reporter.info(line));
+  try {
+    return await distillLocked(recipe, reporter, opts);
+  } finally {
+    lock.release();
+  }
+}
+
+/**
+ * `--fresh`: the run folder, if it holds anything, is renamed to `<run_dir>.old-<time>` (under its lock, so not
+ * while another command writes there) and an empty one takes its place.
+ */
+export function startOver(runDir: string, reporter: Reporter): string | null {
+  if (readdirSync(runDir).length === 0) return null;
+  const lock = acquireRunLock(runDir, (line) => reporter.info(line));
+  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  let aside = `${runDir}.old-${stamp}`;
+  for (let i = 2; existsSync(aside); i++) aside = `${runDir}.old-${stamp}-${i}`;
+  try {
+    renameSync(runDir, aside);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+  rmSync(path.join(aside, LOCK_FILE), { force: true }); // the lock moved with the folder: ours, released
+  ensureRunDir(runDir);
+  reporter.info(`--fresh: starting ${runDir} over; the old run folder is kept as ${aside}`);
+  return aside;
+}
+
+async function distillLocked(
+  recipe: Recipe,
+  reporter: Reporter,
+  opts: { signal?: AbortSignal; recipeFile?: string },
 ): Promise<DistillResult & { restarts: number }> {
   // once per command, not on every restart: the checkpoints would not fit on the run folder's disk
   const disk = checkpointDiskWarning(recipe, opts.recipeFile ?? path.join(recipe.run_dir, "recipe.resolved.json"));

@@ -8,7 +8,7 @@
 //   Image      { int32 height = 1; int32 width = 2; int32 colorspace = 3; bytes encoded_image_string = 4 }
 //   SessionLog { enum status = 1 (START = 1) }
 
-import { closeSync, existsSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmSync, writeSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -194,4 +194,10 @@ export class EventWriter {
     if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
   }
+}
+
+/** Removes the event files in `dir` (a run that starts over from step 0 writes its own); other files stay. */
+export function removeEventFiles(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const n of readdirSync(dir)) if (n.startsWith("events.out.tfevents.")) rmSync(path.join(dir, n), { force: true });
 }

@@ -16,6 +16,7 @@ import { resolvePython } from "../../workers/python.js";
 import { listCheckpoints } from "../../run/checkpoints.js";
 import { pickIntactCheckpoint } from "../../run/sample.js";
 import { onInterrupt } from "../interrupt.js";
+import { ensureOutputFile } from "../../run/outputPath.js";
 
 export interface EvalFlags {
   dataFrom?: string;
@@ -86,7 +87,7 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     features: flags.features,
     studentSteps: flags.steps ?? null,
     teacherSteps: flags.teacherSteps,
-    picture: flags.picture === undefined ? null : path.resolve(flags.picture),
+    picture: flags.picture === undefined ? null : ensureOutputFile(flags.picture, { what: "--picture", fix: "give another --picture file" }),
     checkpoints,
     weights: flags.rawWeights ? "raw" : "ema",
   });

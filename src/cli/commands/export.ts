@@ -5,6 +5,7 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../../errors.js";
+import { ensureOutputParent } from "../../run/outputPath.js";
 import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { pickIntactCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
@@ -34,6 +35,7 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
     if (!statSync(out).isDirectory()) throw new UsageError(`--out ${flags.out} is a file (give a folder to create)`);
     if (readdirSync(out).length > 0 && !flags.force) throw new UsageError(`--out ${flags.out} exists and is not empty (add --force to replace it, or give another folder)`);
   }
+  ensureOutputParent(out, { what: "--out", fix: "give another --out folder" }, flags.out);
   reporter.phase("exporting", `${path.basename(checkpoint)} of ${runDir} to ${flags.out}${flags.lora ? " (LoRA adapters)" : ""}`);
   const interrupt = onInterrupt(reporter, "stopping the export");
   try {

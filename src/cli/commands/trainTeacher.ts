@@ -7,6 +7,7 @@ import path from "node:path";
 import { UsageError } from "../../errors.js";
 import { showPath } from "../../recipe/files.js";
 import { loadTeacherRecipe } from "../../recipe/load.js";
+import { ensureOutputParent } from "../../run/outputPath.js";
 import { runPythonJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { TrainProgress, type TrainStart, type TrainStep } from "../../run/trainProgress.js";
@@ -37,6 +38,7 @@ export async function trainTeacherCommand(recipeFile: string, flags: TrainTeache
   if (existsSync(recipe.out) && !flags.force) {
     throw new UsageError(`${showPath(recipe.out)} already exists (pass --force to replace it, or write elsewhere with --out <dir>)`, { code: "TEACHER_EXISTS" });
   }
+  ensureOutputParent(recipe.out, { what: "the teacher folder", fix: "write elsewhere with --out <dir>" }, showPath(recipe.out));
   const python = resolvePython(recipe.python);
   const spec = flags.force ? { ...recipe, force: true } : recipe;
   reporter.phase("training teacher", `${recipe.name}: ${recipe.data.source} data, UNet [${recipe.model.block_out_channels.join(", ")}], ${recipe.train.steps} steps`);
