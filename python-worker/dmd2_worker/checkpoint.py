@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .storage_faults import storage_faults_named
+
 OPTIM_FORMAT = 1
 # the average of the generator's weights (generator.ema_decay > 0) beside its raw generator.safetensors
 EMA_FILE = "generator.ema.safetensors"
@@ -37,9 +39,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
     tmp = _tmp_path(path)
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     try:
-        save_file(data, str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
+        with storage_faults_named(path):  # a full disk: OSError(ENOSPC), not safetensors' own error
+            save_file(data, str(tmp))
+            _fsync(tmp)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,12 +61,13 @@ def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
     tmp = _tmp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with storage_faults_named(path):
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

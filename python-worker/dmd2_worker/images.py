@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .storage_faults import storage_faults_named
+
 
 def to_levels(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> the 8-bit levels 0..255 (float): clamped, then rounded; NaN stays NaN."""
@@ -44,8 +46,13 @@ def _pil(arr: np.ndarray, scale: int) -> Image.Image:
 
 def _save(img: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        with storage_faults_named(path):  # PIL's OSError, named with the file (issue 20)
+            img.save(tmp, format="PNG")
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_images(x: torch.Tensor, directory: str | Path, tile_px: int = 64) -> list[Path]:
