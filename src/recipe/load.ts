@@ -3,7 +3,7 @@
 // disk (files.ts), the rules across keys, then what depends on other keys or on the machine (resolve.ts).
 // Every problem is reported at once as a RecipeError (exit code 2).
 
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import path from "node:path";
 import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
 import { RecipeError, type RecipeIssue } from "../errors.js";
@@ -122,12 +122,22 @@ export function loadDataGroup(file: string): DataConfig {
   return loadKind(dataKind, file, {}).data;
 }
 
+/** A recipe is a page of keys: a file above this size is not one (and is not read into memory). */
+export const MAX_RECIPE_BYTES = 1 << 20;
+/** YAML aliases (*name) a recipe may use: more is an alias bomb (a few lines that expand to gigabytes). */
+export const MAX_ALIASES = 100;
+
 function loadKind<T>(kind: RecipeKind<T>, file: string, opts: LoadOptions): T {
   const shown = path.relative(process.cwd(), file) || file;
   let text: string;
   try {
+    const size = statSync(file).isFile() ? statSync(file).size : 0;
+    if (size > MAX_RECIPE_BYTES) {
+      throw new RecipeError([{ file: shown, line: null, path: "", message: `${(size / 2 ** 20).toFixed(1)} MiB is too large for a recipe (at most 1 MiB; long lists such as prompts go in their own file)` }]);
+    }
     text = readFileSync(file, "utf8");
   } catch (e) {
+    if (e instanceof RecipeError) throw e;
     const code = (e as NodeJS.ErrnoException).code;
     const why = code === "ENOENT" ? "no such file (check the path; recipes/ has examples)" : code === "EISDIR" ? "is a folder, not a recipe file" : `cannot read it (${code ?? String(e)})`;
     throw new RecipeError([{ file: shown, line: null, path: "", message: why }]);
@@ -158,12 +168,33 @@ function loadKind<T>(kind: RecipeKind<T>, file: string, opts: LoadOptions): T {
   }
   if (issues.length > 0) throw new RecipeError(issues);
 
-  const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: MAX_ALIASES }) as unknown;
+  } catch (e) {
+    // yaml's "Excessive alias count indicates a resource exhaustion attack"
+    if (!(e instanceof ReferenceError) || !/alias/i.test(e.message)) throw e;
+    throw new RecipeError([{ file: shown, line: null, path: "", message: `its YAML aliases (*name) expand too far (more than ${MAX_ALIASES} uses of an alias): write the values out` }]);
+  }
   const schema = checkSchema(kind.select ? kind.select(raw) : raw, kind.schema);
   const problems: Problem[] = [...schema.problems];
-  if (schema.problems.length === 0) {
-    problems.push(...kind.files(schema.value, { recipeFile: file, written: (p) => hasPath(raw, p) }));
-    problems.push(...kind.rules(schema.value));
+  // The later stages run even when the schema pass found problems (a bad key stands at its default there), so that
+  // every problem of a group is reported at once (data.gmm: {image_size: 9, num_classes: 1} gives both); of their
+  // problems only those in a group the schema pass found a problem in are kept, and none about a key it named.
+  const named = new Set(schema.problems.map((p) => p.path.join(".")));
+  const groups = new Set(schema.problems.map((p) => p.path.slice(0, -1).join(".")));
+  const fresh = (p: Problem) => {
+    const key = p.path.join(".");
+    if (schema.problems.length > 0 && !groups.has(p.path.slice(0, -1).join("."))) return false;
+    return ![...named].some((n) => n === "" || key === n || key.startsWith(n + ".") || n.startsWith(key + ".") || (n.includes(".") && p.message.includes(n)));
+  };
+  if (schema.problems.length === 0 || !named.has("")) {
+    try {
+      problems.push(...kind.files(schema.value, { recipeFile: file, written: (p) => hasPath(raw, p) }).filter(fresh));
+      problems.push(...kind.rules(schema.value).filter(fresh));
+    } catch (e) {
+      if (schema.problems.length === 0) throw e; // a stage that cannot run on defaults: the schema's problems stand
+    }
   }
   const toIssue = (p: Problem): RecipeIssue => {
     const key = p.path.join(".");

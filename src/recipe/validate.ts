@@ -178,10 +178,17 @@ export function checkDataRules(r: Obj): Problem[] {
   return problems;
 }
 
-/** Rules on the keys both recipe kinds have: data and diffusion. */
+/** The longest `name` a recipe may have: it names folders (runs/<name>, teachers/<name>, <run_dir>.old-<time>). */
+export const MAX_NAME_LENGTH = 100;
+
+/** Rules on the keys both recipe kinds have: data and diffusion, and the name. */
 function checkDataAndDiffusion(r: Obj): Problem[] {
   const problems = checkDataRules(r);
   const g = getter(r);
+  const name = g("name");
+  if (typeof name === "string" && name.length > MAX_NAME_LENGTH) {
+    problems.push({ path: ["name"], message: `${name.length} characters is too long (at most ${MAX_NAME_LENGTH}; it names the run's folder)` });
+  }
   const bs = g("diffusion.beta_start") as number;
   const be = g("diffusion.beta_end") as number;
   if (be <= bs) problems.push({ path: ["diffusion", "beta_end"], message: `must be greater than diffusion.beta_start (${bs}), got ${be}` });
