@@ -49,7 +49,11 @@ function kindOf(p: string): "dir" | "other" | null | { code: string } {
  * time. `shown` is how the user wrote it (default: `dir`). Throws a UsageError naming the path and `label.fix`.
  */
 export function ensureOutputDir(dir: string, label: OutputLabel, shown: string = dir): string {
-  const abs = path.resolve(dir);
+  return ensureDir(path.resolve(dir), path.resolve(dir), label, shown);
+}
+
+/** ensureOutputDir of `abs`, for the output `target` (abs itself, or a file or folder in it). */
+function ensureDir(abs: string, target: string, label: OutputLabel, shown: string): string {
   if (Buffer.byteLength(abs) > 4000) fail(label, shown, "ENAMETOOLONG");
   // the deepest part that exists, then each missing level below it
   const missing: string[] = [];
@@ -57,7 +61,7 @@ export function ensureOutputDir(dir: string, label: OutputLabel, shown: string =
   for (;;) {
     const k = kindOf(at);
     if (k === "dir") break;
-    if (k === "other") fail(label, shown, missing.length === 0 ? "EEXIST" : "ENOTDIR", at);
+    if (k === "other") fail(label, shown, at === target ? "EEXIST" : "ENOTDIR", at);
     if (k !== null) fail(label, shown, k.code, at);
     missing.unshift(at);
     const up = path.dirname(at);
@@ -82,7 +86,7 @@ export function ensureOutputDir(dir: string, label: OutputLabel, shown: string =
 /** A file to write: its folder is made sure of (ensureOutputDir) and the file itself must not be a folder. */
 export function ensureOutputFile(file: string, label: OutputLabel, shown: string = file): string {
   const abs = path.resolve(file);
-  ensureOutputDir(path.dirname(abs), label, shown);
+  ensureDir(path.dirname(abs), abs, label, shown);
   if (kindOf(abs) === "dir") throw new UsageError(`${label.what} ${shortenValue(shown)} is a folder, not a file: ${label.fix}`, { code: "OUTPUT_PATH" });
   return abs;
 }
@@ -93,7 +97,7 @@ export function ensureOutputFile(file: string, label: OutputLabel, shown: string
  */
 export function ensureOutputParent(dir: string, label: OutputLabel, shown: string = dir): string {
   const abs = path.resolve(dir);
-  ensureOutputDir(path.dirname(abs), label, shown);
+  ensureDir(path.dirname(abs), abs, label, shown);
   if (kindOf(abs) === "other") fail(label, shown, "EEXIST", abs);
   return abs;
 }
