@@ -61,7 +61,7 @@ function ensureDir(abs: string, target: string, label: OutputLabel, shown: strin
   for (;;) {
     const k = kindOf(at);
     if (k === "dir") break;
-    if (k === "other") fail(label, shown, at === target ? "EEXIST" : "ENOTDIR", at);
+    if (k === "other") fail(label, shown, at === target ? "EEXIST" : "ENOTDIR", at === target ? undefined : at);
     if (k !== null) fail(label, shown, k.code, at);
     missing.unshift(at);
     const up = path.dirname(at);
@@ -98,6 +98,6 @@ export function ensureOutputFile(file: string, label: OutputLabel, shown: string
 export function ensureOutputParent(dir: string, label: OutputLabel, shown: string = dir): string {
   const abs = path.resolve(dir);
   ensureDir(path.dirname(abs), abs, label, shown);
-  if (kindOf(abs) === "other") fail(label, shown, "EEXIST", abs);
+  if (kindOf(abs) === "other") fail(label, shown, "EEXIST");
   return abs;
 }
