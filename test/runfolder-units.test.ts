@@ -16,7 +16,7 @@ import { cliEntry, issuesOf, projectRoot, scratchDir } from "./helpers.js";
 
 const work = scratchDir("dmd2-rf-units-");
 const tiny = path.join(projectRoot, "recipes", "tiny.yaml");
-const label = { what: "run_dir", fix: "choose another run_dir" };
+const label = { what: "run_dir", fix: "choose another run_dir or fix its permissions" };
 
 function usageError(fn: () => unknown): UsageError {
   try {
@@ -65,18 +65,18 @@ test("lock: a second writer is refused naming the holder; a stale lock is taken 
 
 test("output paths: made one level at a time; /proc, a file in the way and a folder named as a file are one line each, at once", () => {
   const t0 = performance.now();
-  assert.match(usageError(() => ensureOutputDir("/proc/x", label)).message, /^run_dir \/proc\/x cannot be written: .* \(ENOENT\): choose another run_dir$/);
-  assert.match(usageError(() => ensureOutputFile("/proc/x/r.html", { what: "--out", fix: "give another --out file" })).message, /^--out \/proc\/x\/r\.html cannot be written/);
+  assert.match(usageError(() => ensureOutputDir("/proc/x", label)).message, /^run_dir \/proc\/x is not writable \(ENOENT\): choose another run_dir or fix its permissions \(the file system there cannot hold it\)$/);
+  assert.match(usageError(() => ensureOutputFile("/proc/x/r.html", { what: "--out", fix: "give another --out file" })).message, /^--out \/proc\/x\/r\.html is not writable \(ENOENT\)/);
   assert.ok(performance.now() - t0 < 1000, "within a second");
   const deep = path.join(work, "out", "a", "b", "c");
   assert.equal(ensureOutputDir(deep, label), deep);
   assert.equal(ensureOutputDir(deep, label), deep, "an existing folder is fine");
   const file = path.join(work, "out", "file");
   writeFileSync(file, "");
-  assert.equal(usageError(() => ensureOutputDir(path.join(file, "x", "y"), label, "F/x/y")).message, `run_dir F/x/y cannot be written: a file is in the way at ${file} (ENOTDIR): choose another run_dir`);
-  assert.equal(usageError(() => ensureOutputDir(file, label, "F")).message, "run_dir F cannot be written: it is a file, not a folder (EEXIST): choose another run_dir");
+  assert.equal(usageError(() => ensureOutputDir(path.join(file, "x", "y"), label, "F/x/y")).message, `run_dir F/x/y is not writable (ENOTDIR): choose another run_dir or fix its permissions (a file is in the way at ${file})`);
+  assert.equal(usageError(() => ensureOutputDir(file, label, "F")).message, "run_dir F is not writable (EEXIST): choose another run_dir or fix its permissions (it is a file, not a folder)");
   assert.match(usageError(() => ensureOutputFile(deep, { what: "--out", fix: "give a file" })).message, /is a folder, not a file: give a file$/);
-  assert.match(usageError(() => ensureOutputParent(file, { what: "--out", fix: "give a folder" })).message, /it is a file, not a folder \(EEXIST\): give a folder$/);
+  assert.match(usageError(() => ensureOutputParent(file, { what: "--out", fix: "give a folder" })).message, /is not writable \(EEXIST\): give a folder \(it is a file, not a folder\)$/);
   const long = "/tmp/" + "d".repeat(200_000);
   const msg = usageError(() => ensureOutputDir(long, label)).message;
   assert.ok(msg.length < 300, `a 200,000-character path is shortened in the message: ${msg.length} characters`);
@@ -84,10 +84,10 @@ test("output paths: made one level at a time; /proc, a file in the way and a fol
 });
 
 test("resume check: what may change and what may not", () => {
-  for (const k of ["train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_last", "sample.num", "sample.seed", "restart.max", "heartbeat.timeout_s", "device", "roles.teacher.device", "run_dir", "name"]) {
+  for (const k of ["train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every", "train.keep_last", "sample.num", "sample.seed", "restart.max", "heartbeat.timeout_s", "device", "roles.teacher.device", "precision", "roles.generator.precision", "run_dir", "name"]) {
     assert.ok(mayChange(k), k);
   }
-  for (const k of ["generator.lr", "ttur.ratio", "data.gmm.num_classes", "train.batch_size", "seed", "teacher.path", "gan.enabled", "roles.generator.precision", "precision", "diffusion.beta_schedule"]) {
+  for (const k of ["generator.lr", "ttur.ratio", "data.gmm.num_classes", "train.batch_size", "seed", "teacher.path", "gan.enabled", "diffusion.beta_schedule", "optim.betas"]) {
     assert.ok(!mayChange(k), k);
   }
   const before = { train: { steps: 10, batch_size: 32 }, generator: { lr: 1e-5 }, old: 1 };

@@ -31,7 +31,7 @@ export interface DistillResult {
 
 /** The run folder, made sure of before any work (outputPath.ts): one line naming it when it cannot be written. */
 export function ensureRunDir(dir: string): string {
-  return ensureOutputDir(dir, { what: "run_dir", fix: "choose another run_dir (--set run_dir=DIR) or fix its permissions" });
+  return ensureOutputDir(dir, { what: "run_dir", fix: "choose another run_dir or fix its permissions" });
 }
 
 /** recipe.resolved.json, written whole (a temporary file renamed over it) once the recipe is known to fit the run. */

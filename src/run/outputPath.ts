@@ -15,7 +15,7 @@ export interface OutputLabel {
 }
 
 const WHY: Record<string, string> = {
-  ENOENT: "its parent cannot hold folders",
+  ENOENT: "the file system there cannot hold it",
   ENOTDIR: "a file is in the way",
   EACCES: "permission denied",
   EPERM: "operation not permitted",
@@ -27,9 +27,10 @@ const WHY: Record<string, string> = {
   ELOOP: "too many symbolic links",
 };
 
+/** `<what> <path> is not writable (<code>): <fix> (<why>[ at <where>])`: one line, exit 2. */
 function fail(label: OutputLabel, shown: string, code: string, at?: string): never {
   const where = at !== undefined && at !== shown ? ` at ${shortenValue(at)}` : "";
-  throw new UsageError(`${label.what} ${shortenValue(shown)} cannot be written: ${WHY[code] ?? code}${where} (${code}): ${label.fix}`, { code: "OUTPUT_PATH" });
+  throw new UsageError(`${label.what} ${shortenValue(shown)} is not writable (${code}): ${label.fix} (${WHY[code] ?? code}${where})`, { code: "OUTPUT_PATH" });
 }
 
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code ?? "EIO";

@@ -13,12 +13,12 @@ export const RESOLVED_FILE = "recipe.resolved.json";
 
 /** Dotted keys (or groups, ending in ".") that may change between a checkpoint and its resume. */
 const MAY_CHANGE = [
-  "version", "name", "run_dir", "python", "torch_threads", "transport", "device", "tf32", "gradient_checkpointing", "placement",
+  "version", "name", "run_dir", "python", "torch_threads", "transport", "device", "precision", "tf32", "gradient_checkpointing", "placement",
   "heartbeat.", "join.", "restart.", "sample.",
   "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_every", "train.on_nonfinite",
 ];
-/** roles.<role>.<key>: where a role runs and with how many processes; not its precision. */
-const ROLE_MAY_CHANGE = new Set(["device", "gradient_checkpointing", "replicas", "backend", "strategy", "join"]);
+/** roles.<role>.<key>: where a role runs, how (its precision: a run moved from CPU to a GPU), with how many processes. */
+const ROLE_MAY_CHANGE = new Set(["device", "precision", "gradient_checkpointing", "replicas", "backend", "strategy", "join"]);
 
 export function mayChange(key: string): boolean {
   const parts = key.split(".");
