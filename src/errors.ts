@@ -353,6 +353,9 @@ export function storageFaultCode(error: unknown): string | null {
   return null;
 }
 
+/** The words of a storage fault's errno code: "no space left on device" for ENOSPC. */
+export const storageFaultWords = (errno: string) => STORAGE_CODES[errno] ?? errno;
+
 /** storageFaultCode of an error's text (a worker's evalue, a job's last line). */
 export function storageFaultInText(text: string): string | null {
   const m = /\[Errno (\d+)\]|\(os error (\d+)\)|\berrno[ =:]+(\d+)/i.exec(text);

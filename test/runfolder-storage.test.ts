@@ -3,7 +3,8 @@
 // fills the disk up to 256 KiB (room for metrics rows and log lines, not for a 1.3 MB checkpoint), so the next
 // checkpoint fails while the worker writes its safetensors files. The CLI must say what README's "Nothing lost"
 // promises (the fault, the intact last checkpoint, the fix), that checkpoint must verify against its manifest,
-// and after space is freed the same command resumes from it and finishes.
+// and after space is freed the same command resumes from it and finishes. Then, with no byte left at all, distill
+// (whose first write is its lock) and sample (its images) fail with one line naming the fault.
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -31,7 +32,11 @@ const script = [
   'node "$VERIFY" "$run" >"$out/verify.json"',
   'rm -f "$mnt/filler"',
   'node "$CLI" "${args[@]}" >"$out/second.out" 2>"$out/second.err"; second=$?',
-  'echo "{\\"first\\":$first,\\"second\\":$second}"',
+  // a disk full to the last byte: the lock is the first write of distill, the PNGs are sample's
+  'dd if=/dev/zero of="$mnt/filler" bs=4096 2>/dev/null',
+  'node "$CLI" "${args[@]}" --set train.steps=40 >"$out/third.out" 2>"$out/third.err"; third=$?',
+  'node "$CLI" sample "$run" --num 64 >"$out/sample.out" 2>"$out/sample.err"; sample=$?',
+  'echo "{\\"first\\":$first,\\"second\\":$second,\\"third\\":$third,\\"sample\\":$sample}"',
 ].join("\n");
 
 // Inside the namespace, before the tmpfs goes: the newest complete checkpoint checked against its manifest.
@@ -54,7 +59,7 @@ test("a full disk during the checkpoint write: the promised message, the last ch
     timeout: 280_000,
   });
   assert.equal(r.exitCode, 0, `the namespace script failed (unshare -rmpf needs root or user namespaces): ${r.stderr}`);
-  const result = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { first: number; second: number; error?: string };
+  const result = JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { first: number; second: number; third: number; sample: number; error?: string };
   assert.equal(result.error, undefined, `could not mount a tmpfs in the namespace: ${r.stderr}`);
   const read = (f: string) => readFileSync(path.join(out, f), "utf8");
   const err = read("first.err");
@@ -76,4 +81,15 @@ test("a full disk during the checkpoint write: the promised message, the last ch
   const second = read("second.err") + read("second.out");
   assert.match(second, new RegExp(`resuming from .*${last} \\(step ${Number(last.slice(5))}\\)`));
   assert.match(second, /done: 30 steps/);
+  // a disk with no byte left: distill fails at its first write (the lock), sample at its images; one line each
+  const third = read("third.err");
+  assert.equal(result.third, 1, third);
+  assert.match(third, /^error: cannot write to the run folder .*: no space left on device \(ENOSPC\)\n.*the last complete checkpoint .*step-00000030 is intact; free some space and run the same command again to resume\n?$/);
+  const sample = read("sample.err").trim();
+  assert.ok(result.sample === 1 || result.sample === 2, sample);
+  const errors = sample.split("\n").filter((l) => l.startsWith("error:"));
+  assert.equal(errors.length, 1, sample);
+  assert.match(errors[0]!, /^error: (cannot write the samples to .*: no space left on device \(ENOSPC\)|.* is not writable \(ENOSPC\): .*\(no space left on device\))$/, sample);
+  assert.match(sample, /free some space/, sample);
+  assert.doesNotMatch(third + sample, /internal error|raised|please report|at .*\.js:\d+/);
 });

@@ -30,7 +30,9 @@ export const checkpointName = (step: number) => `step-${String(step).padStart(8,
 export function beginCheckpoint(runDir: string, step: number): string {
   const tmp = path.join(checkpointsDir(runDir), checkpointName(step) + ".tmp");
   rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
+  // one level at a time below the run folder (checked by distill): never mkdir { recursive: true } (issue 20)
+  if (!existsSync(checkpointsDir(runDir))) mkdirSync(checkpointsDir(runDir));
+  mkdirSync(tmp);
   return tmp;
 }
 

@@ -3,7 +3,7 @@
 
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
-import { UsageError } from "../errors.js";
+import { DmdError, storageFaultCode, storageFaultWords, UsageError } from "../errors.js";
 import { readTeacherClasses } from "../plan/unet2d.js";
 import { overrideResolved } from "../recipe/load.js";
 import { readPromptsFile } from "../recipe/prompts.js";
@@ -143,6 +143,14 @@ export async function sample(runDir: string, opts: SampleOptions, reporter: Repo
       const grid = path.join(outDir, "grid.png");
       reporter.event("done", { out_dir: outDir, grid, checkpoint: ckpt }, `wrote ${num} images to ${path.relative(process.cwd(), outDir) || outDir} (grid: ${path.relative(process.cwd(), grid)})`);
       return { outDir, grid, checkpoint: ckpt };
+    });
+  } catch (e) {
+    const errno = storageFaultCode(e);
+    if (errno === null || (e instanceof DmdError && e.code === "STORAGE")) throw e;
+    throw new DmdError(`cannot write the samples to ${outDir}: ${storageFaultWords(errno)} (${errno})`, {
+      code: "STORAGE",
+      cause: e,
+      hint: `${errno === "ENOSPC" || errno === "EDQUOT" ? "free some space" : "make the folder writable"} (or give another --out) and run the same command again`,
     });
   } finally {
     await cluster.close();

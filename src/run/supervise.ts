@@ -5,7 +5,8 @@
 
 import path from "node:path";
 import { color as chalk } from "../colors.js";
-import { DmdError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
+import { DmdError, StorageError, storageFaultCode, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
+import { listCheckpoints } from "./checkpoints.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointDiskWarning } from "../plan/plan.js";
 import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
@@ -28,12 +29,25 @@ export async function distillWithRestarts(
 ): Promise<DistillResult & { restarts: number }> {
   // one writer per run folder (lock.ts), held across restarts; checked and taken before any other work
   ensureRunDir(recipe.run_dir);
-  if (opts.fresh) startOver(recipe.run_dir, reporter);
-  const lock = acquireRunLock(recipe.run_dir, (line) => reporter.info(line));
+  const lock = namedFaults(recipe.run_dir, () => {
+    if (opts.fresh) startOver(recipe.run_dir, reporter);
+    return acquireRunLock(recipe.run_dir, (line) => reporter.info(line));
+  });
   try {
     return await distillLocked(recipe, reporter, opts);
   } finally {
     lock.release();
+  }
+}
+
+/** A storage fault while the lock is written or the folder moved aside is the same StorageError as in the run. */
+function namedFaults<T>(runDir: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    const errno = storageFaultCode(e);
+    if (errno === null || e instanceof DmdError) throw e;
+    throw new StorageError(runDir, errno, listCheckpoints(runDir).at(-1)?.dir ?? null, e);
   }
 }
 

@@ -157,7 +157,7 @@ export class EventWriter {
 
   private open(): number {
     if (this.fd !== null) return this.fd;
-    mkdirSync(this.dir, { recursive: true });
+    if (!existsSync(this.dir)) mkdirSync(this.dir); // one level: its parent (the run folder) is there
     const base = `events.out.tfevents.${Math.floor(this.now())}.${this.host}`;
     let name = path.join(this.dir, base);
     for (let i = 1; existsSync(name); i++) name = path.join(this.dir, `${base}.${i}`);
