@@ -1,11 +1,12 @@
 // `restart: {max: M}`: when a worker dies, raises or stops sending heartbeats, every worker is stopped (distill's
 // own clean-up), fresh ones are started and the run resumes from its newest complete checkpoint, up to M times.
 // Errors that would only repeat (bad input, a non-finite loss under on_nonfinite: stop, a protocol mismatch)
-// are not retried.
+// are not retried. The run folder's lock (lock.ts) is taken once, before any other work, and held across the
+// restarts; `--fresh` moves the old folder aside first.
 
 import path from "node:path";
 import { color as chalk } from "../colors.js";
-import { DmdError, StorageError, storageFaultCode, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
+import { DmdError, shortenValue, StorageError, storageFaultCode, UsageError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
 import { listCheckpoints } from "./checkpoints.js";
 import type { Recipe } from "../recipe/types.js";
 import { checkpointDiskWarning } from "../plan/plan.js";
@@ -65,7 +66,8 @@ export function startOver(runDir: string, reporter: Reporter): string | null {
     renameSync(runDir, aside);
   } catch (e) {
     lock.release();
-    throw e;
+    const code = (e as NodeJS.ErrnoException).code ?? String(e);
+    throw new UsageError(`--fresh: cannot move ${shortenValue(runDir)} aside to ${shortenValue(aside)} (${code}): move or delete it yourself, or choose another run_dir`, { code: "FRESH" });
   }
   rmSync(path.join(aside, LOCK_FILE), { force: true }); // the lock moved with the folder: ours, released
   ensureRunDir(runDir);
