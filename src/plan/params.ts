@@ -15,7 +15,7 @@ export interface UNetArch {
 }
 
 /** The arch every role's network has for this recipe: the built-in teacher's, copied by generator and fake score. */
-export function unetArch(r: Recipe): UNetArch {
+export function unetArch(r: Pick<Recipe, "data" | "teacher">): UNetArch {
   return {
     inChannels: 1,
     imageSize: r.data.gmm.image_size,
