@@ -2,7 +2,7 @@
 // package (python-worker/dmd2_worker/**). Every import counts: `import type` too (it is still a dependency of
 // the design), and Python imports inside functions too (a lazy import only hides a cycle from the interpreter).
 // Folders are compared by their direct parent folder: src/plan -> src/run and src/run -> src/plan is a cycle
-// even when no two files import each other.
+// even when no two files import each other (folderGraph says how the root's own modules count).
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -12,7 +12,11 @@ import { projectRoot } from "./helpers.js";
 type Graph = Map<string, Set<string>>;
 
 /** Known cycles the lead removes after a merge: "a -> b" edges that are ignored, each with the reason. */
-const KNOWN: Record<string, string> = {};
+const KNOWN: Record<string, string> = {
+  // Being removed on another branch of issue 25 (the guidance helper); the lead deletes these two after merging it.
+  "python-worker/dmd2_worker/roles/common.py -> python-worker/dmd2_worker/roles/text.py": "roles/common.py <-> roles/text.py, fixed on another branch",
+  "python-worker/dmd2_worker/roles/text.py -> python-worker/dmd2_worker/roles/common.py": "roles/common.py <-> roles/text.py, fixed on another branch",
+};
 
 function filesUnder(dir: string, ext: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true })
@@ -27,8 +31,8 @@ function tsImports(file: string): string[] {
   for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+["'](\.{1,2}\/[^"']+)["']/gms)) {
     out.push(path.normalize(path.join(path.dirname(file), m[1]!)).replace(/\.js$/, ".ts"));
   }
-  for (const m of text.matchAll(/\bimport\(\s*["'](\.{1,2}\/[^"']+)["']\s*\)/g)) {
-    out.push(path.normalize(path.join(path.dirname(file), m[1]!)).replace(/\.js$/, ".ts"));
+  for (const m of text.matchAll(/\bimport\(\s*["'](\.{1,2}\/[^"']+)["']\s*\)|^\s*import\s+["'](\.{1,2}\/[^"']+)["']/gm)) {
+    out.push(path.normalize(path.join(path.dirname(file), (m[1] ?? m[2])!)).replace(/\.js$/, ".ts"));
   }
   return out;
 }
@@ -81,14 +85,17 @@ function fileGraph(files: string[], importsOf: (f: string) => string[]): Graph {
   return g;
 }
 
-/** The folder of a module; a package's __init__.py belongs to the package's folder. */
-function folderGraph(files: Graph): Graph {
+/** Folders as nodes (a package's __init__.py belongs to its folder), except that a module directly in the root
+ * (src/errors.ts, dmd2_worker/config.py) is a node of its own: the root holds both the modules every folder
+ * builds on and the entry points that use the folders, so as one node it would join every folder in a cycle. */
+function folderGraph(files: Graph, root: string): Graph {
+  const node = (f: string) => (path.dirname(f) === root ? f : path.dirname(f));
   const g: Graph = new Map();
   for (const [f, targets] of files) {
-    const a = path.dirname(f);
+    const a = node(f);
     if (!g.has(a)) g.set(a, new Set());
     for (const t of targets) {
-      const b = path.dirname(t);
+      const b = node(t);
       if (b !== a) g.get(a)!.add(b);
     }
   }
@@ -148,7 +155,7 @@ test("no import cycle between TypeScript files", () => {
 });
 
 test("no import cycle between TypeScript folders", () => {
-  assert.deepEqual(cyclicEdges(folderGraph(tsFiles)), []);
+  assert.deepEqual(cyclicEdges(folderGraph(tsFiles, "src")), []);
 });
 
 test("no import cycle between Python modules", () => {
@@ -156,5 +163,5 @@ test("no import cycle between Python modules", () => {
 });
 
 test("no import cycle between Python packages", () => {
-  assert.deepEqual(cyclicEdges(folderGraph(pyFiles)), []);
+  assert.deepEqual(cyclicEdges(folderGraph(pyFiles, PY_ROOT)), []);
 });

@@ -8,7 +8,7 @@ import path from "node:path";
 import { RECIPE_SCHEMA_VERSION } from "./schema.js";
 import type { Problem } from "./validate.js";
 import type { CheckedRecipe, CheckedTeacherRecipe, PlacedRole, Recipe, RolePlacement, TeacherRecipe } from "./types.js";
-import { defaultTorchThreads } from "../plan/threads.js";
+import { defaultTorchThreads } from "./threads.js";
 import { resolvePlacement } from "./placement.js";
 
 export interface ResolveOptions {

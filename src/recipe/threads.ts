@@ -11,9 +11,9 @@
 // and the teacher's unet/config.json alone. Pure given the recipe, the core count and the files it reads.
 
 import type { Recipe } from "../recipe/types.js";
-import { workerLayout } from "../schedule/placement.js";
-import { unetArch, unetMacsPerSample } from "./params.js";
-import { readTeacherNetwork, unet2dMacsPerSample } from "./unet2d.js";
+import { workerLayout } from "./workerLayout.js";
+import { unetArch, unetMacsPerSample } from "../unet/params.js";
+import { readTeacherNetwork, unet2dMacsPerSample } from "../unet/unet2d.js";
 
 /**
  * Multiply-accumulates of one forward pass at the training batch from which per_role workers get every core
