@@ -11,7 +11,7 @@ import { loadRecipe, overrideResolved } from "../src/recipe/load.js";
 import type { HelloReplyBody, TensorFrame } from "../src/protocol/messages.js";
 import { checkPlacement } from "../src/run/placementCheck.js";
 import { concatRows, expandReplicas, mergeResults, splitRows } from "../src/run/replicas.js";
-import { workerLayout } from "../src/schedule/placement.js";
+import { workerLayout } from "../src/recipe/workerLayout.js";
 import type { OpResult } from "../src/workers/client.js";
 import { cliEntry, issuesOf, maxAbsDiff, projectRoot, readSafetensors, scratchDir } from "./helpers.js";
 

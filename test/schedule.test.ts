@@ -5,7 +5,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { loadRecipe } from "../src/recipe/load.js";
 import type { Recipe } from "../src/recipe/types.js";
-import { roleHome, workerLayout } from "../src/schedule/placement.js";
+import { roleHome, workerLayout } from "../src/recipe/workerLayout.js";
 import { ganGeneratorWeight, generatorUpdatesBefore, isCheckpointStep, isGeneratorStep, opSeed, warmupLr } from "../src/schedule/schedule.js";
 import { conditioningTensors, planStep, routeTensors } from "../src/schedule/stepPlan.js";
 import { projectRoot, scratchDir } from "./helpers.js";

@@ -1,4 +1,4 @@
-// The default torch_threads (src/plan/threads.ts, docs/recipe.md): one worker gets all cores; per_role splits
+// The default torch_threads (src/recipe/threads.ts, docs/recipe.md): one worker gets all cores; per_role splits
 // them for small networks and gives each worker all cores when compute dominates, sized from the recipe or the
 // diffusers teacher's unet/config.json; an explicit torch_threads is kept; `dmd2 plan` says why instead of
 // warning about the deliberate oversubscription.
@@ -8,10 +8,10 @@ import path from "node:path";
 import { test } from "node:test";
 import { benchSettings } from "../src/bench/main.js";
 import { formatPlan } from "../src/plan/format.js";
-import { unetMacsPerSample } from "../src/plan/params.js";
+import { unetMacsPerSample } from "../src/unet/params.js";
 import { buildPlan } from "../src/plan/plan.js";
-import { COMPUTE_BOUND_MACS, defaultTorchThreads, forwardWork } from "../src/plan/threads.js";
-import { unet2dArch, unet2dMacsPerSample } from "../src/plan/unet2d.js";
+import { COMPUTE_BOUND_MACS, defaultTorchThreads, forwardWork } from "../src/recipe/threads.js";
+import { unet2dArch, unet2dMacsPerSample } from "../src/unet/unet2d.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import type { Recipe } from "../src/recipe/types.js";
 import { fakeTeacher, projectRoot, scratchDir } from "./helpers.js";

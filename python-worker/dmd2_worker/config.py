@@ -345,8 +345,8 @@ def _check_data(data: DataConfig, problems: list[str]) -> None:
     s = data.gmm.image_size
     if s < 4 or s % 4:
         problems.append(f"data.gmm.image_size: must be a multiple of 4 and >= 4, got {s}")
-    if not 1 <= data.gmm.num_classes <= 10:
-        problems.append(f"data.gmm.num_classes: must be in 1..10, got {data.gmm.num_classes}")
+    if not 2 <= data.gmm.num_classes <= 10:  # the schema's range (src/recipe/schema.ts): a mixture has 2 or more
+        problems.append(f"data.gmm.num_classes: must be in 2..10, got {data.gmm.num_classes}")
     if data.source == "folder" and not data.folder.path:
         problems.append("data.folder.path: required when data.source is 'folder'")
     if data.folder.channels not in (1, 3):
@@ -393,17 +393,12 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append(f"ttur.ratio: must be >= 1, got {r.ttur.ratio}")
     if not 0 <= r.generator.ema_decay < 1:
         problems.append(f"generator.ema_decay: must be in [0, 1), got {r.generator.ema_decay}")
-    try:
-        lora = lora_spec(r) is not None
-    except ValueError as e:
-        problems.append(str(e))
-        lora = False
-    if lora and r.teacher.source == "builtin":
-        problems.append("generator.lora: LoRA adapts a diffusers UNet: set teacher.source: diffusers with a "
-                        "UNet2DModel or Stable Diffusion folder, or drop generator.lora")
-    if lora and r.roles.generator.strategy == "fsdp":
-        problems.append("generator.lora: LoRA students with roles.generator.strategy fsdp are not supported "
-                        "yet; use strategy replicate (the adapters are small) or drop generator.lora")
+    problems += lora_problems(r.generator.lora, r.teacher.source, r.roles.generator.strategy)
+    if r.generator.lora.rank is not None:
+        try:
+            lora_spec(r)  # the adapters' own checks (rank >= 1, alpha > 0, target names)
+        except ValueError as e:
+            problems.append(str(e))
     for name in ("teacher", "generator", "fake_score"):
         p = getattr(r.roles, name)
         if p.replicas < 1 or len(p.device) != p.replicas:
@@ -521,6 +516,22 @@ def op_seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1000003 + step * 7919 + salt) % 2**31
 
 
+def lora_problems(lora: LoraConfig, teacher_source: str, generator_strategy: str) -> list[str]:
+    """The rules on generator.lora: the worker's backstop copy of src/recipe/resolve.ts loraProblems, the rule the
+    CLI applies. test_recipe_schema.py keeps the two identical (the cases and messages come from the TypeScript
+    side through tests/fixtures/recipe_schema.json)."""
+    problems = []
+    if lora.rank is None and (lora.alpha is not None or lora.target_modules is not None):
+        problems.append("generator.lora.rank: required when generator.lora.alpha or target_modules is set (e.g. rank: 64)")
+    if lora.rank is not None and teacher_source == "builtin":
+        problems.append("generator.lora: LoRA adapts a diffusers UNet: set teacher.source: diffusers with a "
+                        "UNet2DModel or Stable Diffusion folder, or drop generator.lora")
+    if lora.rank is not None and generator_strategy == "fsdp":
+        problems.append("generator.lora: LoRA students with roles.generator.strategy fsdp are not supported "
+                        "yet; use strategy replicate (the adapters are small) or drop generator.lora")
+    return problems
+
+
 def lora_spec(recipe: Recipe):
     """The generator's LoraSpec (lora.py), or None when generator.lora.rank is null (the whole network trains)."""
     from .lora import DEFAULT_TARGET_MODULES, LoraSpec  # imports torch only
@@ -528,8 +539,7 @@ def lora_spec(recipe: Recipe):
     c = recipe.generator.lora
     if c.rank is None:
         if c.alpha is not None or c.target_modules is not None:
-            raise ValueError("generator.lora.rank: required when generator.lora.alpha or target_modules is set "
-                             "(e.g. rank: 64)")
+            raise ValueError(lora_problems(c, "diffusers", "replicate")[0])
         return None
     return LoraSpec(rank=c.rank, alpha=c.rank if c.alpha is None else c.alpha,
                     target_modules=list(DEFAULT_TARGET_MODULES) if c.target_modules is None else c.target_modules)

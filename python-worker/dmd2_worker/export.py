@@ -26,9 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,6 +34,7 @@ import torch
 
 from .checkpoint import EMA_FILE
 from .config import Recipe, lora_spec, parse_recipe
+from .job import JobInputError, emit, read_spec, run_job, stop_on_sigterm  # noqa: F401 - stop_on_sigterm: the tests
 
 USAGE = "usage: python -m dmd2_worker.export <spec.json>"
 STUDENT_FILE = "dmd2_student.json"
@@ -43,12 +42,8 @@ TEACHER_README = "TEACHER_README.md"
 TIMESTEP_SCALING = 10000.0
 
 
-class ExportError(ValueError):
-    """Bad input: one line naming the run folder, checkpoint or option."""
-
-    def __init__(self, message: str, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
+# Bad input (exit status 2): the jobs' input error (job.py), one line naming the run folder, checkpoint or option
+ExportError = JobInputError  # the name the tests and callers know
 
 
 def _link_or_copy(src: str, dst: str) -> str:
@@ -82,7 +77,7 @@ def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tupl
     ema = checkpoint / EMA_FILE
     weights = ema if ema.is_file() else checkpoint / "generator.safetensors"
     if not weights.is_file():
-        raise ExportError(f"{checkpoint}: no generator.safetensors (an incomplete checkpoint?)", "checkpoint")
+        raise JobInputError("checkpoint", f"{checkpoint}: no generator.safetensors (an incomplete checkpoint?)")
     load_network_state(weights, net)
     return net.eval(), family, ema.is_file()
 
@@ -185,21 +180,21 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     want_lora = bool(spec.get("lora", False))
     recipe = parse_recipe(json.loads((run_dir / "recipe.resolved.json").read_text(encoding="utf-8")))
     if recipe.teacher.source != "diffusers" or not recipe.teacher.path:
-        raise ExportError(f"{run_dir}: its teacher is the built-in network, not a diffusers model; export needs a "
-                          f"run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)", "run_dir")
+        raise JobInputError("run_dir", f"{run_dir}: its teacher is the built-in network, not a diffusers model; export "
+                            f"needs a run whose teacher.source is diffusers (a UNet2DModel or Stable Diffusion folder)")
     teacher_dir = Path(recipe.teacher.path)
     if not teacher_dir.is_dir():
-        raise ExportError(f"the run's teacher folder {teacher_dir} does not exist (teacher.path of "
-                          f"{run_dir / 'recipe.resolved.json'}; put the teacher back there)", "teacher.path")
+        raise JobInputError("teacher.path", f"the run's teacher folder {teacher_dir} does not exist (teacher.path "
+                            f"of {run_dir / 'recipe.resolved.json'}; put the teacher back there)")
     spec_lora = lora_spec(recipe)
     if want_lora and spec_lora is None:
-        raise ExportError(f"--lora: {run_dir} trained the whole network (generator.lora.rank is null); drop --lora "
-                          f"for a full export", "lora")
+        raise JobInputError("lora", f"--lora: {run_dir} trained the whole network (generator.lora.rank is null); "
+                            f"drop --lora for a full export")
     log(f"loading the generator of {checkpoint.name} on the teacher {teacher_dir}")
     net, family, ema = student_network(recipe, teacher_dir, checkpoint)
     if want_lora and family == "unet2d":
-        raise ExportError("--lora: diffusers has no LoRA loader for UNet2DModel pipelines; drop --lora for a full "
-                          "export (the adapters merged into the UNet)", "lora")
+        raise JobInputError("lora", "--lora: diffusers has no LoRA loader for UNet2DModel pipelines; drop --lora for "
+                            "a full export (the adapters merged into the UNet)")
     timesteps = [int(t) for t in recipe.generator.timesteps]
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -250,39 +245,13 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     return {"out": str(out), "timesteps": timesteps, "files": files, "family": family, "ema": ema}
 
 
-def emit(event: dict[str, Any]) -> None:
-    print(json.dumps(event), flush=True)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (what the CLI sends on Ctrl-C) raises KeyboardInterrupt, so that `export` removes its temporary
-    folder instead of the process ending with it half-written beside `out`."""
-    signal.signal(signal.SIGTERM, _interrupt)
+def run(path: str) -> None:
+    result = export(read_spec(path, "the export spec"), lambda m: emit({"event": "progress", "message": m}))
+    emit({"event": "done", **result})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    stop_on_sigterm()
-    try:
-        if len(args) != 1:
-            raise ExportError(USAGE)
-        spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-        result = export(spec, lambda m: emit({"event": "progress", "message": m}))
-        emit({"event": "done", **result})
-        return 0
-    except ExportError as e:
-        emit({"event": "error", "message": " ".join(str(e).split()), "key": e.key})
-        return 2
-    except Exception as e:  # noqa: BLE001 - one line for the caller, the traceback on stderr
-        traceback.print_exc(file=sys.stderr)
-        emit({"event": "error", "message": " ".join(f"{type(e).__name__}: {e}".split())[:500], "key": None})
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_job(argv, USAGE, run)
 
 
 if __name__ == "__main__":

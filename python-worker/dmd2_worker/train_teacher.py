@@ -3,7 +3,7 @@ diffusers teacher folder (§2).
 
 The JSON file is the resolved teacher recipe, plus `"force": true` to replace an existing `out`. Progress is JSON
 lines on stdout (start, progress every `train.log_every` steps and at the end, done, or error); tracebacks go to
-stderr. Exit status: 0 done, 2 bad input (recipe, data source, device, `out` exists), 1 anything else.
+stderr. Exit status (job.py): 0 done, 2 bad input (recipe, data source, device, `out` exists), 1 anything else.
 
 Training: a UNet2DModel (no attention; `num_classes + 1` class embeddings, the last the null class) on the data's
 train split; AdamW, linear warm-up then cosine lr, global gradient clipping, label dropout to the null class, the
@@ -17,10 +17,8 @@ from __future__ import annotations
 import collections.abc
 import copy
 import dataclasses
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +28,7 @@ from diffusers import UNet2DModel
 from .config import SALT_TEACHER_DATA, SALT_TEACHER_INIT, RecipeError, TeacherRecipe, op_seed, parse_teacher_recipe
 from .data import DataSource, DataSourceError, build_data_source
 from .diffusion import NoiseSchedule
+from .job import JobInputError, emit, read_spec, run_job
 from .models.unet2d import UNet2DNet, teacher_unet_config
 from .optim import clip_grad_norm, warmup_cosine_lr
 from .teacher_folder import write_teacher_folder
@@ -38,37 +37,22 @@ from .teacher_training import loss_weights, weighted_denoising_loss
 EMA_WARMUP = 10  # the EMA decay is min(ema_decay, (1 + k) / (EMA_WARMUP + k)) at update k, so early steps count
 
 
-class InputError(Exception):
-    """Bad input (exit 2): `key` is the recipe key to fix, or None."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def emit(event: dict[str, Any]) -> None:
-    print(json.dumps(event), flush=True)
-
-
 def read_recipe(path: str) -> tuple[TeacherRecipe, bool]:
     """The parsed recipe and the top-level `force` flag (popped before parsing)."""
-    try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(None, f"{path}: cannot read the resolved recipe: {e}") from None
+    obj = read_spec(path, "the resolved recipe")
     force = obj.pop("force", False) if isinstance(obj, dict) else False
     if not isinstance(force, bool):
-        raise InputError("force", f"force: expected boolean, got {type(force).__name__}")
+        raise JobInputError("force", f"force: expected boolean, got {type(force).__name__}")
     try:
         return parse_teacher_recipe(obj), force
     except RecipeError as e:
-        raise InputError(e.problems[0].split(":", 1)[0], str(e)) from None
+        raise JobInputError(e.problems[0].split(":", 1)[0], str(e)) from None
 
 
 def check_out(recipe: TeacherRecipe, force: bool) -> Path:
     out = Path(recipe.out).absolute()
     if out.exists() and not force:
-        raise InputError("out", f"out: {out} exists: remove it or pass --force")
+        raise JobInputError("out", f"out: {out} exists: remove it or pass --force")
     return out
 
 
@@ -77,7 +61,7 @@ def open_device(name: str) -> torch.device:
         device = torch.device(name)
         torch.zeros(1, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise InputError("device", f"device: {name!r} cannot be used here: {' '.join(str(e).split())}") from None
+        raise JobInputError("device", f"device: {name!r} cannot be used here: {' '.join(str(e).split())}") from None
     return device
 
 
@@ -85,11 +69,11 @@ def open_data(recipe: TeacherRecipe) -> DataSource:
     try:
         data = build_data_source(recipe.data, "train")
     except DataSourceError as e:
-        raise InputError(e.key, str(e)) from None
+        raise JobInputError(e.key, str(e)) from None
     size = data.image_shape[-1]
     downsamples = len(recipe.model.block_out_channels) - 1
     if size % 2**downsamples:
-        raise InputError("model.block_out_channels", f"model.block_out_channels: {downsamples + 1} levels halve the "
+        raise JobInputError("model.block_out_channels", f"model.block_out_channels: {downsamples + 1} levels halve the "
                          f"image {downsamples} times, but the data's images are {size}x{size}")
     return data
 
@@ -172,25 +156,14 @@ def run(recipe: TeacherRecipe, force: bool) -> None:
         write_teacher_folder(out, ema.to("cpu"), recipe.diffusion, data.num_classes,
                              dataclasses.asdict(recipe.data), how, replace=force)
     except FileExistsError:
-        raise InputError("out", f"out: {out} appeared while training: remove it or pass --force") from None
+        raise JobInputError("out", f"out: {out} appeared while training: remove it or pass --force") from None
     emit({"event": "done", "out": str(out), "seconds": round(time.perf_counter() - start, 3),
           "final_loss": final_loss})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        if len(args) != 1:
-            raise InputError(None, "usage: python -m dmd2_worker.train_teacher <resolved-teacher-recipe.json>")
-        run(*read_recipe(args[0]))
-    except InputError as e:
-        emit({"event": "error", "message": str(e), "key": e.key})
-        return 2
-    except Exception as e:  # anything else: a bug or the machine; the traceback goes to stderr
-        traceback.print_exc()
-        emit({"event": "error", "message": f"{type(e).__name__}: {' '.join(str(e).split())}", "key": None})
-        return 1
-    return 0
+    return run_job(argv, "usage: python -m dmd2_worker.train_teacher <resolved-teacher-recipe.json>",
+                   lambda path: run(*read_recipe(path)))
 
 
 if __name__ == "__main__":

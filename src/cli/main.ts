@@ -88,7 +88,7 @@ export function buildProgram(): Command {
   ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
     const { loadRecipe } = await import("../recipe/load.js");
     const { distillWithRestarts } = await import("../run/supervise.js");
-    const { onInterrupt } = await import("./interrupt.js");
+    const { onInterrupt } = await import("../run/interrupt.js");
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
     const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");

@@ -36,7 +36,7 @@ function placementLines(plan: Plan): string[] {
   // the split default, max(1, floor(cores / workers)), never oversubscribes more than one thread per process does
   const fair = Math.max(1, Math.floor(p.cores / p.processes));
   const oversubscribed = p.torchThreads > fair;
-  // the default for compute-bound networks gives every worker all cores on purpose (plan/threads.ts): say why, no
+  // the default for compute-bound networks gives every worker all cores on purpose (recipe/threads.ts): say why, no
   // warning; where the threads are the default's split, say why too
   const d = p.threadsDefault;
   const asDefault = p.torchThreads === d.threads && d.rule !== "one worker";

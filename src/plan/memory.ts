@@ -10,7 +10,7 @@
 // Python interpreter and torch themselves come on top (see RUNTIME_NOTE).
 
 import type { Recipe, Role } from "../recipe/types.js";
-import type { WorkerSpec } from "../schedule/placement.js";
+import type { WorkerSpec } from "../recipe/workerLayout.js";
 import type { NetworkPlan } from "./network.js";
 
 const FLOAT32 = 4;

@@ -5,13 +5,13 @@
 
 import path from "node:path";
 import type { Recipe } from "../recipe/types.js";
-import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
+import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "../unet/params.js";
 import { textFamily } from "../recipe/teacherFolder.js";
 import { loraPlan, type LoraPlan } from "./lora.js";
 import { componentShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
 import { readTextPipeline } from "./textPipeline.js";
-import { readTeacherNetwork, unet2dActivationsPerSample, unet2dFeatures, unet2dParams, unet2dSizeProblem, type UNet2DArch } from "./unet2d.js";
+import { readTeacherNetwork, unet2dActivationsPerSample, unet2dFeatures, unet2dParams, unet2dSizeProblem, type UNet2DArch } from "../unet/unet2d.js";
 
 export type Shape = [number, number, number];
 

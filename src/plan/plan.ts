@@ -12,8 +12,8 @@ import { isDmdError, UsageError } from "../errors.js";
 import { formatBytes } from "../text.js";
 import { loadRecipe } from "../recipe/load.js";
 import type { Recipe, Role } from "../recipe/types.js";
-import { checkpointName, checkpointsDir, listCheckpoints } from "../run/checkpoints.js";
-import { roleHome, workerLayout } from "../schedule/placement.js";
+import { checkpointName, checkpointsDir, listCheckpoints } from "../runFolder.js";
+import { roleHome, workerLayout } from "../recipe/workerLayout.js";
 import {
   ganDiscriminatorWeight,
   ganGeneratorWeight,
@@ -27,7 +27,7 @@ import { resolvePython } from "../workers/python.js";
 import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
 import { dataPlan, imageShapeOf, networkPlan, type DataPlan, type NetworkPlan, type Shape } from "./network.js";
 import { stepTraffic, type StepTraffic, type TextTensorSizes } from "./tensors.js";
-import { defaultTorchThreads, type ThreadsDefault } from "./threads.js";
+import { defaultTorchThreads, type ThreadsDefault } from "../recipe/threads.js";
 
 export interface PlanProblem {
   /** what the problem is about, e.g. "python" */

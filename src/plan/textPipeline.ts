@@ -9,7 +9,7 @@ import path from "node:path";
 import type { TextFamily } from "../recipe/teacherFolder.js";
 import { componentShapes, countValues, type TensorShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
-import { isCount, readJson } from "./unet2d.js";
+import { isCount, readJson } from "../unet/unet2d.js";
 
 export interface TextPipelineNetwork {
   /** `<teacher>/unet/config.json` */

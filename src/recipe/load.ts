@@ -8,48 +8,48 @@ import path from "node:path";
 import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
 import { RecipeError, type RecipeIssue } from "../errors.js";
 import { checkDataFolder, checkTeacherFolder, type FileContext } from "./files.js";
-import { dataSchema, recipeSchema, teacherRecipeSchema, type Group } from "./schema.js";
+import { dataGroupSchema, recipeSchema, teacherRecipeSchema, type Group, type SchemaValue } from "./schema.js";
 import { checkDataRules, checkRules, checkSchema, checkTeacherRules, suggestKey, type Problem } from "./validate.js";
-import { resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
+import { alreadyResolved, resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
 import { PLACED_ROLES, type DataConfig, type Precision, type Recipe, type TeacherRecipe } from "./types.js";
 import { resolveRolePlacement } from "./placement.js";
 
 type Obj = Record<string, unknown>;
 
-/** One kind of recipe file: its schema and the stages after the schema pass. */
-interface RecipeKind<T> {
-  schema: Group;
+/** One kind of recipe file: its schema and the stages after the schema pass, which get the schema's value. */
+interface RecipeKind<G extends Group, T> {
+  schema: G;
   /** the part of the file this kind reads (default: all of it) */
   select?: (raw: unknown) => unknown;
-  files: (v: Obj, ctx: FileContext) => Problem[];
-  rules: (v: Obj) => Problem[];
-  resolve: (v: Obj, opts: ResolveOptions) => { recipe: T; problems: Problem[] };
+  files: (v: SchemaValue<G, "checked">, ctx: FileContext) => Problem[];
+  rules: (v: SchemaValue<G, "checked">) => Problem[];
+  resolve: (v: SchemaValue<G, "checked">, opts: ResolveOptions) => { recipe: T; problems: Problem[] };
   /** a top-level key only the other recipe kind has, and the command that reads that kind */
   otherKind?: { key: string; kind: string; command: string };
 }
 
-const distillKind: RecipeKind<Recipe> = {
+const distillKind: RecipeKind<typeof recipeSchema, Recipe> = {
   schema: recipeSchema,
-  files: (v, ctx) => [...checkDataFolder(v.data as Obj, ctx), ...checkTeacherFolder(v, ctx)],
+  files: (v, ctx) => [...checkDataFolder(v.data, ctx), ...checkTeacherFolder(v, ctx)],
   rules: checkRules,
   resolve: resolveRecipe,
   otherKind: { key: "model", kind: "teacher", command: "dmd2 train-teacher" },
 };
 
-const teacherKind: RecipeKind<TeacherRecipe> = {
+const teacherKind: RecipeKind<typeof teacherRecipeSchema, TeacherRecipe> = {
   schema: teacherRecipeSchema,
-  files: (v, ctx) => checkDataFolder(v.data as Obj, ctx),
+  files: (v, ctx) => checkDataFolder(v.data, ctx),
   rules: checkTeacherRules,
   resolve: resolveTeacherRecipe,
   otherKind: { key: "generator", kind: "distillation", command: "dmd2 distill" },
 };
 
-const dataKind: RecipeKind<{ data: DataConfig }> = {
-  schema: { kind: "group", fields: { data: dataSchema } },
+const dataKind: RecipeKind<typeof dataGroupSchema, { data: DataConfig }> = {
+  schema: dataGroupSchema,
   select: (raw) => ({ data: typeof raw === "object" && raw !== null ? (raw as Obj).data : undefined }),
-  files: (v, ctx) => checkDataFolder(v.data as Obj, ctx),
+  files: (v, ctx) => checkDataFolder(v.data, ctx),
   rules: checkDataRules,
-  resolve: (v) => ({ recipe: v as unknown as { data: DataConfig }, problems: [] }),
+  resolve: (v) => ({ recipe: v, problems: [] }),
 };
 
 export interface LoadOptions extends Partial<ResolveOptions> {
@@ -127,7 +127,7 @@ export const MAX_RECIPE_BYTES = 1 << 20;
 /** YAML aliases (*name) a recipe may use: more is an alias bomb (a few lines that expand to gigabytes). */
 export const MAX_ALIASES = 100;
 
-function loadKind<T>(kind: RecipeKind<T>, file: string, opts: LoadOptions): T {
+function loadKind<G extends Group, T>(kind: RecipeKind<G, T>, file: string, opts: LoadOptions): T {
   const shown = path.relative(process.cwd(), file) || file;
   let text: string;
   try {
@@ -255,6 +255,7 @@ export function overrideResolved(recipe: Recipe, overrides: string[]): Recipe {
   const { version: _v, ...rest } = obj;
   const schema = checkSchema(rest, recipeSchema);
   const problems = schema.problems.length > 0 ? schema.problems : checkRules(schema.value);
-  if (problems.length > 0) throw new RecipeError(problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));
-  return { ...(schema.value as unknown as Recipe), version: recipe.version };
+  const resolved = problems.length > 0 ? { problems } : alreadyResolved(schema.value, recipe.version);
+  if ("problems" in resolved) throw new RecipeError(resolved.problems.map((p) => ({ file: "--set", line: null, path: p.path.join("."), message: p.message })));
+  return resolved.recipe;
 }

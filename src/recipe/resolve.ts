@@ -7,8 +7,8 @@ import os from "node:os";
 import path from "node:path";
 import { RECIPE_SCHEMA_VERSION } from "./schema.js";
 import type { Problem } from "./validate.js";
-import type { Recipe, TeacherRecipe } from "./types.js";
-import { defaultTorchThreads } from "../plan/threads.js";
+import type { CheckedRecipe, CheckedTeacherRecipe, PlacedRole, Recipe, RolePlacement, TeacherRecipe } from "./types.js";
+import { defaultTorchThreads } from "./threads.js";
 import { resolvePlacement } from "./placement.js";
 
 export interface ResolveOptions {
@@ -34,44 +34,103 @@ function resolvePythonKey(python: string | null, recipeFile: string, problems: P
   return p;
 }
 
-export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions): { recipe: Recipe; problems: Problem[] } {
+/** The rules on generator.lora (docs/adapters.md §7). config.py's lora_problems is the worker's backstop copy,
+ * kept identical by python-worker/tests/test_recipe_schema.py through the fixture scripts/dump-recipe-schema.mjs
+ * writes from loraCases below. */
+export function loraProblems(lora: Recipe["generator"]["lora"], teacherSource: Recipe["teacher"]["source"], generatorStrategy: RolePlacement["strategy"]): Problem[] {
   const problems: Problem[] = [];
-  const r = structuredClone(v) as unknown as Recipe;
-  r.version = RECIPE_SCHEMA_VERSION;
-  if (r.name === null) r.name = defaultName(opts.recipeFile);
-  r.run_dir = path.resolve(opts.cwd, (r.run_dir as string | null) ?? path.join("runs", r.name));
-  r.python = resolvePythonKey(r.python, opts.recipeFile, problems);
-  r.roles = resolvePlacement(r.roles as never, {
-    device: r.device, precision: r.precision, gradient_checkpointing: r.gradient_checkpointing, placement: r.placement, batchSize: r.train.batch_size, transport: r.transport,
-  }, problems);
-  const lora = r.generator.lora;
   if (lora.rank === null && (lora.alpha !== null || lora.target_modules !== null)) {
-    problems.push({ path: ["generator", "lora", "rank"], message: "required when generator.lora.alpha or target_modules is set (e.g. rank: 64; null trains the whole network)" });
+    problems.push({ path: ["generator", "lora", "rank"], message: "required when generator.lora.alpha or target_modules is set (e.g. rank: 64)" });
   }
-  if (lora.rank !== null && r.teacher.source === "builtin") {
+  if (lora.rank !== null && teacherSource === "builtin") {
     problems.push({ path: ["generator", "lora"], message: "LoRA adapts a diffusers UNet: set teacher.source: diffusers with a UNet2DModel or Stable Diffusion folder, or drop generator.lora" });
   }
-  if (lora.rank !== null && r.roles.generator.strategy === "fsdp") {
+  if (lora.rank !== null && generatorStrategy === "fsdp") {
     problems.push({ path: ["generator", "lora"], message: "LoRA students with roles.generator.strategy fsdp are not supported yet; use strategy replicate (the adapters are small) or drop generator.lora" });
   }
-  // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (plan/threads.ts)
-  if ((r.torch_threads as number | null) === null) r.torch_threads = defaultTorchThreads(r, opts.cpuCount ?? os.availableParallelism()).threads;
-  const T = r.diffusion.num_train_timesteps;
-  const ts = r.generator.timesteps as number[] | null;
-  if ((r.generator.conditioning_timestep as number | null) === null) r.generator.conditioning_timestep = ts?.[0] ?? T - 1;
-  if (ts === null) r.generator.timesteps = defaultTimesteps(r.generator.conditioning_timestep, r.generator.steps);
-  if (r.generator.timesteps.some((t) => t < 0)) {
-    problems.push({ path: ["generator", "conditioning_timestep"], message: `too small for ${r.generator.steps} steps (timesteps would go below 0)` });
-  }
-  return { recipe: r, problems };
+  return problems;
 }
 
-export function resolveTeacherRecipe(v: Record<string, unknown>, opts: ResolveOptions): { recipe: TeacherRecipe; problems: Problem[] } {
+/** Inputs that cover every branch of loraProblems, for the fixture that pins config.py's copy. */
+export const loraCases: { lora: Recipe["generator"]["lora"]; teacher_source: Recipe["teacher"]["source"]; strategy: RolePlacement["strategy"] }[] = [
+  { lora: { rank: null, alpha: null, target_modules: null }, teacher_source: "builtin", strategy: "fsdp" },
+  { lora: { rank: null, alpha: 8, target_modules: null }, teacher_source: "diffusers", strategy: "replicate" },
+  { lora: { rank: null, alpha: null, target_modules: ["to_q"] }, teacher_source: "diffusers", strategy: "replicate" },
+  { lora: { rank: 4, alpha: null, target_modules: null }, teacher_source: "diffusers", strategy: "replicate" },
+  { lora: { rank: 4, alpha: 8, target_modules: ["to_q"] }, teacher_source: "builtin", strategy: "replicate" },
+  { lora: { rank: 4, alpha: null, target_modules: null }, teacher_source: "diffusers", strategy: "fsdp" },
+  { lora: { rank: 4, alpha: null, target_modules: null }, teacher_source: "builtin", strategy: "fsdp" },
+];
+
+export function resolveRecipe(c: CheckedRecipe, opts: ResolveOptions): { recipe: Recipe; problems: Problem[] } {
   const problems: Problem[] = [];
-  const r = { version: RECIPE_SCHEMA_VERSION, kind: "teacher", ...structuredClone(v) } as unknown as TeacherRecipe;
-  if (r.name === null) r.name = defaultName(opts.recipeFile);
-  r.out = path.resolve(opts.cwd, (r.out as string | null) ?? path.join("teachers", r.name));
-  r.python = resolvePythonKey(r.python, opts.recipeFile, problems);
-  if ((r.torch_threads as number | null) === null) r.torch_threads = opts.cpuCount ?? os.availableParallelism();
-  return { recipe: r, problems };
+  const v = structuredClone(c);
+  const name = v.name ?? defaultName(opts.recipeFile);
+  const run_dir = path.resolve(opts.cwd, v.run_dir ?? path.join("runs", name));
+  const python = resolvePythonKey(v.python, opts.recipeFile, problems);
+  const roles = resolvePlacement(v.roles, {
+    device: v.device, precision: v.precision, gradient_checkpointing: v.gradient_checkpointing, placement: v.placement, batchSize: v.train.batch_size, transport: v.transport,
+  }, problems);
+  problems.push(...loraProblems(v.generator.lora, v.teacher.source, roles.generator.strategy));
+  const T = v.diffusion.num_train_timesteps;
+  const ts = v.generator.timesteps;
+  const conditioning = v.generator.conditioning_timestep ?? ts?.[0] ?? T - 1;
+  const timesteps = ts ?? defaultTimesteps(conditioning, v.generator.steps);
+  if (timesteps.some((t) => t < 0)) {
+    problems.push({ path: ["generator", "conditioning_timestep"], message: `too small for ${v.generator.steps} steps (timesteps would go below 0)` });
+  }
+  const withoutThreads = {
+    ...v,
+    version: RECIPE_SCHEMA_VERSION,
+    name,
+    run_dir,
+    python,
+    roles,
+    generator: { ...v.generator, conditioning_timestep: conditioning, timesteps },
+  };
+  // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (threads.ts)
+  const torch_threads = v.torch_threads ?? defaultTorchThreads(withoutThreads, opts.cpuCount ?? os.availableParallelism()).threads;
+  return { recipe: { ...withoutThreads, torch_threads }, problems };
+}
+
+export function resolveTeacherRecipe(c: CheckedTeacherRecipe, opts: ResolveOptions): { recipe: TeacherRecipe; problems: Problem[] } {
+  const problems: Problem[] = [];
+  const v = structuredClone(c);
+  const name = v.name ?? defaultName(opts.recipeFile);
+  const recipe: TeacherRecipe = {
+    version: RECIPE_SCHEMA_VERSION,
+    kind: "teacher",
+    ...v,
+    name,
+    out: path.resolve(opts.cwd, v.out ?? path.join("teachers", name)),
+    python: resolvePythonKey(v.python, opts.recipeFile, problems),
+    torch_threads: v.torch_threads ?? opts.cpuCount ?? os.availableParallelism(),
+  };
+  return { recipe, problems };
+}
+
+/** A schema-checked recipe that was resolved before (a run's recipe.resolved.json after `--set`): the keys
+ * resolveRecipe fills must hold values already. Returns the resolved recipe, or the problems. */
+export function alreadyResolved(c: CheckedRecipe, version: number): { recipe: Recipe } | { problems: Problem[] } {
+  const problems: Problem[] = [];
+  const need = <T>(value: T | null, p: string[]): T => {
+    if (value === null) problems.push({ path: p, message: "must have a value in a resolved recipe (it cannot be reset to null)" });
+    return value as T;
+  };
+  const role = (name: PlacedRole): RolePlacement => {
+    const r = c.roles[name];
+    const at = (key: string) => ["roles", name, key];
+    const backend = r.backend === "auto" ? need<"gloo" | "nccl">(null, at("backend")) : r.backend;
+    return { ...r, device: typeof r.device === "string" ? [r.device] : need(r.device, at("device")), precision: need(r.precision, at("precision")), gradient_checkpointing: need(r.gradient_checkpointing, at("gradient_checkpointing")), replicas: need(r.replicas, at("replicas")), backend };
+  };
+  const recipe: Recipe = {
+    ...c,
+    name: need(c.name, ["name"]),
+    run_dir: need(c.run_dir, ["run_dir"]),
+    torch_threads: need(c.torch_threads, ["torch_threads"]),
+    roles: { teacher: role("teacher"), generator: role("generator"), fake_score: role("fake_score") },
+    generator: { ...c.generator, conditioning_timestep: need(c.generator.conditioning_timestep, ["generator", "conditioning_timestep"]), timesteps: need(c.generator.timesteps, ["generator", "timesteps"]) },
+    version,
+  };
+  return problems.length > 0 ? { problems } : { recipe };
 }

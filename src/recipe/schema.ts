@@ -1,51 +1,89 @@
 // The recipe schemas as data (docs/recipe.md and docs/pipeline.md §3 are their prose twins): a distillation
 // recipe and a teacher recipe, which share the data, diffusion and machine keys. Each leaf says its type, its
 // range and its default; validate.ts walks a schema once, collecting every problem, and fills in defaults.
+// The TypeScript types of a recipe (types.ts) are derived from these objects by SchemaValue below, and the
+// Python dataclasses (config.py) are checked against them by a test (scripts/dump-schema.js writes the fixture):
+// a key is written here once.
 
+/** `nullable`: null is allowed in a recipe file. `filled`: null there means "work it out": resolve.ts fills it,
+ * so the resolved recipe always holds a value (a nullable leaf without `filled` may stay null when resolved). */
+interface Nullable {
+  nullable?: boolean;
+  filled?: boolean;
+}
 export type Leaf =
-  | { kind: "int"; min?: number; max?: number; oneOf?: readonly number[]; default: number | null; nullable?: boolean }
-  | { kind: "number"; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; default: number | null; nullable?: boolean }
-  | { kind: "string"; pattern?: RegExp; patternHelp?: string; default: string | null; nullable?: boolean }
-  | { kind: "enum"; values: readonly string[]; default: string | null; nullable?: boolean }
-  | { kind: "bool"; default: boolean | null; nullable?: boolean }
-  | { kind: "devices"; default: string[] | null; nullable?: boolean }
-  | { kind: "path"; default: string | null; nullable?: boolean }
-  | { kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: number[] | null; nullable?: boolean }
-  | { kind: "stringList"; minLength?: number; default: string[] | null; nullable?: boolean }
-  | { kind: "numberPair"; min?: number; max?: number; default: [number, number] };
+  | ({ kind: "int"; min?: number; max?: number; oneOf?: readonly number[]; default: number | null } & Nullable)
+  | ({ kind: "number"; min?: number; max?: number; exclusiveMin?: boolean; exclusiveMax?: boolean; default: number | null } & Nullable)
+  | ({ kind: "string"; pattern?: RegExp; patternHelp?: string; default: string | null } & Nullable)
+  /** resolvedValues: what resolve.ts turns the values into (e.g. backend auto becomes gloo or nccl) */
+  | ({ kind: "enum"; values: readonly string[]; resolvedValues?: readonly string[]; default: string | null } & Nullable)
+  | ({ kind: "bool"; default: boolean | null } & Nullable)
+  /** one device or a list of them; resolved: a list, one per replica */
+  | ({ kind: "devices"; default: readonly string[] | null } & Nullable)
+  | ({ kind: "path"; default: string | null } & Nullable)
+  | ({ kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: readonly number[] | null } & Nullable)
+  | ({ kind: "stringList"; minLength?: number; default: readonly string[] | null } & Nullable)
+  | { kind: "numberPair"; min?: number; max?: number; default: readonly [number, number] };
 
-export interface Group {
+export type Fields = { readonly [key: string]: Node };
+export interface Group<F extends Fields = Fields> {
   kind: "group";
-  fields: Record<string, Node>;
+  fields: F;
 }
 export type Node = Leaf | Group;
 
-const group = (fields: Record<string, Node>): Group => ({ kind: "group", fields });
+/** A group of keys; `const` keeps each leaf's literal types, which SchemaValue reads. */
+export const group = <const F extends Fields>(fields: F): Group<F> => ({ kind: "group", fields });
+
+// ---------------------------------------------------------------------------------------------------------------
+// The value a schema describes, as a type. "checked": what validate.ts's schema pass returns (defaults filled,
+// `filled` leaves still null); "resolved": what resolve.ts returns and the workers receive.
+
+export type Stage = "checked" | "resolved";
+
+type LeafValue<L, S extends Stage> =
+  L extends { kind: "int" | "number"; oneOf: readonly (infer V)[] } ? V
+  : L extends { kind: "int" | "number" } ? number
+  : L extends { kind: "string" | "path" } ? string
+  : L extends { kind: "enum"; resolvedValues: readonly (infer V)[] } ? (S extends "resolved" ? V : L extends { values: readonly (infer W)[] } ? W : never)
+  : L extends { kind: "enum"; values: readonly (infer V)[] } ? V
+  : L extends { kind: "bool" } ? boolean
+  : L extends { kind: "devices" } ? (S extends "resolved" ? string[] : string | string[])
+  : L extends { kind: "intList" } ? number[]
+  : L extends { kind: "stringList" } ? string[]
+  : L extends { kind: "numberPair" } ? [number, number]
+  : never;
+
+type IsNull<L, S extends Stage> = L extends { nullable: true } ? (S extends "resolved" ? (L extends { filled: true } ? never : null) : null) : never;
+
+export type SchemaValue<N, S extends Stage = "resolved"> =
+  N extends { kind: "group"; fields: infer F } ? { -readonly [K in keyof F]: SchemaValue<F[K], S> }
+  : LeafValue<N, S> | IsNull<N, S>;
 
 export const RECIPE_SCHEMA_VERSION = 1;
 
-const name: Leaf = { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: "letters, digits, '_', '.', '-'", default: null, nullable: true };
-const seed: Leaf = { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 };
-const python: Leaf = { kind: "path", default: null, nullable: true };
-const torchThreads: Leaf = { kind: "int", min: 1, max: 256, default: null, nullable: true };
+const name = { kind: "string", pattern: /^[A-Za-z0-9_.-]+$/, patternHelp: "letters, digits, '_', '.', '-'", default: null, nullable: true, filled: true } as const satisfies Leaf;
+const seed = { kind: "int", min: 0, max: 2 ** 31 - 1, default: 0 } as const satisfies Leaf;
+const python = { kind: "path", default: null, nullable: true } as const satisfies Leaf;
+const torchThreads = { kind: "int", min: 1, max: 256, default: null, nullable: true, filled: true } as const satisfies Leaf;
 export const DEVICE_PATTERN = /^(cpu|cuda(:\d+)?)$/;
-const device: Leaf = { kind: "string", pattern: DEVICE_PATTERN, patternHelp: "cpu, cuda or cuda:N", default: "cpu" };
+const device = { kind: "string", pattern: DEVICE_PATTERN, patternHelp: "cpu, cuda or cuda:N", default: "cpu" } as const satisfies Leaf;
 
 /** Where one role runs (docs/recipe.md "Placement"); null: the top-level key of the same name. The discriminator
  * is a head on the fake score's network and follows `roles.fake_score`. */
-const rolePlacement = (): Group =>
+const rolePlacement = () =>
   group({
-    device: { kind: "devices", default: null, nullable: true },
-    precision: { kind: "enum", values: ["fp32", "bf16"], default: null, nullable: true },
-    gradient_checkpointing: { kind: "bool", default: null, nullable: true },
-    replicas: { kind: "int", min: 1, max: 64, default: null, nullable: true },
-    backend: { kind: "enum", values: ["auto", "gloo", "nccl"], default: "auto" },
+    device: { kind: "devices", default: null, nullable: true, filled: true },
+    precision: { kind: "enum", values: ["fp32", "bf16"], default: null, nullable: true, filled: true },
+    gradient_checkpointing: { kind: "bool", default: null, nullable: true, filled: true },
+    replicas: { kind: "int", min: 1, max: 64, default: null, nullable: true, filled: true },
+    backend: { kind: "enum", values: ["auto", "gloo", "nccl"], resolvedValues: ["gloo", "nccl"], default: "auto" },
     strategy: { kind: "enum", values: ["replicate", "fsdp"], default: "replicate" },
     join: { kind: "bool", default: false },
   });
 
 /** Where real images come from (docs/pipeline.md §1), or the prompts of a text-to-image teacher (docs/adapters.md §6). */
-export const dataSchema: Group = group({
+export const dataSchema = group({
   source: { kind: "enum", values: ["gmm", "digits", "folder", "prompts"], default: "gmm" },
   gmm: group({
     num_classes: { kind: "int", min: 2, max: 10, default: 4 },
@@ -62,7 +100,7 @@ export const dataSchema: Group = group({
   }),
 });
 
-export const diffusionSchema: Group = group({
+export const diffusionSchema = group({
   num_train_timesteps: { kind: "int", min: 2, max: 100000, default: 1000 },
   beta_schedule: { kind: "enum", values: ["linear", "scaled_linear"], default: "scaled_linear" },
   beta_start: { kind: "number", min: 0, max: 1, exclusiveMin: true, exclusiveMax: true, default: 0.00085 },
@@ -70,10 +108,10 @@ export const diffusionSchema: Group = group({
   prediction_type: { kind: "enum", values: ["epsilon", "v_prediction", "sample"], default: "epsilon" },
 });
 
-export const recipeSchema: Group = group({
+export const recipeSchema = group({
   name,
   seed,
-  run_dir: { kind: "path", default: null, nullable: true },
+  run_dir: { kind: "path", default: null, nullable: true, filled: true },
   placement: { kind: "enum", values: ["per_role", "colocated"], default: "per_role" },
   python,
   torch_threads: torchThreads,
@@ -111,8 +149,8 @@ export const recipeSchema: Group = group({
   diffusion: diffusionSchema,
   generator: group({
     steps: { kind: "int", min: 1, max: 4, default: 1 },
-    conditioning_timestep: { kind: "int", min: 0, default: null, nullable: true },
-    timesteps: { kind: "intList", minLength: 1, maxLength: 4, min: 0, default: null, nullable: true },
+    conditioning_timestep: { kind: "int", min: 0, default: null, nullable: true, filled: true },
+    timesteps: { kind: "intList", minLength: 1, maxLength: 4, min: 0, default: null, nullable: true, filled: true },
     lr: { kind: "number", min: 0, exclusiveMin: true, max: 1, default: 1e-4 },
     ema_decay: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0 },
     last_step_only: { kind: "bool", default: false },
@@ -169,10 +207,10 @@ export const recipeSchema: Group = group({
 });
 
 /** `dmd2 train-teacher`'s recipe (docs/pipeline.md §3). */
-export const teacherRecipeSchema: Group = group({
+export const teacherRecipeSchema = group({
   name,
   seed,
-  out: { kind: "path", default: null, nullable: true },
+  out: { kind: "path", default: null, nullable: true, filled: true },
   python,
   torch_threads: torchThreads,
   device,
@@ -195,3 +233,6 @@ export const teacherRecipeSchema: Group = group({
     log_every: { kind: "int", min: 1, default: 100 },
   }),
 });
+
+/** `dmd2 eval --data-from`'s schema: only the data group of a recipe of either kind. */
+export const dataGroupSchema = group({ data: dataSchema });

@@ -2,7 +2,7 @@
 // first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system, no YAML.
 // load.ts adds file names and line numbers.
 
-import { DEVICE_PATTERN, type Group, type Leaf, type Node } from "./schema.js";
+import { DEVICE_PATTERN, type Group, type Leaf, type Node, type SchemaValue } from "./schema.js";
 
 export interface Problem {
   path: string[];
@@ -152,12 +152,14 @@ function walk(g: Group, value: unknown, path: string[], problems: Problem[]): Ob
 
 /** Schema pass: types, ranges, unknown keys. Returns the object with defaults filled in (nulls where the
  * default depends on other keys; resolve.ts fills those). */
-export function checkSchema(raw: unknown, schema: Group): { value: Obj; problems: Problem[] } {
+export function checkSchema<G extends Group>(raw: unknown, schema: G): { value: SchemaValue<G, "checked">; problems: Problem[] } {
   const problems: Problem[] = [];
+  // walk and defaultOf build exactly the shape SchemaValue derives from the same schema (test/recipe-shape.test.ts)
+  type Value = SchemaValue<G, "checked">;
   if (raw !== undefined && raw !== null && !isObj(raw)) {
-    return { value: defaultOf(schema) as Obj, problems: [{ path: [], message: `a recipe must be a mapping of keys, got ${describe(raw)}` }] };
+    return { value: defaultOf(schema) as Value, problems: [{ path: [], message: `a recipe must be a mapping of keys, got ${describe(raw)}` }] };
   }
-  const value = walk(schema, raw ?? {}, [], problems);
+  const value = walk(schema, raw ?? {}, [], problems) as Value;
   return { value, problems };
 }
 

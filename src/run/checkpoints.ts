@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { checkpointName, checkpointsDir, listCheckpoints } from "../runFolder.js";
 
 export interface ManifestFile {
   name: string;
@@ -24,8 +25,8 @@ export interface Manifest {
   files: ManifestFile[];
 }
 
-export const checkpointsDir = (runDir: string) => path.join(runDir, "checkpoints");
-export const checkpointName = (step: number) => `step-${String(step).padStart(8, "0")}`;
+// where checkpoints are in a run folder: runFolder.ts (dmd2 plan reads them too, and src/plan is below src/run)
+export { checkpointName, checkpointsDir, listCheckpoints } from "../runFolder.js";
 
 export function beginCheckpoint(runDir: string, step: number): string {
   const tmp = path.join(checkpointsDir(runDir), checkpointName(step) + ".tmp");
@@ -44,15 +45,6 @@ export function commitCheckpoint(tmpDir: string, manifest: Manifest): string {
   if (existsSync(finalDir)) rmSync(finalDir, { recursive: true, force: true });
   renameSync(tmpDir, finalDir);
   return finalDir;
-}
-
-export function listCheckpoints(runDir: string): { dir: string; step: number }[] {
-  const root = checkpointsDir(runDir);
-  if (!existsSync(root)) return [];
-  return readdirSync(root)
-    .filter((n) => /^step-\d{8}$/.test(n) && existsSync(path.join(root, n, "manifest.json")))
-    .map((n) => ({ dir: path.join(root, n), step: Number(n.slice(5)) }))
-    .sort((a, b) => a.step - b.step);
 }
 
 export function readManifest(dir: string): Manifest {

@@ -6,7 +6,7 @@ import path from "node:path";
 import type { Role } from "../protocol/messages.js";
 import type { SetupReplyBody, TensorFrame } from "../protocol/messages.js";
 import type { Recipe } from "../recipe/types.js";
-import type { WorkerSpec } from "../schedule/placement.js";
+import type { WorkerSpec } from "../recipe/workerLayout.js";
 import { resolvePython } from "../workers/python.js";
 import { WorkerPool } from "../workers/pool.js";
 import type { OpResult, WorkerClient } from "../workers/client.js";

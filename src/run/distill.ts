@@ -7,7 +7,7 @@ import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } f
 import path from "node:path";
 import { DmdError, StorageError, storageFaultCode } from "../errors.js";
 import type { Recipe, Role } from "../recipe/types.js";
-import { workerLayout, roleHome } from "../schedule/placement.js";
+import { workerLayout, roleHome } from "../recipe/workerLayout.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
 import { planStep, routeTensors } from "../schedule/stepPlan.js";
 import { applyRetention, beginCheckpoint, commitCheckpoint, listCheckpoints, type Manifest } from "./checkpoints.js";

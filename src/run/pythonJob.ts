@@ -1,5 +1,6 @@
 // One job of the worker package that is not a distillation worker: `<python> -m <module> <spec.json>` (dmd2
-// train-teacher, dmd2 eval; docs/pipeline.md §3-4). The spec goes in a temporary JSON file; the job answers
+// train-teacher, dmd2 eval, dmd2 export; docs/pipeline.md §3-4; the Python side of the scaffold is
+// dmd2_worker/job.py). The spec goes in a temporary JSON file; the job answers
 // with JSON lines on stdout (`{"event": ...}`) and free text on stderr. It runs in its own process group, so a
 // terminal's Ctrl-C reaches only the CLI, which stops it (SIGTERM, then SIGKILL) through `signal`; it is
 // killed too if the CLI exits first.
@@ -10,11 +11,15 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import { execa } from "execa";
 import { DmdError, oneLine, WorkerDiedError } from "../errors.js";
+import { stopChild } from "../workers/stop.js";
+import { onInterrupt } from "./interrupt.js";
+import type { Reporter } from "./reporter.js";
 
 export type JobEvent = { event: string } & Record<string, unknown>;
 
 const STDERR_TAIL_LINES = 40;
-const KILL_GRACE_MS = 5000;
+/** A command's exit status when Ctrl-C stopped it. */
+export const INTERRUPTED_EXIT_CODE = 130;
 
 /** The job reported an error event: bad input (exit code 2) or a failure (1). */
 export class PythonJobError extends DmdError {
@@ -46,7 +51,7 @@ export interface PythonJobOptions {
   finalEvent: string;
   /** environment on top of this process's (HF_HUB_OFFLINE=1 and PYTHONUNBUFFERED=1 are always set) */
   env?: Record<string, string>;
-  /** aborting stops the job: SIGTERM, SIGKILL after 5 s */
+  /** aborting stops the job: SIGTERM, SIGKILL after 5 s (workers/stop.ts) */
   signal?: AbortSignal;
   /** every event but the final and the error event, in order */
   onEvent?: (event: JobEvent) => void;
@@ -91,11 +96,9 @@ export async function runPythonJob(opts: PythonJobOptions): Promise<JobOutcome> 
   const killNow = () => child.kill("SIGKILL");
   process.on("exit", killNow);
   let interrupted = false;
-  let forceTimer: NodeJS.Timeout | undefined;
   const onAbort = () => {
     interrupted = true;
-    child.kill("SIGTERM");
-    forceTimer = setTimeout(killNow, KILL_GRACE_MS);
+    void stopChild(child, child);
   };
   opts.signal?.addEventListener("abort", onAbort);
 
@@ -146,9 +149,43 @@ export async function runPythonJob(opts: PythonJobOptions): Promise<JobOutcome> 
       reason: result.exitCode === 0 ? `ended without a "${opts.finalEvent}" event` : undefined,
     });
   } finally {
-    clearTimeout(forceTimer);
     opts.signal?.removeEventListener("abort", onAbort);
     process.removeListener("exit", killNow);
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export interface CommandJobOptions extends Omit<PythonJobOptions, "signal" | "onEvent" | "onText"> {
+  reporter: Reporter;
+  /** what the first Ctrl-C does, e.g. "stopping the export" */
+  stopping: string;
+  /** the line after "interrupted: " when Ctrl-C stopped the job, e.g. "nothing exported" */
+  whenInterrupted: string;
+  /** default: reportJobOutput(reporter) */
+  onEvent?: PythonJobOptions["onEvent"];
+  onText?: PythonJobOptions["onText"];
+  /** runs when the job has ended, either way, before anything is reported (e.g. ends a progress bar) */
+  onEnd?: () => void;
+}
+
+/** A CLI command's Python job (dmd2 train-teacher, eval, export): Ctrl-C stops it (a second one exits at once,
+ * interrupt.ts) and is reported in one line. Returns the final event without its `event` key, or null when
+ * interrupted (the command then exits with INTERRUPTED_EXIT_CODE). */
+export async function runCommandJob(opts: CommandJobOptions): Promise<Record<string, unknown> | null> {
+  const { reporter, stopping, whenInterrupted, onEnd, ...job } = opts;
+  const interrupt = onInterrupt(reporter, stopping);
+  try {
+    const output = reportJobOutput(reporter);
+    const outcome = await runPythonJob({ ...job, onEvent: job.onEvent ?? output.onEvent, onText: job.onText ?? output.onText, signal: interrupt.signal });
+    onEnd?.();
+    if (outcome.interrupted) {
+      reporter.info(`interrupted: ${whenInterrupted}`);
+      return null;
+    }
+    const { event: _event, ...result } = outcome.final;
+    return result;
+  } finally {
+    onEnd?.();
+    interrupt.dispose();
   }
 }

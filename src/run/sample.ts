@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { DmdError, storageFaultCode, storageFaultWords, UsageError } from "../errors.js";
-import { readTeacherClasses } from "../plan/unet2d.js";
+import { readTeacherClasses } from "../unet/unet2d.js";
 import { overrideResolved } from "../recipe/load.js";
 import { readPromptsFile } from "../recipe/prompts.js";
 import type { Recipe } from "../recipe/types.js";

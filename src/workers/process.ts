@@ -2,13 +2,14 @@
  * One worker process: `python -m dmd2_worker --name NAME --connect ENDPOINT --heartbeat ENDPOINT
  * [--heartbeat-interval S]` (docs/protocol.md §1). Its stdout and stderr are appended to a log file and the
  * last 40 stderr lines kept for error messages. Stopping is graceful, then forced: SIGTERM, then SIGKILL after
- * a grace period. A process 'exit' handler (and a handler for fatal signals nobody else handles) SIGKILLs any
- * worker still running, so none is left behind.
+ * a grace period (stop.ts, as for the Python jobs). A process 'exit' handler (and a handler for fatal signals
+ * nobody else handles) SIGKILLs any worker still running, so none is left behind.
  */
 import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import path from "node:path";
 import { execa, type ResultPromise } from "execa";
 import { DmdError, WorkerDiedError } from "../errors.js";
+import { STOP_GRACE_MS, stopChild } from "./stop.js";
 
 export const STDERR_TAIL_LINES = 40;
 /** How long to wait, after the process exits, for the rest of its stderr. */
@@ -220,17 +221,9 @@ export class WorkerProcess {
    * Safe to call more than once, and after it exited.
    */
   async stop(options: { graceMs?: number } = {}): Promise<WorkerExit> {
-    const graceMs = options.graceMs ?? 5000;
     this.stopping = true;
     if (this.exitInfo !== null) return this.exitInfo;
-    this.kill("SIGTERM");
-    let timer: NodeJS.Timeout | undefined;
-    const forced = new Promise<"timeout">((resolve) => {
-      timer = setTimeout(() => resolve("timeout"), graceMs);
-    });
-    const first = await Promise.race([this.exited, forced]);
-    clearTimeout(timer);
-    if (first === "timeout") this.killedHard = this.kill("SIGKILL");
+    this.killedHard = (await stopChild(this, this.exited, options.graceMs ?? STOP_GRACE_MS)).forced;
     return this.exited;
   }
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import torch
 
-from . import Split, TensorDataSource
+from .base import Split, TensorDataSource
 
 NUM_CLASSES = 10
 SPLIT_SEED_BASE = 1000

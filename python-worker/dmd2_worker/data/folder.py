@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import DataSourceError, Split, TensorDataSource
+from .base import DataSourceError, Split, TensorDataSource
 from ..config import FolderConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

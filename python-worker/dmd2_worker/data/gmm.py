@@ -10,7 +10,7 @@ import torch
 
 from ..config import GmmConfig
 from ..diffusion import NoiseSchedule
-from . import DataSource, Split
+from .base import DataSource, Split
 
 AMPLITUDE = 0.8  # mean pixels are +-0.8, so samples with std 0.1 stay (almost always) inside [-1, 1]
 MAX_CLASSES = 10

@@ -8,16 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..config import DataConfig, _parse, _parse_dataclass
+from ..job import JobInputError
 
 REAL_ROW = "real"  # the picture row of held-out images
 
 
-class EvalInputError(ValueError):
-    """Bad input to the evaluation (exit status 2); `key` is the spec key to fix, or None."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        super().__init__(message)
-        self.key = key
+# Bad input to the evaluation (exit status 2): the jobs' input error (job.py), `key` the spec key to fix or None
+EvalInputError = JobInputError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.base import Conditioning
+from ..conditioning import Conditioning
 
 
 class _MidBlockReached(Exception):

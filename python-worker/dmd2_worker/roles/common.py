@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import check_fault
+from .faults import check_fault
 from .base import TensorStore, WorkerContext
 from ..checkpoint import load_module, load_optimizer, module_state, optimizer_state, save_optimizer, save_tensors
 from ..config import Recipe

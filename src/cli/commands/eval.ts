@@ -10,12 +10,11 @@ import { loadDataGroup } from "../../recipe/load.js";
 import { buildSpec, type EvalSpec, type Features } from "../../eval/spec.js";
 import { notes, textTable, type EvalResult } from "../../eval/table.js";
 import { chooseData, readTarget } from "../../eval/targets.js";
-import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
+import { INTERRUPTED_EXIT_CODE, runCommandJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { resolvePython } from "../../workers/python.js";
 import { listCheckpoints } from "../../run/checkpoints.js";
 import { pickIntactCheckpoint } from "../../run/sample.js";
-import { onInterrupt } from "../interrupt.js";
 import { ensureOutputFile } from "../../run/outputPath.js";
 
 export interface EvalFlags {
@@ -97,25 +96,17 @@ export async function evalCommand(paths: string[], flags: EvalFlags, reporter: R
     return which.length === 0 ? "" : ` (${which.join(", ")})`;
   };
   reporter.phase("evaluating", `${spec.models.map((m) => `${m.label} [${m.steps.join(",")}]${scored(m)}`).join(", ")}; ${spec.n} samples each${spec.repeats > 1 ? `, ${spec.repeats} draws` : ""} on ${data.source} data`);
-  const interrupt = onInterrupt(reporter, "stopping the evaluation");
-  try {
-    const outcome = await runPythonJob({
-      python: resolvePython(null),
-      module: "dmd2_worker.evaluate",
-      spec,
-      finalEvent: "result",
-      signal: interrupt.signal,
-      ...reportJobOutput(reporter),
-    });
-    if (outcome.interrupted) {
-      reporter.info("interrupted: nothing evaluated");
-      return 130;
-    }
-    const { event: _event, ...result } = outcome.final;
-    if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
-    else process.stdout.write(`${textTable(result as unknown as EvalResult)}\n${notes(result as unknown as EvalResult)}\n`);
-    return 0;
-  } finally {
-    interrupt.dispose();
-  }
+  const result = await runCommandJob({
+    reporter,
+    stopping: "stopping the evaluation",
+    whenInterrupted: "nothing evaluated",
+    python: resolvePython(null),
+    module: "dmd2_worker.evaluate",
+    spec,
+    finalEvent: "result",
+  });
+  if (result === null) return INTERRUPTED_EXIT_CODE;
+  if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
+  else process.stdout.write(`${textTable(result as unknown as EvalResult)}\n${notes(result as unknown as EvalResult)}\n`);
+  return 0;
 }

@@ -6,11 +6,10 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { UsageError } from "../../errors.js";
 import { ensureOutputParent } from "../../run/outputPath.js";
-import { reportJobOutput, runPythonJob } from "../../run/pythonJob.js";
+import { INTERRUPTED_EXIT_CODE, runCommandJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { pickIntactCheckpoint, readRunRecipe, runTeacherDir } from "../../run/sample.js";
 import { resolvePython } from "../../workers/python.js";
-import { onInterrupt } from "../interrupt.js";
 
 export interface ExportFlags {
   out: string;
@@ -37,26 +36,18 @@ export async function exportCommand(runDir: string, flags: ExportFlags, reporter
   }
   ensureOutputParent(out, { what: "--out", fix: "give another --out folder" }, flags.out);
   reporter.phase("exporting", `${path.basename(checkpoint)} of ${runDir} to ${flags.out}${flags.lora ? " (LoRA adapters)" : ""}`);
-  const interrupt = onInterrupt(reporter, "stopping the export");
-  try {
-    const outcome = await runPythonJob({
-      python: resolvePython(recipe.python ?? null),
-      module: "dmd2_worker.export",
-      spec: { run_dir: path.resolve(runDir), checkpoint, out, lora: flags.lora === true },
-      finalEvent: "done",
-      signal: interrupt.signal,
-      ...reportJobOutput(reporter),
-    });
-    if (outcome.interrupted) {
-      reporter.info("interrupted: nothing exported");
-      return 130;
-    }
-    const { event: _event, ...result } = outcome.final;
-    const timesteps = (result.timesteps as number[]).join(", ");
-    if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
-    else reporter.info(`exported to ${flags.out}: timesteps [${timesteps}]; ${path.join(flags.out, "README.md")} says how to sample it`);
-    return 0;
-  } finally {
-    interrupt.dispose();
-  }
+  const result = await runCommandJob({
+    reporter,
+    stopping: "stopping the export",
+    whenInterrupted: "nothing exported",
+    python: resolvePython(recipe.python ?? null),
+    module: "dmd2_worker.export",
+    spec: { run_dir: path.resolve(runDir), checkpoint, out, lora: flags.lora === true },
+    finalEvent: "done",
+  });
+  if (result === null) return INTERRUPTED_EXIT_CODE;
+  const timesteps = (result.timesteps as number[]).join(", ");
+  if (flags.json) process.stdout.write(JSON.stringify(result) + "\n");
+  else reporter.info(`exported to ${flags.out}: timesteps [${timesteps}]; ${path.join(flags.out, "README.md")} says how to sample it`);
+  return 0;
 }

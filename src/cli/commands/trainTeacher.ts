@@ -8,11 +8,10 @@ import { UsageError } from "../../errors.js";
 import { showPath } from "../../recipe/files.js";
 import { loadTeacherRecipe } from "../../recipe/load.js";
 import { ensureOutputParent } from "../../run/outputPath.js";
-import { runPythonJob } from "../../run/pythonJob.js";
+import { INTERRUPTED_EXIT_CODE, runCommandJob } from "../../run/pythonJob.js";
 import type { Reporter } from "../../run/reporter.js";
 import { TrainProgress, type TrainStart, type TrainStep } from "../../run/trainProgress.js";
 import { resolvePython } from "../../workers/python.js";
-import { onInterrupt } from "../interrupt.js";
 
 export interface TrainTeacherFlags {
   set: string[];
@@ -44,32 +43,25 @@ export async function trainTeacherCommand(recipeFile: string, flags: TrainTeache
   reporter.phase("training teacher", `${recipe.name}: ${recipe.data.source} data, UNet [${recipe.model.block_out_channels.join(", ")}], ${recipe.train.steps} steps`);
 
   const progress = new TrainProgress(reporter);
-  const interrupt = onInterrupt(reporter, "stopping training");
-  try {
-    const outcome = await runPythonJob({
-      python,
-      module: "dmd2_worker.train_teacher",
-      spec,
-      finalEvent: "done",
-      signal: interrupt.signal,
-      onEvent: (e) => {
-        if (e.event === "start") progress.start(e as unknown as TrainStart);
-        else if (e.event === "progress") progress.progress(e as unknown as TrainStep);
-        else reporter.debug(JSON.stringify(e));
-      },
-      onText: (line) => progress.text(line),
-    });
-    progress.end();
-    if (outcome.interrupted) {
-      reporter.info(`interrupted: no teacher written (${showPath(recipe.out)} is left as it was)`);
-      return 130;
-    }
-    const { out, seconds, final_loss } = outcome.final as unknown as { out: string; seconds: number; final_loss: number };
-    reporter.event("done", { out, seconds, final_loss }, `done: teacher written to ${showPath(out)} in ${seconds.toFixed(0)} s (final loss ${final_loss.toPrecision(4)})`);
-    if (reporter.mode !== "json" && !reporter.quiet) process.stdout.write(usage(out));
-    return 0;
-  } finally {
-    progress.end();
-    interrupt.dispose();
-  }
+  const result = await runCommandJob({
+    reporter,
+    stopping: "stopping training",
+    whenInterrupted: `no teacher written (${showPath(recipe.out)} is left as it was)`,
+    python,
+    module: "dmd2_worker.train_teacher",
+    spec,
+    finalEvent: "done",
+    onEvent: (e) => {
+      if (e.event === "start") progress.start(e as unknown as TrainStart);
+      else if (e.event === "progress") progress.progress(e as unknown as TrainStep);
+      else reporter.debug(JSON.stringify(e));
+    },
+    onText: (line) => progress.text(line),
+    onEnd: () => progress.end(),
+  });
+  if (result === null) return INTERRUPTED_EXIT_CODE;
+  const { out, seconds, final_loss } = result as { out: string; seconds: number; final_loss: number };
+  reporter.event("done", { out, seconds, final_loss }, `done: teacher written to ${showPath(out)} in ${seconds.toFixed(0)} s (final loss ${final_loss.toPrecision(4)})`);
+  if (reporter.mode !== "json" && !reporter.quiet) process.stdout.write(usage(out));
+  return 0;
 }

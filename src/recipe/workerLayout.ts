@@ -1,7 +1,7 @@
 // Which roles live in which worker process (docs/protocol.md §1). The discriminator is a head on the fake
 // score's backbone, so it always shares fake_score's process.
 
-import type { Placement, Role } from "../recipe/types.js";
+import type { Placement, Role } from "./types.js";
 
 export interface WorkerSpec {
   name: string;

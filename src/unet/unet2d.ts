@@ -298,7 +298,7 @@ export function unet2dActivationsPerSample(a: UNet2DArch, imageSize: number, enc
  * convolution's weights times the pixels of its output, the Linear layers (time MLP, each resnet's embedding
  * projection, attention's q/k/v/out projections at every pixel) and attention's two pixels x pixels products
  * (scores and their weighted sum). Norms, activations, additions and the softmax are left out. It measures how
- * much work one op gives torch's threads (src/plan/threads.ts).
+ * much work one op gives torch's threads (src/recipe/threads.ts).
  */
 export function unet2dMacsPerSample(a: UNet2DArch, imageSize: number): number {
   const b = a.blockOutChannels;

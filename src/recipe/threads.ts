@@ -11,9 +11,9 @@
 // and the teacher's unet/config.json alone. Pure given the recipe, the core count and the files it reads.
 
 import type { Recipe } from "../recipe/types.js";
-import { workerLayout } from "../schedule/placement.js";
-import { unetArch, unetMacsPerSample } from "./params.js";
-import { readTeacherNetwork, unet2dMacsPerSample } from "./unet2d.js";
+import { workerLayout } from "./workerLayout.js";
+import { unetArch, unetMacsPerSample } from "../unet/params.js";
+import { readTeacherNetwork, unet2dMacsPerSample } from "../unet/unet2d.js";
 
 /**
  * Multiply-accumulates of one forward pass at the training batch from which per_role workers get every core
@@ -36,7 +36,7 @@ export interface ThreadsDefault {
 }
 
 /** The work of one forward pass of the recipe's networks at the training batch, or why it is unknown. */
-export function forwardWork(r: Recipe): { macsPerSample: number; batch: number; macs: number } | { unknown: string } {
+export function forwardWork(r: Omit<Recipe, "torch_threads">): { macsPerSample: number; batch: number; macs: number } | { unknown: string } {
   const batch = r.train.batch_size;
   let perSample: number;
   if (r.teacher.source === "builtin") {
@@ -56,7 +56,7 @@ export function forwardWork(r: Recipe): { macsPerSample: number; batch: number; 
 const millions = (n: number) => `${Math.round(n / 1e6).toLocaleString("en-US")}M`;
 
 /** The default torch_threads per worker process for this recipe on `cores` cores (the rule in the file comment). */
-export function defaultTorchThreads(r: Recipe, cores: number): ThreadsDefault {
+export function defaultTorchThreads(r: Omit<Recipe, "torch_threads">, cores: number): ThreadsDefault {
   const all = Math.max(1, cores);
   // worker processes: a replicated role (roles.<role>.replicas, resolved before this) runs one per replica
   const workers = workerLayout(r.placement).reduce((n, w) => n + Math.max(1, ...w.roles.map((role) => r.roles?.[role === "discriminator" ? "fake_score" : role]?.replicas ?? 1)), 0);

@@ -2,8 +2,6 @@
 // formulas follow python-worker/dmd2_worker/models/tiny_unet.py and discriminator_head.py layer by layer;
 // test/plan.test.ts checks the counts against the Python classes.
 
-import type { Recipe } from "../recipe/types.js";
-
 /** The TinyUNet's `arch_config` (tiny_unet.py default_arch_config; teacher_training.py builds it from the recipe). */
 export interface UNetArch {
   inChannels: number;
@@ -14,8 +12,14 @@ export interface UNetArch {
   numClasses: number | null;
 }
 
+/** The recipe keys the built-in network is built from (a recipe has them; this folder imports no recipe module). */
+export interface BuiltinNetworkKeys {
+  data: { gmm: { image_size: number; num_classes: number } };
+  teacher: { builtin: { channels: number } };
+}
+
 /** The arch every role's network has for this recipe: the built-in teacher's, copied by generator and fake score. */
-export function unetArch(r: Recipe): UNetArch {
+export function unetArch(r: BuiltinNetworkKeys): UNetArch {
   return {
     inChannels: 1,
     imageSize: r.data.gmm.image_size,

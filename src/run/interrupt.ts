@@ -3,7 +3,7 @@
 // once with 130 (children are killed on exit).
 
 import { color as chalk } from "../colors.js";
-import type { Reporter } from "../run/reporter.js";
+import type { Reporter } from "./reporter.js";
 
 export interface Interrupt {
   signal: AbortSignal;
