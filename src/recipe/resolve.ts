@@ -1,6 +1,7 @@
 // Fills in what depends on other keys, the recipe's location or the machine: name, run_dir or out, python,
 // torch_threads (from the core count and the networks' size, read from the teacher folder for a diffusers
-// teacher), the generator's timesteps. Input: a schema-checked object (validate.ts, files.ts).
+// teacher), the generator's timesteps, the teacher's family and its conditioning tensors (conditioning.ts).
+// Input: a schema-checked object (validate.ts, files.ts).
 
 import { existsSync } from "node:fs";
 import os from "node:os";
@@ -10,6 +11,7 @@ import type { Problem } from "./validate.js";
 import type { Recipe, TeacherRecipe } from "./types.js";
 import { defaultTorchThreads } from "../plan/threads.js";
 import { resolvePlacement } from "./placement.js";
+import { conditioningFor, folderHasClasses, teacherFamily } from "./conditioning.js";
 
 export interface ResolveOptions {
   recipeFile: string;
@@ -34,6 +36,28 @@ function resolvePythonKey(python: string | null, recipeFile: string, problems: P
   return p;
 }
 
+/** teacher.family and teacher.conditioning, read from the disk once here so that the step plan is pure. A value
+ * written in the recipe (a resolved recipe given back) must equal what the folders say. */
+function resolveTeacherKeys(r: Recipe, problems: Problem[]): void {
+  const t = r.teacher;
+  const given = { family: t.family as string | null, conditioning: t.conditioning as string[] | null };
+  const family = teacherFamily(t);
+  const conditioning = conditioningFor(r.data.source, family, r.data.source === "folder" ? folderHasClasses(r.data.folder.path) : true);
+  if (conditioning === null) {
+    problems.push({ path: ["teacher", "path"], message: `data.source prompts needs a text-to-image teacher; ${t.path} is a ${family} folder` });
+    return;
+  }
+  const where = t.source === "builtin" ? "the built-in teacher" : `the teacher folder ${t.path}`;
+  if (given.family !== null && given.family !== family) {
+    problems.push({ path: ["teacher", "family"], message: `${given.family} differs from ${where}, whose family is ${family}: drop the key (dmd2 derives it)` });
+  }
+  if (given.conditioning !== null && JSON.stringify(given.conditioning) !== JSON.stringify(conditioning)) {
+    problems.push({ path: ["teacher", "conditioning"], message: `[${given.conditioning.join(", ")}] differs from [${conditioning.join(", ")}], what ${where} takes with data.source ${r.data.source}: drop the key (dmd2 derives it)` });
+  }
+  t.family = family;
+  t.conditioning = conditioning;
+}
+
 export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions): { recipe: Recipe; problems: Problem[] } {
   const problems: Problem[] = [];
   const r = structuredClone(v) as unknown as Recipe;
@@ -54,6 +78,7 @@ export function resolveRecipe(v: Record<string, unknown>, opts: ResolveOptions):
   if (lora.rank !== null && r.roles.generator.strategy === "fsdp") {
     problems.push({ path: ["generator", "lora"], message: "LoRA students with roles.generator.strategy fsdp are not supported yet; use strategy replicate (the adapters are small) or drop generator.lora" });
   }
+  resolveTeacherKeys(r, problems);
   // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (plan/threads.ts)
   if ((r.torch_threads as number | null) === null) r.torch_threads = defaultTorchThreads(r, opts.cpuCount ?? os.availableParallelism()).threads;
   const T = r.diffusion.num_train_timesteps;

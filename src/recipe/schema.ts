@@ -107,6 +107,9 @@ export const recipeSchema: Group = group({
       label_dropout: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.1 },
     }),
     path: { kind: "path", default: null, nullable: true },
+    // derived by resolve.ts from the teacher folder and the data (src/recipe/conditioning.ts); a recipe leaves them out
+    family: { kind: "string", pattern: /^[a-z0-9_]+$/, patternHelp: "a family name such as sd15", default: null, nullable: true },
+    conditioning: { kind: "stringList", default: null, nullable: true },
   }),
   diffusion: diffusionSchema,
   generator: group({

@@ -67,6 +67,10 @@ export interface Recipe {
     builtin: { channels: number; train_steps: number; batch_size: number; lr: number; label_dropout: number };
     /** the diffusers teacher folder (absolute); null with the built-in teacher */
     path: string | null;
+    /** derived (src/recipe/conditioning.ts): builtin, unet2d or the text family (sd15, sdxl) */
+    family: string;
+    /** derived: the conditioning step tensors (cond, none, or the family's text tensors; docs/protocol.md §4) */
+    conditioning: string[];
   };
   diffusion: DiffusionConfig;
   generator: { steps: number; conditioning_timestep: number; timesteps: number[]; lr: number; ema_decay: number; last_step_only: boolean; backprop_through_chain: boolean; clip_sample: boolean;
