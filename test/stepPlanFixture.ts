@@ -9,6 +9,7 @@ import { conditioningFor } from "../src/recipe/conditioning.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import type { DataSource, Recipe } from "../src/recipe/types.js";
 import { roleHome, workerLayout } from "../src/schedule/placement.js";
+import { ganGeneratorWeight, generatorUpdatesBefore, isGeneratorStep, opSeed, SEED_SALT, warmupLr } from "../src/schedule/schedule.js";
 import { planStep, routeTensors, type OpCall } from "../src/schedule/stepPlan.js";
 import { projectRoot } from "./helpers.js";
 
@@ -16,6 +17,9 @@ export const STEP_FIXTURE = path.join(projectRoot, "python-worker", "tests", "fi
 
 export interface StepFixture {
   about: string;
+  /** the schedule helpers on grids of arguments: each row is the arguments, then the value */
+  helpers: Record<string, number[][]>;
+  seed_salt: Record<string, number>;
   cases: {
     name: string;
     recipe: Recipe;
@@ -61,8 +65,19 @@ export function stepFixture(): StepFixture {
     ["sdxl prompts, GAN on, TTUR 5", text("sdxl", ["dmd.real_guidance_scale=8"]), STEPS],
   ];
   const home = roleHome(workerLayout("per_role"));
+  const grid = (...axes: number[][]): number[][] => axes.reduce<number[][]>((rows, axis) => rows.flatMap((row) => axis.map((v) => [...row, v])), [[]]);
+  const steps = Array.from({ length: 12 }, (_, s) => s);
+  const gan = (weight: number, warmup: number) => ({ gan: { enabled: true, generator_weight: weight, warmup_steps: warmup } }) as unknown as Recipe;
   return {
-    about: "planStep (src/schedule/stepPlan.ts) for steps of these resolved recipes, and routeTensors' attach lists for per_role; written by scripts/regen-step-fixture.mjs, read by test/step-plan.test.ts and python-worker/tests/test_step_plan.py",
+    about: "planStep (src/schedule/stepPlan.ts) for steps of these resolved recipes, routeTensors' attach lists for per_role, and the schedule helpers (schedule.ts) on grids; written by scripts/regen-step-fixture.mjs, read by test/step-plan.test.ts and python-worker/tests/test_step_plan.py",
+    helpers: {
+      is_generator_step: grid(steps, [1, 3, 5]).map(([s, k]) => [s!, k!, Number(isGeneratorStep(s!, k!))]),
+      generator_updates_before: grid(steps, [1, 3, 5]).map(([s, k]) => [s!, k!, generatorUpdatesBefore(s!, k!)]),
+      warmup_lr: grid([1e-4, 3e-5], [0, 1, 5, 19, 20, 500], [0, 1, 3, 20]).map(([lr, u, w]) => [lr!, u!, w!, warmupLr(lr!, u!, w!)]),
+      gan_generator_weight: grid([0, 1, 3, 5, 10, 11, 1000], [0.003, 0.01], [0, 3, 10]).map(([s, wt, w]) => [s!, wt!, w!, ganGeneratorWeight(s!, gan(wt!, w!))]),
+      op_seed: grid([0, 7, 2147483647], [0, 1, 999999, 12345678], [1, 2, 3, 101]).map(([seed, s, salt]) => [seed!, s!, salt!, opSeed(seed!, s!, salt!)]),
+    },
+    seed_salt: { ...SEED_SALT },
     cases: cases.map(([name, recipe, steps]) => ({
       name,
       recipe,
@@ -82,5 +97,6 @@ export function stepFixtureText(f: StepFixture = stepFixture()): string {
       `   "plans": [\n${c.plans.map((p) => `    ${j(p)}`).join(",\n")}\n   ],`,
       `   "routes": [\n${c.routes.map((r) => `    ${j(r)}`).join(",\n")}\n   ]}`,
     ].join("\n");
-  return `{"about": ${j(f.about)},\n "cases": [\n${f.cases.map(caseText).join(",\n")}\n ]\n}\n`;
+  const helpers = Object.entries(f.helpers).map(([k, rows]) => `  ${j(k)}: ${j(rows)}`).join(",\n");
+  return `{"about": ${j(f.about)},\n "helpers": {\n${helpers}\n },\n "seed_salt": ${j(f.seed_salt)},\n "cases": [\n${f.cases.map(caseText).join(",\n")}\n ]\n}\n`;
 }

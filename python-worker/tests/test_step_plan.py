@@ -15,6 +15,7 @@ import torch
 from dmd2_worker.config import parse_recipe
 from dmd2_worker.local_loop import run_phases, train_step
 from dmd2_worker.roles.base import WorkerContext
+from dmd2_worker import step_plan
 from dmd2_worker.step_plan import plan_step
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "step-plan.json").read_text())
@@ -46,6 +47,28 @@ def test_the_port_gives_the_typescript_plan(name):
     for plan in case["plans"]:
         got = as_json(plan_step(plan["step"], recipe))
         assert same(got, plan["phases"]), f"{name}, step {plan['step']}:\n port {got}\n plan {plan['phases']}"
+
+
+HELPERS = {
+    "is_generator_step": lambda s, k: int(step_plan.is_generator_step(s, k)),
+    "generator_updates_before": step_plan.generator_updates_before,
+    "warmup_lr": step_plan.warmup_lr,
+    "gan_generator_weight": step_plan.gan_generator_weight,
+    "op_seed": step_plan.op_seed,
+}
+
+
+@pytest.mark.parametrize("name", list(HELPERS))
+def test_the_schedule_helpers_give_the_typescript_values(name):
+    rows = FIXTURE["helpers"][name]
+    assert rows
+    for *args, value in rows:
+        assert HELPERS[name](*args) == value, f"{name}{tuple(args)}"
+
+
+def test_the_seed_salts_are_the_typescript_ones():
+    assert FIXTURE["seed_salt"] == {"generate": step_plan.SALT_GENERATE, "generatorGanGrad": step_plan.SALT_GAN_GRAD,
+                                    "fakeScoreUpdate": step_plan.SALT_FAKE_UPDATE}
 
 
 def test_the_comparison_tells_booleans_from_numbers():
