@@ -93,7 +93,8 @@ def plan_step(step: int, recipe: Recipe) -> list[list[OpCall]]:
     if gen_step:
         dmd_inputs = ["x_t_dmd", "t_dmd", *cond]
         phases.append([
-            OpCall("teacher", "predict_x0", {"guidance_scale": r.dmd.real_guidance_scale}, list(dmd_inputs), ["x0_real"]),
+            OpCall("teacher", "predict_x0", {"guidance_scale": r.dmd.real_guidance_scale}, list(dmd_inputs),
+                   ["x0_real"]),
             OpCall("fake_score", "predict_x0", {}, list(dmd_inputs), ["x0_fake"]),
         ])
         gan_weight = gan_generator_weight(step, r.gan.generator_weight, r.gan.warmup_steps) if r.gan.enabled else 0.0

@@ -108,7 +108,7 @@ export const recipeSchema: Group = group({
     }),
     path: { kind: "path", default: null, nullable: true },
     // derived by resolve.ts from the teacher folder and the data (src/recipe/conditioning.ts); a recipe leaves them out
-    family: { kind: "string", pattern: /^[a-z0-9_]+$/, patternHelp: "a family name such as sd15", default: null, nullable: true },
+    family: { kind: "string", pattern: /^[a-z0-9_.-]+$/, patternHelp: "a family name such as sd15: lower-case letters, digits, '_', '.', '-'", default: null, nullable: true },
     conditioning: { kind: "stringList", default: null, nullable: true },
   }),
   diffusion: diffusionSchema,

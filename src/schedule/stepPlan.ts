@@ -32,7 +32,7 @@ export interface RoutedCall extends OpCall {
 }
 
 /** One training step `step` of the resolved recipe `r`: a pure function of the two (test/step-plan.test.ts and
- * python-worker/dmd2_worker/step_plan.py's port are pinned to it by test/fixtures/step-plan.json). */
+ * python-worker/dmd2_worker/step_plan.py's port are pinned to it by python-worker/tests/fixtures/step-plan.json). */
 export function planStep(step: number, r: Recipe): OpCall[][] {
   const cond = r.teacher.conditioning; // cond, none, or the family's text tensors (src/recipe/conditioning.ts)
   const genStep = isGeneratorStep(step, r.ttur.ratio);
