@@ -7,8 +7,8 @@ import { loadRecipe } from "../src/recipe/load.js";
 import type { Recipe } from "../src/recipe/types.js";
 import { roleHome, workerLayout } from "../src/recipe/workerLayout.js";
 import { ganGeneratorWeight, generatorUpdatesBefore, isCheckpointStep, isGeneratorStep, opSeed, warmupLr } from "../src/schedule/schedule.js";
-import { conditioningTensors, planStep, routeTensors } from "../src/schedule/stepPlan.js";
-import { projectRoot, scratchDir } from "./helpers.js";
+import { planStep, routeTensors } from "../src/schedule/stepPlan.js";
+import { fakeTeacher, projectRoot, scratchDir } from "./helpers.js";
 
 function tiny(overrides: string[] = []): Recipe {
   return loadRecipe(path.join(projectRoot, "recipes", "tiny.yaml"), { cwd: "/tmp", cpuCount: 2, overrides });
@@ -115,9 +115,9 @@ test("text-to-image teachers: the text tensors take cond's place (SDXL: pooled e
   const text = (folder: string) => tiny(["data.source=prompts", `data.prompts.file=${path.join(dir, "p.txt")}`, "gan.enabled=false", "teacher.source=diffusers", `teacher.path=${folder}`]);
   const sd15 = text(pipeline("sd15", "StableDiffusionPipeline"));
   const sdxl = text(pipeline("sdxl", "StableDiffusionXLPipeline"));
-  assert.deepEqual(conditioningTensors(tiny()), ["cond"]);
-  assert.deepEqual(conditioningTensors(sd15), ["cond_hidden"]);
-  assert.deepEqual(conditioningTensors(sdxl), ["cond_hidden", "cond_pooled", "cond_time_ids"]);
+  assert.deepEqual(tiny().teacher.conditioning, ["cond"]);
+  assert.deepEqual(sd15.teacher.conditioning, ["cond_hidden"]);
+  assert.deepEqual(sdxl.teacher.conditioning, ["cond_hidden", "cond_pooled", "cond_time_ids"]);
   for (const [r, cond] of [[sd15, ["cond_hidden"]], [sdxl, ["cond_hidden", "cond_pooled", "cond_time_ids"]]] as const) {
     const per = routeTensors(planStep(0, r), roleHome(workerLayout("per_role")) as never).flat();
     const by = (role: string, op: string) => per.find((c) => c.role === role && c.op === op)!;
@@ -136,9 +136,10 @@ test("an image folder without class subfolders is unconditional: no cond is made
   mkdirSync(path.join(dir, "flat", ".cache"), { recursive: true }); // hidden entries do not make classes
   writeFileSync(path.join(dir, "flat", "0.png"), "");
   mkdirSync(path.join(dir, "classes", "zero"), { recursive: true });
-  const folder = (name: string) => ({ ...tiny(), data: { ...tiny().data, source: "folder" as const, folder: { ...tiny().data.folder, path: path.join(dir, name) } } });
-  assert.deepEqual(conditioningTensors(folder("classes")), ["cond"]);
-  assert.deepEqual(conditioningTensors(folder("flat")), []);
+  const teacher = fakeTeacher(path.join(dir, "teacher"), {});
+  const folder = (name: string) => tiny(["data.source=folder", `data.folder.path=${path.join(dir, name)}`, "teacher.source=diffusers", `teacher.path=${teacher}`]);
+  assert.deepEqual(folder("classes").teacher.conditioning, ["cond"]);
+  assert.deepEqual(folder("flat").teacher.conditioning, []);
   const per = routeTensors(planStep(0, folder("flat")), roleHome(workerLayout("per_role")) as never).flat();
   assert.deepEqual(per.find((c) => c.role === "generator" && c.op === "generate")!.returns.sort(), ["t_dmd", "x_gen", "x_t_dmd"]);
   assert.ok(per.every((c) => !c.inputs.includes("cond") && !c.attach.includes("cond")));

@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Union
 
+# The seeds (docs/recipe.md, "Seeds") live with the schedule in step_plan.py.
+
 SCHEMA_VERSION = 1
 
 
@@ -72,6 +74,10 @@ class TeacherConfig:
     source: Literal["builtin", "diffusers"]
     builtin: BuiltinTeacherConfig
     path: str | None  # a diffusers teacher folder (docs/pipeline.md §2), absolute once resolved
+    # derived by the CLI (src/recipe/conditioning.ts): builtin, unet2d or the text family (sd15, sdxl), and the
+    # conditioning step tensors the step plan routes (step_plan.py); None in recipes resolved before them
+    family: str | None = None
+    conditioning: list[str] | None = None
 
 
 @dataclass
@@ -497,23 +503,6 @@ def parse_teacher_recipe(obj: Any) -> TeacherRecipe:
 def recipe_to_dict(r: Recipe) -> dict[str, Any]:
     """The JSON-able resolved form of `r` (parse_recipe(recipe_to_dict(r)) == r)."""
     return dataclasses.asdict(r)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Seeds (docs/recipe.md, "Seeds")
-
-SALT_GENERATE = 1  # generator.generate
-SALT_GAN_GRAD = 2  # discriminator.generator_gan_grad
-SALT_FAKE_UPDATE = 3  # fake_score.update
-# Worker-internal randomness, derived the same way with step 0 (not sent by the coordinator):
-SALT_TEACHER_INIT = 101  # built-in teacher: initial weights
-SALT_TEACHER_DATA = 102  # built-in teacher: data, label dropout, t and noise
-SALT_HEAD_INIT = 103  # discriminator head: initial weights
-
-
-def op_seed(seed: int, step: int, salt: int) -> int:
-    """`(seed * 1000003 + step * 7919 + salt) mod 2^31`, the coordinator's per-op seed."""
-    return (seed * 1000003 + step * 7919 + salt) % 2**31
 
 
 def lora_problems(lora: LoraConfig, teacher_source: str, generator_strategy: str) -> list[str]:

@@ -1,38 +1,59 @@
 """A plain single-process training loop: all roles in one WorkerContext, no coordinator, no sockets.
 
-It runs the op sequence of docs/protocol.md §4 with the seeds of docs/recipe.md ("Seeds") and the warm-ups of
-docs/method.md, so it is both the baseline a user would write by hand and an oracle for the orchestrated run.
+It runs the step plan production runs (step_plan.py, the port of src/schedule/stepPlan.ts: the op sequence of
+docs/protocol.md §4 with the seeds of docs/recipe.md "Seeds" and the warm-ups of docs/method.md) through
+`run_phases`, so it is both the baseline a user would write by hand and an oracle for the orchestrated run.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Mapping
 
 import torch
 
-from .config import SALT_FAKE_UPDATE, SALT_GAN_GRAD, SALT_GENERATE, Recipe, op_seed
-from .optim import warmup_lr
+from .config import Recipe
 from .roles import make_role
 from .roles.base import Role, TensorStore, WorkerContext
+from .step_plan import OpCall, plan_step
 
 ROLE_ORDER = ("teacher", "generator", "fake_score", "discriminator")
 
 
-def is_generator_step(step: int, ratio: int) -> bool:
-    """TTUR: the generator updates when `step % ratio == 0` (steps count from 0)."""
-    return step % ratio == 0
+def run_phases(step: int, phases: list[list[OpCall]], home: Mapping[str, WorkerContext],
+               carry: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> dict[str, float]:
+    """Run one step's phases in order, each call in the worker context of its role (`home[role]`), each worker with
+    a fresh tensor store for the step (a worker clears its store when the step changes, docs/protocol.md §4).
+    Roles of one worker share its store. An input made in another worker is first put into the consumer's store
+    through `carry` (a tensor sent between processes): what the coordinator's routeTensors attaches
+    (src/schedule/stepPlan.ts). Returns the step's metrics as `role.metric`."""
+    stores: dict[str, TensorStore] = {}
 
+    def store_of(ctx: WorkerContext) -> TensorStore:
+        if ctx.worker not in stores:
+            stores[ctx.worker] = TensorStore()
+            stores[ctx.worker].step = step  # type: ignore[attr-defined]
+        return stores[ctx.worker]
 
-def generator_update_index(step: int, ratio: int) -> int:
-    """How many generator updates came before the one at `step` (a generator step)."""
-    return step // ratio
-
-
-def gan_generator_weight(step: int, weight: float, warmup_steps: int) -> float:
-    """G's GAN weight, ramping linearly from 0 over `warmup_steps` steps: `weight * min(1, step / warmup_steps)`."""
-    if warmup_steps <= 0:
-        return float(weight)
-    return float(weight) * min(1.0, step / warmup_steps)
+    producer: dict[str, WorkerContext] = {}
+    metrics: dict[str, float] = {}
+    for phase in phases:
+        for call in phase:
+            if call.role not in home:
+                raise KeyError(f"step plan: {call.role}.{call.op} has no worker (roles here: {', '.join(home)})")
+            ctx = home[call.role]
+            store = store_of(ctx)
+            for name in call.inputs:
+                source = producer.get(name)
+                if source is None:
+                    raise KeyError(f"step plan: {call.role}.{call.op} needs {name!r} but no earlier op produces it")
+                if source.worker != ctx.worker:
+                    store[name] = carry(store_of(source)[name])
+            for k, v in ctx.roles[call.role].run_op(call.op, call.args, store, ctx).items():
+                metrics[f"{call.role}.{k}"] = v
+        for call in phase:
+            for name in call.outputs:
+                producer[name] = home[call.role]
+    return metrics
 
 
 def build_roles(recipe: Recipe, device: torch.device | str = "cpu") -> tuple[WorkerContext, dict[str, Role]]:
@@ -48,34 +69,9 @@ def build_roles(recipe: Recipe, device: torch.device | str = "cpu") -> tuple[Wor
 
 
 def train_step(step: int, recipe: Recipe, ctx: WorkerContext) -> dict[str, float]:
-    """One training step (docs/protocol.md §4, "op sequence of one training step"); returns all metrics."""
-    roles = ctx.roles
-    store = TensorStore()
-    store.step = step  # type: ignore[attr-defined]
-    metrics: dict[str, float] = {}
-
-    def op(role: str, name: str, args: dict[str, Any]) -> None:
-        for k, v in roles[role].run_op(name, args, store, ctx).items():
-            metrics[f"{role}.{k}"] = v
-
-    gen_step = is_generator_step(step, recipe.ttur.ratio)
-    op("generator", "generate", {"seed": op_seed(recipe.seed, step, SALT_GENERATE),
-                                 "batch_size": recipe.train.batch_size, "grad": gen_step, "dmd": gen_step})
-    gan_on = recipe.gan.enabled
-    if gen_step:
-        op("teacher", "predict_x0", {"guidance_scale": recipe.dmd.real_guidance_scale})
-        op("fake_score", "predict_x0", {})
-        w_g = gan_generator_weight(step, recipe.gan.generator_weight, recipe.gan.warmup_steps) if gan_on else 0.0
-        if w_g > 0:
-            op("discriminator", "generator_gan_grad", {"seed": op_seed(recipe.seed, step, SALT_GAN_GRAD), "weight": w_g})
-        u = generator_update_index(step, recipe.ttur.ratio)
-        op("generator", "update", {"lr": warmup_lr(recipe.generator.lr, u, recipe.optim.warmup_steps),
-                                   "dmd_weight": recipe.dmd.weight})
-    w_d = recipe.gan.discriminator_weight if gan_on else 0.0
-    op("fake_score", "update", {"seed": op_seed(recipe.seed, step, SALT_FAKE_UPDATE),
-                                "lr": warmup_lr(recipe.fake_score.lr, step, recipe.optim.warmup_steps),
-                                "gan_weight": w_d})
-    return metrics
+    """One training step (docs/protocol.md §4, "op sequence of one training step"), every role in `ctx`; returns
+    all metrics."""
+    return run_phases(step, plan_step(step, recipe), dict.fromkeys(ctx.roles, ctx))
 
 
 def run_local(

@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 
 from .config import OptimConfig
+from .step_plan import warmup_lr  # noqa: F401 (the step plan's warm-up, re-exported for its callers)
 
 
 def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -26,13 +27,6 @@ def build_adamw(params: Iterable[torch.nn.Parameter], lr: float, cfg: OptimConfi
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = float(lr)
-
-
-def warmup_lr(base_lr: float, update_index: int, warmup_steps: int) -> float:
-    """`lr * min(1, (u + 1) / warmup_steps)` for the optimizer's u-th update (0-based); `lr` when warmup_steps = 0."""
-    if warmup_steps <= 0:
-        return float(base_lr)
-    return float(base_lr) * min(1.0, (update_index + 1) / warmup_steps)
 
 
 def warmup_cosine_lr(base_lr: float, step: int, steps: int, warmup_steps: int) -> float:

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import torch
 
 from .checkpoint import load_module, read_json, save_module, write_json
-from .config import SALT_TEACHER_DATA, SALT_TEACHER_INIT, Recipe, op_seed
+from .config import Recipe
+from .step_plan import SALT_TEACHER_DATA, SALT_TEACHER_INIT, op_seed
 from .data.gmm import GaussianMixture
 from .diffusion import NoiseSchedule
 from .models.tiny_unet import ARCH_NAME, TinyUNet, default_arch_config

@@ -25,7 +25,8 @@ from typing import Any, Callable
 import torch
 from diffusers import UNet2DModel
 
-from .config import SALT_TEACHER_DATA, SALT_TEACHER_INIT, RecipeError, TeacherRecipe, op_seed, parse_teacher_recipe
+from .config import RecipeError, TeacherRecipe, parse_teacher_recipe
+from .step_plan import SALT_TEACHER_DATA, SALT_TEACHER_INIT, op_seed
 from .data import DataSource, DataSourceError, build_data_source
 from .diffusion import NoiseSchedule
 from .job import JobInputError, emit, read_spec, run_job

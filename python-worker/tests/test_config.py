@@ -6,7 +6,8 @@ import json
 import pytest
 
 from conftest import tiny_dict
-from dmd2_worker.config import (GanConfig, Recipe, RecipeError, op_seed, parse_recipe, recipe_to_dict)
+from dmd2_worker.config import (GanConfig, Recipe, RecipeError, parse_recipe, recipe_to_dict)
+from dmd2_worker.step_plan import op_seed
 
 
 def problems_of(obj) -> list[str]:

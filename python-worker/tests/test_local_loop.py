@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmd2_worker.config import SALT_FAKE_UPDATE, SALT_GAN_GRAD, SALT_GENERATE, op_seed
 from dmd2_worker.data.gmm import GaussianMixture
-from dmd2_worker.local_loop import build_roles, gan_generator_weight, generator_update_index, is_generator_step, run_local
-from dmd2_worker.optim import warmup_lr
+from dmd2_worker.local_loop import build_roles, run_local, run_phases
 from dmd2_worker.roles import make_role
 from dmd2_worker.roles.base import TensorStore, WorkerContext
+from dmd2_worker.step_plan import gan_generator_weight, generator_updates_before, is_generator_step, plan_step
 
 
 def fd_to_class_gaussian(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> float:
@@ -40,7 +39,7 @@ def quality(ctx, roles, steps: int, out: Path) -> dict[str, float]:
 
 def test_schedule_helpers():
     assert [s for s in range(12) if is_generator_step(s, 5)] == [0, 5, 10]
-    assert [generator_update_index(s, 5) for s in (0, 5, 10)] == [0, 1, 2]
+    assert [generator_updates_before(s, 5) for s in (0, 5, 10)] == [0, 1, 2]
     assert gan_generator_weight(0, 0.003, 10) == 0.0
     assert gan_generator_weight(5, 0.003, 10) == pytest.approx(0.0015)
     assert gan_generator_weight(50, 0.003, 10) == 0.003
@@ -71,7 +70,8 @@ def _wire(t: torch.Tensor) -> torch.Tensor:
 
 def run_per_role(recipe, steps: int, threads: int) -> dict:
     """The coordinator's per_role placement, in one process: three workers with their own contexts and tensor
-    stores (cleared at each step); a tensor produced in one worker and consumed in another travels as bytes."""
+    stores (cleared at each step), running the production step plan; a tensor produced in one worker and consumed
+    in another travels as bytes."""
     home = {"teacher": "teacher", "generator": "generator", "fake_score": "fake_score", "discriminator": "fake_score"}
     ctxs = {w: WorkerContext(worker=w, recipe=recipe, run_dir=Path(recipe.run_dir), device=torch.device("cpu"))
             for w in ("teacher", "generator", "fake_score")}
@@ -84,38 +84,7 @@ def run_per_role(recipe, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     try:
         for s in range(steps):
-            stores = {w: TensorStore() for w in ctxs}
-            for st in stores.values():
-                st.step = s
-            producer: dict[str, str] = {}
-
-            def call(role, op, args, inputs, outputs):
-                w = home[role]
-                for name in inputs:
-                    if producer[name] != w:
-                        stores[w][name] = _wire(stores[producer[name]][name])
-                ctxs[w].roles[role].run_op(op, args, stores[w], ctxs[w])
-                for name in outputs:
-                    producer[name] = w
-
-            r = recipe
-            gen_step = is_generator_step(s, r.ttur.ratio)
-            call("generator", "generate", {"seed": op_seed(r.seed, s, SALT_GENERATE), "batch_size": r.train.batch_size,
-                                           "grad": gen_step, "dmd": gen_step}, [],
-                 ["cond", "x_gen"] + (["t_dmd", "x_t_dmd"] if gen_step else []))
-            if gen_step:
-                call("teacher", "predict_x0", {"guidance_scale": r.dmd.real_guidance_scale}, ["x_t_dmd", "t_dmd", "cond"], ["x0_real"])
-                call("fake_score", "predict_x0", {}, ["x_t_dmd", "t_dmd", "cond"], ["x0_fake"])
-                w_g = gan_generator_weight(s, r.gan.generator_weight, r.gan.warmup_steps)
-                if w_g > 0:
-                    call("discriminator", "generator_gan_grad", {"seed": op_seed(r.seed, s, SALT_GAN_GRAD), "weight": w_g},
-                         ["x_gen", "cond"], ["gan_grad"])
-                call("generator", "update", {"lr": warmup_lr(r.generator.lr, s // r.ttur.ratio, r.optim.warmup_steps),
-                                             "dmd_weight": r.dmd.weight},
-                     ["x0_real", "x0_fake"] + (["gan_grad"] if w_g > 0 else []), [])
-            call("fake_score", "update", {"seed": op_seed(r.seed, s, SALT_FAKE_UPDATE),
-                                          "lr": warmup_lr(r.fake_score.lr, s, r.optim.warmup_steps),
-                                          "gan_weight": r.gan.discriminator_weight}, ["x_gen", "cond"], [])
+            run_phases(s, plan_step(s, recipe), {role: ctxs[w] for role, w in home.items()}, carry=_wire)
     finally:
         torch.set_num_threads(old)
     return {"generator": ctxs["generator"].roles["generator"].net, "fake_score": ctxs["fake_score"].roles["fake_score"].net,

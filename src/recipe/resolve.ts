@@ -1,6 +1,7 @@
 // Fills in what depends on other keys, the recipe's location or the machine: name, run_dir or out, python,
 // torch_threads (from the core count and the networks' size, read from the teacher folder for a diffusers
-// teacher), the generator's timesteps. Input: a schema-checked object (validate.ts, files.ts).
+// teacher), the generator's timesteps, the teacher's family and its conditioning tensors (conditioning.ts).
+// Input: a schema-checked object (validate.ts, files.ts).
 
 import { existsSync } from "node:fs";
 import os from "node:os";
@@ -10,6 +11,7 @@ import type { Problem } from "./validate.js";
 import type { CheckedRecipe, CheckedTeacherRecipe, PlacedRole, Recipe, RolePlacement, TeacherRecipe } from "./types.js";
 import { defaultTorchThreads } from "./threads.js";
 import { resolvePlacement } from "./placement.js";
+import { conditioningFor, folderHasClasses, teacherFamily } from "./conditioning.js";
 
 export interface ResolveOptions {
   recipeFile: string;
@@ -32,6 +34,26 @@ function resolvePythonKey(python: string | null, recipeFile: string, problems: P
   const p = path.isAbsolute(python) || !python.includes("/") ? python : path.resolve(path.dirname(path.resolve(recipeFile)), python);
   if (p.includes("/") && !existsSync(p)) problems.push({ path: ["python"], message: `interpreter ${p} does not exist (fix the path, or drop the key to use the project's .venv)` });
   return p;
+}
+
+/** teacher.family and teacher.conditioning, read from the disk once here so that the step plan is pure. A value
+ * written in the recipe (a resolved recipe given back) must equal what the folders say. */
+function resolveTeacherKeys(v: CheckedRecipe, problems: Problem[]): { family: string; conditioning: string[] } {
+  const t = v.teacher;
+  const family = teacherFamily(t);
+  const conditioning = conditioningFor(v.data.source, family, v.data.source === "folder" ? folderHasClasses(v.data.folder.path) : true);
+  if (conditioning === null) {
+    problems.push({ path: ["teacher", "path"], message: `data.source prompts needs a text-to-image teacher; ${t.path} is a ${family} folder` });
+    return { family, conditioning: [] };
+  }
+  const where = t.source === "builtin" ? "the built-in teacher" : `the teacher folder ${t.path}`;
+  if (t.family !== null && t.family !== family) {
+    problems.push({ path: ["teacher", "family"], message: `${t.family} differs from ${where}, whose family is ${family}: drop the key (dmd2 derives it)` });
+  }
+  if (t.conditioning !== null && JSON.stringify(t.conditioning) !== JSON.stringify(conditioning)) {
+    problems.push({ path: ["teacher", "conditioning"], message: `[${t.conditioning.join(", ")}] differs from [${conditioning.join(", ")}], what ${where} takes with data.source ${v.data.source}: drop the key (dmd2 derives it)` });
+  }
+  return { family, conditioning };
 }
 
 /** The rules on generator.lora (docs/adapters.md §7). config.py's lora_problems is the worker's backstop copy,
@@ -79,6 +101,7 @@ export function resolveRecipe(c: CheckedRecipe, opts: ResolveOptions): { recipe:
   if (timesteps.some((t) => t < 0)) {
     problems.push({ path: ["generator", "conditioning_timestep"], message: `too small for ${v.generator.steps} steps (timesteps would go below 0)` });
   }
+  const teacherKeys = resolveTeacherKeys(v, problems);
   const withoutThreads = {
     ...v,
     version: RECIPE_SCHEMA_VERSION,
@@ -86,6 +109,7 @@ export function resolveRecipe(c: CheckedRecipe, opts: ResolveOptions): { recipe:
     run_dir,
     python,
     roles,
+    teacher: { ...v.teacher, ...teacherKeys },
     generator: { ...v.generator, conditioning_timestep: conditioning, timesteps },
   };
   // one worker: all cores; several: split them, unless the networks are big enough that compute dominates (threads.ts)
@@ -129,6 +153,10 @@ export function alreadyResolved(c: CheckedRecipe, version: number): { recipe: Re
     run_dir: need(c.run_dir, ["run_dir"]),
     torch_threads: need(c.torch_threads, ["torch_threads"]),
     roles: { teacher: role("teacher"), generator: role("generator"), fake_score: role("fake_score") },
+    // a run resolved before these keys existed has neither: derive them as a fresh resolve does
+    teacher: c.teacher.family !== null && c.teacher.conditioning !== null
+      ? { ...c.teacher, family: c.teacher.family, conditioning: c.teacher.conditioning }
+      : { ...c.teacher, ...resolveTeacherKeys(c, problems) },
     generator: { ...c.generator, conditioning_timestep: need(c.generator.conditioning_timestep, ["generator", "conditioning_timestep"]), timesteps: need(c.generator.timesteps, ["generator", "timesteps"]) },
     version,
   };

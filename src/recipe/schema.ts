@@ -145,6 +145,9 @@ export const recipeSchema = group({
       label_dropout: { kind: "number", min: 0, max: 1, exclusiveMax: true, default: 0.1 },
     }),
     path: { kind: "path", default: null, nullable: true },
+    // derived by resolve.ts from the teacher folder and the data (src/recipe/conditioning.ts); a recipe leaves them out
+    family: { kind: "string", pattern: /^[a-z0-9_.-]+$/, patternHelp: "a family name such as sd15: lower-case letters, digits, '_', '.', '-'", default: null, nullable: true, filled: true },
+    conditioning: { kind: "stringList", default: null, nullable: true, filled: true },
   }),
   diffusion: diffusionSchema,
   generator: group({

@@ -2,10 +2,9 @@
 // touch different roles and may run concurrently; phases run in order. routeTensors() then decides, for a
 // given placement, which tensors must travel between processes: a tensor produced in one worker and consumed
 // in another is returned by its producer and attached, untouched, to the consumer's request. Roles sharing a
-// process exchange nothing through the coordinator.
+// process exchange nothing through the coordinator. planStep reads the resolved recipe and nothing else: what
+// the step needs from the disk (the conditioning tensors) was resolved into it (src/recipe/conditioning.ts).
 
-import { readdirSync } from "node:fs";
-import { textFamily } from "../recipe/teacherFolder.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import {
   ganDiscriminatorWeight,
@@ -32,49 +31,10 @@ export interface RoutedCall extends OpCall {
   attach: string[];
 }
 
-/** Text step tensors of each text-to-image family (docs/protocol.md §4): SDXL adds the pooled embedding and time ids. */
-export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"] } as const;
-
-const familyOf = new Map<string, ReturnType<typeof textFamily>>();
-
-/**
- * The conditioning step tensors `generator.generate` makes and the other ops read: the class labels `cond`, or
- * with `data.source: prompts` the text tensors of the teacher's family (model_index.json's _class_name, read once
- * per folder; the recipe check made sure it is a text-to-image pipeline).
- */
-export function conditioningTensors(r: Recipe): string[] {
-  if (r.data.source === "folder") return folderHasClasses(r.data.folder.path) ? ["cond"] : [];
-  if (r.data.source !== "prompts") return ["cond"];
-  const dir = r.teacher.path;
-  if (dir === null) throw new Error("step plan: data.source prompts without teacher.path");
-  if (!familyOf.has(dir)) familyOf.set(dir, textFamily(dir));
-  const family = familyOf.get(dir);
-  if (family === null || family === undefined) throw new Error(`step plan: ${dir} is not a text-to-image pipeline folder (model_index.json)`);
-  return [...TEXT_TENSORS[family]];
-}
-
-const classesOf = new Map<string, boolean>();
-
-/**
- * Whether an image folder is class-conditional: class subfolders (the rule of dmd2_worker/data/folder.py; hidden
- * entries skipped) make labels, images directly in it make an unconditional model, which has no `cond` to route.
- * Read once per folder; an unreadable folder counts as conditional and the worker reports the problem.
- */
-function folderHasClasses(dir: string | null): boolean {
-  if (dir === null) return true;
-  if (!classesOf.has(dir)) {
-    let found = true;
-    try {
-      found = readdirSync(dir, { withFileTypes: true }).some((e) => e.isDirectory() && !e.name.startsWith("."));
-    } catch {
-      found = true;
-    }
-    classesOf.set(dir, found);
-  }
-  return classesOf.get(dir)!;
-}
-
-export function planStep(step: number, r: Recipe, cond: string[] = conditioningTensors(r)): OpCall[][] {
+/** One training step `step` of the resolved recipe `r`: a pure function of the two (test/step-plan.test.ts and
+ * python-worker/dmd2_worker/step_plan.py's port are pinned to it by python-worker/tests/fixtures/step-plan.json). */
+export function planStep(step: number, r: Recipe): OpCall[][] {
+  const cond = r.teacher.conditioning; // cond, none, or the family's text tensors (src/recipe/conditioning.ts)
   const genStep = isGeneratorStep(step, r.ttur.ratio);
   const phases: OpCall[][] = [];
   phases.push([

@@ -26,7 +26,7 @@ from .common import (Args, RoleBase, TrainedNetworkState, image_input, index_inp
                      net_cond_input, param_count, randint, randn, seeded_generator)
 from .text import check_text_teacher, is_text_recipe, load_text_unet
 from ..checkpoint import load_module, module_state, save_tensors
-from ..config import SALT_HEAD_INIT, op_seed
+from ..step_plan import SALT_HEAD_INIT, op_seed
 from ..data import build_data_source
 from ..losses import fake_score_denoising_loss, gan_discriminator_loss, gan_generator_loss
 from ..models.discriminator_head import DiscriminatorHead
