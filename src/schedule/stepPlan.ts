@@ -5,6 +5,7 @@
 // process exchange nothing through the coordinator.
 
 import { readdirSync } from "node:fs";
+import { stepTensorNames } from "../families.js";
 import { textFamily } from "../recipe/teacherFolder.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import {
@@ -32,8 +33,6 @@ export interface RoutedCall extends OpCall {
   attach: string[];
 }
 
-/** Text step tensors of each text-to-image family (docs/protocol.md §4): SDXL adds the pooled embedding and time ids. */
-export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"] } as const;
 
 const familyOf = new Map<string, ReturnType<typeof textFamily>>();
 
@@ -50,7 +49,7 @@ export function conditioningTensors(r: Recipe): string[] {
   if (!familyOf.has(dir)) familyOf.set(dir, textFamily(dir));
   const family = familyOf.get(dir);
   if (family === null || family === undefined) throw new Error(`step plan: ${dir} is not a text-to-image pipeline folder (model_index.json)`);
-  return [...TEXT_TENSORS[family]];
+  return stepTensorNames(family); // the family registry (src/families.ts)
 }
 
 const classesOf = new Map<string, boolean>();
