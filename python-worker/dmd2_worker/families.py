@@ -113,7 +113,8 @@ class Family:
     uncond_model_index_key: str | None
     latent: Latent | None
     export: Export
-    lora_targets: tuple[str, ...]
+    lora_targets: tuple[str, ...]   # the registry's default_lora_targets (a family's own list needs the resolved
+                                    # teacher.family key first: config.lora_spec cannot read the folder)
     plan_frozen: tuple[tuple[str, str], ...]   # (subfolder, weight file stem) the generator's worker holds frozen
     adapter_module: str
     adapter_files: tuple[str, ...]
@@ -262,7 +263,6 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
     exp = r.get(obj, "export", where, dict)
     export = Export(r.get(exp, "pipeline", f"{where}.export", str), r.get(exp, "scheduler", f"{where}.export", str),
                     r.choice(exp, "card", f"{where}.export", CARDS), r.get(exp, "lora_file", f"{where}.export", bool))
-    lora = r.get(obj, "lora_targets", where, list, optional=True)
     frozen = r.get(r.get(obj, "plan", where, dict), "frozen", f"{where}.plan", list)
     if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in frozen):
         raise r.fail(f"{where}.plan.frozen", "expected a list of [subfolder, weight file stem] pairs")
@@ -280,7 +280,7 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
         uncond=r.choice(obj, "uncond", where, UNCOND_KINDS),
         uncond_model_index_key=r.get(obj, "uncond_model_index_key", where, str, optional=True),
         latent=latent, export=export,
-        lora_targets=default_lora if lora is None else r.strings(obj, "lora_targets", where, allow_empty=False),
+        lora_targets=default_lora,
         plan_frozen=tuple((a, b) for a, b in frozen),
         adapter_module=r.get(adapter, "python", f"{where}.adapter", str),
         adapter_files=r.strings(adapter, "files", f"{where}.adapter", allow_empty=False),
