@@ -7,7 +7,8 @@ string literals, not comments or docstrings (prose may say which families exist)
 - a family name as a whole string literal (`family == "sdxl"`, `{"sdxl": ...}`) or as an identifier
   (`net.sdxl`, `sdxl:` as a key), import statements aside (a module may share a family's name).
 Files checked: src/**/*.ts, bin/*, python-worker/dmd2_worker/**/*.py, except each family's own adapter files (its
-registry entry's `adapter.files`) and the registry readers.
+registry entry's `adapter.files`), the registry readers and the few (file, name) pairs of ALLOWED, each with its
+reason.
 """
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "python-worker" / "dmd2_worker" / "families.json"
 READERS = ("src/families.ts", "python-worker/dmd2_worker/families.py")
+# (file, name) pairs allowed, each with its reason; keep this short.
+ALLOWED = {
+    # `dmd2 plan --json`'s network.unet2d (a UNet2DModel folder's arch) predates the registry: renaming the key
+    # would change the JSON scripts read
+    ("src/plan/network.ts", "unet2d"), ("src/plan/format.ts", "unet2d"),
+}
 
 
 @dataclass(frozen=True)
@@ -211,7 +218,7 @@ def scan_project(root: Path = ROOT, registry: Path = REGISTRY) -> list[Hit]:
             continue
         text = f.read_text(encoding="utf-8")
         scan = scan_python if f.suffix == ".py" else scan_ts
-        hits += scan(text, rel, names, pipelines)
+        hits += [h for h in scan(text, rel, names, pipelines) if (h.file, h.name) not in ALLOWED]
     return hits
 
 

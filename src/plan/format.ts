@@ -180,7 +180,7 @@ function networkText(n: NetworkPlan): string {
     const frozen = n.frozen.map((f) => `${f.name} ${count(f.params)}`).join(", ");
     return `${arch} (latents ${shape}) ${count(n.params)} params${files}; discriminator head ${count(n.discriminatorHeadParams)}; frozen beside the generator: ${frozen}`;
   }
-  const a = n.unet2dModel;
+  const a = n.unet2d;
   if (a === null) return `diffusers UNet2DModel ${from}: size unknown`;
   const attn = a.addAttention && a.midBlockType !== null ? ", mid attention" : "";
   const cls = n.numClasses === null ? "unconditional" : `${n.numClasses} classes${n.nullClass ? " + null class" : ""}`;

@@ -35,7 +35,7 @@ export interface NetworkPlan {
   /** the built-in TinyUNet's arch (kind builtin) */
   tiny: UNetArch | null;
   /** the diffusers UNet2DModel's arch (kind diffusers), null when its config cannot be sized */
-  unet2dModel: UNet2DArch | null;
+  unet2d: UNet2DArch | null;
   /** (C, H, W) the networks take and make; null: unknown */
   imageShape: Shape | null;
   /** the classes the networks are conditioned on (null: unconditional) */
@@ -108,7 +108,7 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
         kind: "builtin",
         from: "teacher.builtin",
         tiny: arch,
-        unet2dModel: null,
+        unet2d: null,
         imageShape: [arch.inChannels, arch.imageSize, arch.imageSize],
         numClasses: arch.numClasses,
         nullClass: arch.numClasses !== null,
@@ -137,7 +137,7 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
     kind: "diffusers",
     from: t.configFile,
     tiny: null,
-    unet2dModel: a,
+    unet2d: a,
     imageShape,
     numClasses: t.numClasses,
     nullClass: t.nullClass !== null,
@@ -207,7 +207,7 @@ function textNetworkPlan(r: Recipe, dir: string, family: TextFamily, problems: S
     kind: "text-to-image",
     from: t.configFile,
     tiny: null,
-    unet2dModel: null,
+    unet2d: null,
     imageShape: t.latentShape,
     numClasses: null,
     nullClass: false,
