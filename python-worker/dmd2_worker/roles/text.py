@@ -74,13 +74,18 @@ def check_family_fits(recipe: Recipe) -> None:
 
 
 def load_text_unet(folder: str | Path, device: torch.device) -> torch.nn.Module:
-    """The folder's UNet2DConditionModel alone (float32, on `device`): what the fake score trains."""
-    from diffusers import UNet2DConditionModel
+    """The folder's backbone alone (its family's backbone class from its subfolder, float32, on `device`): what the
+    fake score trains."""
+    import diffusers
 
     from ..adapters.base import load_component
+    from ..adapters.registry import family_of
+    from ..families import family
 
-    unet = load_component(UNet2DConditionModel.from_pretrained, Path(folder).absolute(), "unet",
-                          torch_dtype=torch.float32)
+    folder = Path(folder).absolute()
+    fam = family(family_of(folder))
+    backbone = getattr(diffusers, fam.backbone_class)
+    unet = load_component(backbone.from_pretrained, folder, fam.backbone_subfolder, torch_dtype=torch.float32)
     return unet.to(device)
 
 
