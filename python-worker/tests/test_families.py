@@ -70,3 +70,15 @@ def test_backbone_dims_come_from_the_config():
                 cfg = {dim.config: 100, **({dim.minus_config: 5} if dim.minus_config else {})}
                 assert dim.from_config(cfg) == 100 - dim.minus_times * 5, name
                 assert dim.from_config({}) == dim.default if dim.minus_config is None else dim.from_config({}) is None
+
+
+def test_each_adapter_loads_the_components_its_entry_names():
+    import importlib
+
+    for fam in registry().text_families():
+        module = importlib.import_module(fam.adapter_module)
+        subs = {sub for sub, _, _ in module.COMPONENTS}
+        named = {fam.backbone_subfolder, fam.latent.subfolder, "scheduler",
+                 *(e.subfolder for e in fam.text_encoders), *(e.tokenizer for e in fam.text_encoders)}
+        assert subs == named, (fam.name, subs ^ named)
+        assert {sub for sub, _ in fam.plan_frozen} == {fam.latent.subfolder, *(e.subfolder for e in fam.text_encoders)}

@@ -1,6 +1,6 @@
 // Checks a parsed recipe object against a schema, collecting every problem at once (never stopping at the
-// first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system, no YAML.
-// load.ts adds file names and line numbers.
+// first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system (beyond the
+// shipped family registry, src/families.ts, read once), no YAML. load.ts adds file names and line numbers.
 
 import { pipelineList, textFamilies } from "../families.js";
 import { DEVICE_PATTERN, type Group, type Leaf, type Node } from "./schema.js";
