@@ -11,13 +11,6 @@ import { projectRoot } from "./helpers.js";
 
 type Graph = Map<string, Set<string>>;
 
-/** Known cycles the lead removes after a merge: "a -> b" edges that are ignored, each with the reason. */
-const KNOWN: Record<string, string> = {
-  // Being removed on another branch of issue 25 (the guidance helper); the lead deletes these two after merging it.
-  "python-worker/dmd2_worker/roles/common.py -> python-worker/dmd2_worker/roles/text.py": "roles/common.py <-> roles/text.py, fixed on another branch",
-  "python-worker/dmd2_worker/roles/text.py -> python-worker/dmd2_worker/roles/common.py": "roles/common.py <-> roles/text.py, fixed on another branch",
-};
-
 function filesUnder(dir: string, ext: string): string[] {
   return readdirSync(dir, { recursive: true, withFileTypes: true })
     .filter((e) => e.isFile() && e.name.endsWith(ext))
@@ -135,7 +128,7 @@ function cyclicEdges(g: Graph): string[] {
   for (const v of g.keys()) if (!idx.has(v)) visit(v);
   const edges: string[] = [];
   for (const [a, targets] of g) for (const b of targets) if (comp.get(a) === comp.get(b)) edges.push(`${a} -> ${b}`);
-  return edges.filter((e) => !(e in KNOWN)).sort();
+  return edges.sort();
 }
 
 const tsFiles = fileGraph(filesUnder(path.join(projectRoot, "src"), ".ts"), tsImports);

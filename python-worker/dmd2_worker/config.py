@@ -390,8 +390,9 @@ def _check_values(r: Recipe, problems: list[str]) -> None:
         problems.append("teacher.path: required when teacher.source is 'diffusers'")
     if r.data.source == "prompts":
         if r.teacher.source != "diffusers":
-            problems.append("data.source: prompts needs teacher.source 'diffusers' (a StableDiffusionPipeline or "
-                            "StableDiffusionXLPipeline folder)")
+            from .families import text_pipelines_phrase
+
+            problems.append(f"data.source: prompts needs teacher.source 'diffusers' (a {text_pipelines_phrase()} folder)")
         if r.gan.enabled and not r.data.prompts.images:
             problems.append("data.prompts.images: required when gan.enabled is true (the GAN's real images), or set "
                             "gan.enabled: false")

@@ -35,6 +35,7 @@ import torch
 from .checkpoint import EMA_FILE
 from .config import Recipe, lora_spec, parse_recipe
 from .job import JobInputError, emit, read_spec, run_job, stop_on_sigterm  # noqa: F401 - stop_on_sigterm: the tests
+from .families import registry
 
 USAGE = "usage: python -m dmd2_worker.export <spec.json>"
 STUDENT_FILE = "dmd2_student.json"
@@ -60,7 +61,7 @@ def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tupl
     from .roles.common import load_network_state
 
     family = family_of(teacher_dir)
-    if family == "unet2d":
+    if not registry().family(family).is_text:
         from .teacher_training import load_network
 
         net, _ = load_network(teacher_dir)
@@ -118,7 +119,8 @@ def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path,
     n = len(timesteps)
     T = recipe.diffusion.num_train_timesteps
     by_steps = timesteps == default_timesteps(n, T)
-    kind = {"unet2d": "UNet2DModel", "sd15": "Stable Diffusion 1.5", "sdxl": "Stable Diffusion XL"}[family]
+    fam = registry().family(family)
+    kind = fam.title
     lines = [f"# {recipe.name}: a {n}-step student distilled with dmd2 (DMD2)", "",
              f"- teacher: `{recipe.teacher.path}` ({kind})",
              f"- run: `{run_dir}`, checkpoint `{checkpoint.name}`{' (EMA weights)' if ema else ''}",
@@ -138,14 +140,15 @@ def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path,
                   f"                                           original_inference_steps={T})",
                   f"image = pipe(\"a photo of a cat\", timesteps=[{ts}], guidance_scale=1.0,",
                   "             generator=torch.Generator().manual_seed(0)).images[0]", "```", ""]
-    elif family == "unet2d":
+    elif fam.export.card == "backbone_loop":
+        backbone = fam.backbone_class
         labels = ", class_labels=labels" if num_classes else ""
         lines += ["A diffusers folder: `unet/` is the student, `scheduler/` an LCMScheduler that samples as it was "
                   "trained (x0 prediction, re-noised with fresh noise from the same generator). Sample 16 images "
                   "with:", "", "```python",
-                  "import torch", "from diffusers import LCMScheduler, UNet2DModel",
-                  "unet = UNet2DModel.from_pretrained(\"<this folder>\", subfolder=\"unet\")",
-                  "scheduler = LCMScheduler.from_pretrained(\"<this folder>\", subfolder=\"scheduler\")",
+                  "import torch", f"from diffusers import {fam.export.scheduler}, {backbone}",
+                  f"unet = {backbone}.from_pretrained(\"<this folder>\", subfolder=\"{fam.backbone_subfolder}\")",
+                  f"scheduler = {fam.export.scheduler}.from_pretrained(\"<this folder>\", subfolder=\"scheduler\")",
                   f"scheduler.set_timesteps(timesteps=[{ts}])",
                   "g = torch.Generator().manual_seed(0)",
                   "size = unet.config.sample_size",
@@ -159,7 +162,7 @@ def model_card(recipe: Recipe, family: str, timesteps: list[int], run_dir: Path,
                   "images = (x.clamp(-1, 1) + 1) / 2  # (16, C, H, W) in [0, 1]", "```", "",
                   "With the same seed this gives the images `dmd2 sample --num 16 --seed 0` gives."]
         if not num_classes and by_steps:
-            lines += ["The stock pipeline does the same: `DDPMPipeline.from_pretrained(\"<this folder>\")(batch_size=16, "
+            lines += [f"The stock pipeline does the same: `{fam.export.pipeline}.from_pretrained(\"<this folder>\")(batch_size=16, "
                       f"num_inference_steps={n}, generator=torch.Generator().manual_seed(0))`."]
         elif num_classes:
             lines += ["(No stock diffusers pipeline takes class labels, hence the loop.)"]
@@ -192,9 +195,10 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                             f"drop --lora for a full export")
     log(f"loading the generator of {checkpoint.name} on the teacher {teacher_dir}")
     net, family, ema = student_network(recipe, teacher_dir, checkpoint)
-    if want_lora and family == "unet2d":
-        raise JobInputError("lora", "--lora: diffusers has no LoRA loader for UNet2DModel pipelines; drop --lora for "
-                            "a full export (the adapters merged into the UNet)")
+    fam = registry().family(family)
+    if want_lora and not fam.export.lora_file:
+        raise JobInputError("lora", f"--lora: diffusers has no LoRA loader for {fam.backbone_class} pipelines; drop "
+                            f"--lora for a full export (the adapters merged into the UNet)")
     timesteps = [int(t) for t in recipe.generator.timesteps]
 
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -225,7 +229,7 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
             index = tmp / "model_index.json"
             if index.is_file():
                 model_index = json.loads(index.read_text(encoding="utf-8"))
-                model_index["scheduler"] = ["diffusers", "LCMScheduler"]
+                model_index["scheduler"] = ["diffusers", fam.export.scheduler]
                 index.unlink()  # may be a hard link to the teacher's file: never write through it
                 index.write_text(json.dumps(model_index, indent=2) + "\n")
         student = {"format": "dmd2-student", "version": 1, "timesteps": timesteps, "steps": len(timesteps),

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .families import registry
 from .checkpoint import full_tensor, like
 
 ADAPTER = "default"                                  # the peft adapter name; part of the lora_state keys
@@ -45,8 +46,7 @@ _ADAPTABLE = (nn.Linear, nn.Conv2d)
 # convolutions. Neither the DMD2 paper nor docs/DESIGN.md fixes these; this is the project's choice (6.8% of
 # SD 1.5's UNet, 7.5% of SDXL's, see docs/adapters.md "LoRA students").
 DEFAULT_RANK = 64
-DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                          "conv1", "conv2")
+DEFAULT_TARGET_MODULES = registry().default_lora_targets  # families.json's default_lora_targets
 # suffixes suggested first when a target matches nothing
 _USUAL_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                    "conv1", "conv2", "conv_shortcut", "time_emb_proj")

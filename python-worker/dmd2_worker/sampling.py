@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .diffusion import NoiseSchedule
+from .guidance import guided
 
 X0Fn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -90,6 +91,42 @@ def ddim_timesteps(steps: int, num_train_timesteps: int) -> list[int]:
 
 
 @torch.no_grad()
+def ddim_loop(
+    out_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int],
+    prev_timesteps: Sequence[int],
+    final_alpha_bar: float | None = None,
+    clip_sample: float | None = None,
+    callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one DDIM (eta = 0) loop (Song et al. 2021, eq. 12 with sigma = 0): at each t_i, the raw output
+    `out_fn(x, t)` (guidance already applied) gives x0 and the noise direction eps = (x - sqrt(a_t) x0) /
+    sqrt(1 - a_t), then x <- sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with a_prev = alpha_bar[prev_timesteps[i]].
+    A negative previous timestep is the end: x goes to `final_alpha_bar` (diffusers' set_alpha_to_one rule) or, when
+    that is None, stays. `clip_sample` r clamps each x0 to [-r, r] after eps is taken (the noise direction stays the
+    model's, diffusers' clip_sample without use_clipped_model_output). `callback(i, t, x, x0)`.
+    Returns (the last x, the last x0)."""
+    x = x.float()
+    x0 = x
+    for i, (t_i, t_prev) in enumerate(zip(timesteps, prev_timesteps)):
+        t = _t(t_i, x)
+        out = out_fn(x, t)
+        x0 = schedule.to_x0(out, x, t)
+        eps = schedule.to_eps(x0, x, t)
+        if clip_sample is not None:
+            x0 = x0.clamp(-clip_sample, clip_sample)
+        if callback is not None:
+            callback(i, t_i, x, x0)
+        if t_prev >= 0:
+            x = schedule.add_noise(x0, _t(t_prev, x), eps)
+        elif final_alpha_bar is not None:
+            x = final_alpha_bar ** 0.5 * x0 + (1.0 - final_alpha_bar) ** 0.5 * eps
+    return x, x0
+
+
+@torch.no_grad()
 def ddim_sample(
     model: torch.nn.Module,
     z: torch.Tensor,
@@ -101,25 +138,15 @@ def ddim_sample(
     callback: Callback | None = None,
     clip_sample: float | None = None,
 ) -> torch.Tensor:
-    """Deterministic DDIM (eta = 0) with the raw network `model(x, t, cond)` in `schedule.prediction_type`, with
-    classifier-free guidance `uncond + s (cond - uncond)` when `cond` is given and s != 1 (`uncond` = `null_class`).
-    `clip_sample` r: each step's x0 is clamped to [-r, r] and the noise direction kept the model's (diffusers'
-    DDIMScheduler with clip_sample, use_clipped_model_output False)."""
+    """Deterministic DDIM (eta = 0, `ddim_loop`) with the raw network `model(x, t, cond)` in
+    `schedule.prediction_type` on the trailing timesteps (`ddim_timesteps`), with classifier-free guidance
+    `uncond + s (cond - uncond)` when `cond` is given and s != 1 (`uncond` = `null_class`). `clip_sample` r: each
+    step's x0 is clamped to [-r, r] and the noise direction kept the model's (diffusers' DDIMScheduler with
+    clip_sample, use_clipped_model_output False). Returns the last step's x0."""
     ts = ddim_timesteps(steps, schedule.num_train_timesteps)
-    x = z.float()
-    x0 = x
-    for i, t_i in enumerate(ts):
-        t = _t(t_i, x)
-        out = guided_output(model, x, t, cond, guidance_scale, null_class)
-        x0 = schedule.to_x0(out, x, t)
-        eps = schedule.to_eps(x0, x, t)
-        if clip_sample is not None:
-            x0 = x0.clamp(-clip_sample, clip_sample)
-        if callback is not None:
-            callback(i, x, x0)
-        if i + 1 < len(ts):
-            t_prev = _t(ts[i + 1], x)
-            x = schedule.add_noise(x0, t_prev, eps)
+    step = None if callback is None else (lambda i, t, x, x0: callback(i, x, x0))
+    _, x0 = ddim_loop(lambda x, t: guided_output(model, x, t, cond, guidance_scale, null_class), z, schedule, ts,
+                      [*ts[1:], -1], None, clip_sample, step)
     return x0
 
 
@@ -131,13 +158,10 @@ def guided_output(
     guidance_scale: float,
     null_class: int | None,
 ) -> torch.Tensor:
-    """The network output with classifier-free guidance `uncond + s (cond - uncond)`; plain `model(x, t, cond)`
-    when unconditional or s == 1. One batched forward for both halves."""
+    """`guidance.guided` for class labels: the unconditional input is the null class `null_class`; plain
+    `model(x, t, cond)` when unconditional or s == 1."""
     if cond is None or guidance_scale == 1.0:
         return model(x, t, cond)
     if null_class is None:
         raise ValueError("classifier-free guidance needs the null class index")
-    uncond = torch.full_like(cond, null_class)
-    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
-    out_c, out_u = out.chunk(2)
-    return out_u + guidance_scale * (out_c - out_u)
+    return guided(model, x, t, cond, torch.full_like(cond, null_class), guidance_scale)

@@ -2,7 +2,7 @@
 vocab.json / merges.txt are written here), saved with save_pretrained: what the adapter, role and end-to-end tests
 load through the real `from_pretrained(folder)` code. Also a command line for the TypeScript end-to-end tests:
 
-    python python-worker/tests/pipelines.py sd15|sdxl OUT        # a pipeline folder
+    python python-worker/tests/pipelines.py <tiny builder> OUT   # a pipeline folder (TINY_BUILDERS: a family's)
     python python-worker/tests/pipelines.py images OUT N [SIZE]  # N random RGB PNGs and a captions.txt
 """
 from __future__ import annotations
@@ -94,6 +94,30 @@ def build_sdxl(out: Path, work: Path) -> Path:
     return out
 
 
+GMM_DATA = {"source": "gmm", "gmm": {"num_classes": 4, "image_size": 8, "std": 0.1}}  # the tiny recipe's data
+
+
+def build_unet2d(out: Path, work: Path) -> Path:
+    """A class-conditional UNet2DModel teacher folder (what dmd2 train-teacher writes) for the tiny recipe's data:
+    4 classes of 1 x 8 x 8 images, the tiny recipe's (and SD's) scaled-linear schedule."""
+    from dmd2_worker.config import DiffusionConfig
+    from dmd2_worker.models.unet2d import teacher_unet_config
+    from dmd2_worker.teacher_folder import write_teacher_folder
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(2)
+    k = GMM_DATA["gmm"]["num_classes"]
+    unet = UNet2DModel(**teacher_unet_config(image_shape=(1, 8, 8), block_out_channels=[8, 16], layers_per_block=1,
+                                             norm_num_groups=4, num_classes=k))
+    diffusion = DiffusionConfig(**SCHEDULE, prediction_type="epsilon")
+    return write_teacher_folder(out, unet, diffusion, k, GMM_DATA, {})
+
+
+# The tiny builder of every registered family, by its registry entry's `tiny_builder` (families.json): the generic
+# test (test_every_family.py) fails for a family without one. Each takes (out folder, a scratch folder).
+TINY_BUILDERS = {"unet2d": build_unet2d, "sd15": build_sd15, "sdxl": build_sdxl}
+
+
 def with_prediction_type(folder: Path, out: Path, prediction_type: str) -> Path:
     shutil.copytree(folder, out)
     path = out / "scheduler" / "scheduler_config.json"
@@ -125,9 +149,9 @@ def write_images(folder: Path, n: int, size: int = 16, seed: int = 0, captions: 
 def main(argv: list[str]) -> int:
     import tempfile
 
-    if len(argv) >= 2 and argv[0] in ("sd15", "sdxl"):
+    if len(argv) >= 2 and argv[0] in TINY_BUILDERS:
         with tempfile.TemporaryDirectory() as work:
-            (build_sd15 if argv[0] == "sd15" else build_sdxl)(Path(argv[1]), Path(work))
+            TINY_BUILDERS[argv[0]](Path(argv[1]), Path(work))
         return 0
     if len(argv) in (3, 4) and argv[0] == "images":
         write_images(Path(argv[1]), int(argv[2]), int(argv[3]) if len(argv) == 4 else 16)

@@ -95,7 +95,7 @@ def test_unet2d_condition_net_state_dict_and_interface(pipelines, family):
     net = UNet2DConditionNet(adapter.unet)
     own = adapter.unet.state_dict()
     assert set(net.state_dict()) == {f"unet.{k}" for k in own}  # dmd2 export strips "unet."
-    assert (net.in_channels, net.image_size, net.sdxl) == (4, 8, family == "sdxl")
+    assert (net.in_channels, net.image_size, net.family == "sdxl") == (4, 8, family == "sdxl")
     assert (net.feature_channels, net.feature_size) == (64, 4)
     cond = adapter.encode_prompts(["a cat", "the dog"])
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))

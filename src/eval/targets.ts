@@ -7,6 +7,7 @@ import path from "node:path";
 import { UsageError } from "../errors.js";
 import { showPath } from "../recipe/files.js";
 import { dataSchema } from "../recipe/schema.js";
+import { family as familyInfo } from "../families.js";
 import { looksLikeTeacherFolder, readTeacherData, TEACHER_META, textFamily } from "../recipe/teacherFolder.js";
 import type { DataConfig } from "../recipe/types.js";
 import { checkSchema } from "../recipe/validate.js";
@@ -51,7 +52,7 @@ export function readTarget(given: string): Target {
     };
   }
   const family = textFamily(dir);
-  if (family !== null) throw new UsageError(`${given}: a text-to-image pipeline (${family === "sd15" ? "StableDiffusionPipeline" : "StableDiffusionXLPipeline"}): ${NO_TEXT.replace(" <run> --prompt TEXT", " on a run distilled from it")}`, { code: "EVAL_DATA" });
+  if (family !== null) throw new UsageError(`${given}: a text-to-image pipeline (${familyInfo(family).pipelineClasses[0]}): ${NO_TEXT.replace(" <run> --prompt TEXT", " on a run distilled from it")}`, { code: "EVAL_DATA" });
   if (looksLikeTeacherFolder(dir)) {
     const meta = readTeacherData(dir);
     if (meta !== null && "error" in meta) throw new UsageError(`${meta.error}: the teacher folder is damaged`);

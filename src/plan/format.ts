@@ -3,6 +3,7 @@
 import path from "node:path";
 import { stdoutColor as chalk } from "../colors.js";
 import { formatBytes, formatCount, formatRate, table } from "../text.js";
+import { family } from "../families.js";
 import type { NetworkPlan } from "./network.js";
 import type { Plan, Ramp, StepRow } from "./plan.js";
 
@@ -172,11 +173,12 @@ function networkText(n: NetworkPlan): string {
   }
   const from = `from ${shown(n.from)}`;
   if (n.kind === "text-to-image") {
-    const family = n.text?.family === "sdxl" ? "SDXL" : "SD 1.5";
-    if (n.params === null) return `${family} UNet2DConditionModel ${from}: size unknown`;
+    const fam = n.text === null ? null : family(n.text.family);
+    const arch = fam === null ? "text-to-image network" : `${fam.shortTitle} ${fam.backbone.className}`;
+    if (n.params === null) return `${arch} ${from}: size unknown`;
     const files = n.text === null ? "" : ` (counted from ${n.text.weightFiles.map(shown).join(", ")})`;
     const frozen = n.frozen.map((f) => `${f.name} ${count(f.params)}`).join(", ");
-    return `${family} UNet2DConditionModel (latents ${shape}) ${count(n.params)} params${files}; discriminator head ${count(n.discriminatorHeadParams)}; frozen beside the generator: ${frozen}`;
+    return `${arch} (latents ${shape}) ${count(n.params)} params${files}; discriminator head ${count(n.discriminatorHeadParams)}; frozen beside the generator: ${frozen}`;
   }
   const a = n.unet2d;
   if (a === null) return `diffusers UNet2DModel ${from}: size unknown`;

@@ -4,11 +4,13 @@
 // layer trains rank * (in * kh * kw + out) numbers (A: in -> rank with the layer's kernel, B: rank -> out, 1x1,
 // no bias). test/text2image.test.ts checks the count against lora.py on real diffusers UNets.
 
+import { familyRegistry } from "../families.js";
 import type { Recipe } from "../recipe/types.js";
 import type { TensorShapes } from "./safetensors.js";
 
-/** lora.py DEFAULT_TARGET_MODULES: what `generator.lora.target_modules: null` adapts (a test keeps them equal). */
-export const DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"];
+/** What `generator.lora.target_modules: null` adapts: the family registry's default_lora_targets (lora.py's
+ * DEFAULT_TARGET_MODULES reads the same list). */
+export const DEFAULT_LORA_TARGETS: readonly string[] = familyRegistry().defaultLoraTargets;
 
 export interface LoraPlan {
   rank: number;
@@ -25,11 +27,11 @@ export interface LoraPlan {
 const matches = (module: string, target: string) => module === target || module.endsWith(`.${target}`);
 
 /** The recipe's LoRA adapters on a UNet with these tensors; null when generator.lora.rank is null (the whole UNet trains). */
-export function loraPlan(r: Recipe, unet: TensorShapes): LoraPlan | null {
+export function loraPlan(r: Recipe, unet: TensorShapes, defaultTargets: readonly string[] = DEFAULT_LORA_TARGETS): LoraPlan | null {
   const c = r.generator.lora;
   if (c.rank === null) return null;
   const rank = c.rank;
-  const targets = c.target_modules ?? DEFAULT_LORA_TARGETS;
+  const targets = c.target_modules ?? [...defaultTargets];
   // a Linear has a 2-d weight (out, in), a Conv2d a 4-d one (out, in / groups, kh, kw)
   const layers: [string, number[]][] = [];
   for (const [name, shape] of unet) {

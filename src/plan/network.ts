@@ -6,7 +6,8 @@
 import path from "node:path";
 import type { Recipe } from "../recipe/types.js";
 import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "../unet/params.js";
-import { textFamily } from "../recipe/teacherFolder.js";
+import { family as familyInfo } from "../families.js";
+import { textFamily, type TextFamily } from "../recipe/teacherFolder.js";
 import { loraPlan, type LoraPlan } from "./lora.js";
 import { componentShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
@@ -27,7 +28,7 @@ export interface DataPlan {
 }
 
 export interface NetworkPlan {
-  /** builtin: the TinyUNet; diffusers: a UNet2DModel folder; text-to-image: a StableDiffusion(XL)Pipeline folder */
+  /** builtin: the TinyUNet; diffusers: a UNet2DModel folder; text-to-image: a folder of a text family (src/families.ts) */
   kind: "builtin" | "diffusers" | "text-to-image";
   /** where the architecture comes from: "teacher.builtin" or the teacher's unet/config.json */
   from: string;
@@ -44,7 +45,7 @@ export interface NetworkPlan {
   /** the UNet's parameters; null: unknown (see unknown) */
   params: number | null;
   /** text-to-image: where the UNet's count was read (its safetensors headers) and the pipeline's family */
-  text: { family: "sd15" | "sdxl"; weightFiles: string[] } | null;
+  text: { family: TextFamily; weightFiles: string[] } | null;
   /** the text step tensors' sizes (text-to-image); null: none, or unknown */
   textTensors: TextTensorSizes | null;
   /** the generator's LoRA adapters (generator.lora); null: the whole UNet trains */
@@ -187,8 +188,8 @@ export function networkPlan(r: Recipe, data: DataPlan): { network: NetworkPlan; 
 }
 
 /** The recipe's LoRA adapters on a UNet with these tensors; a target matching nothing is a problem (the worker refuses it). */
-function loraChecked(r: Recipe, shapes: Parameters<typeof loraPlan>[1], problems: ShapeProblem[]): LoraPlan | null {
-  const lora = loraPlan(r, shapes);
+function loraChecked(r: Recipe, shapes: Parameters<typeof loraPlan>[1], problems: ShapeProblem[], defaultTargets?: readonly string[]): LoraPlan | null {
+  const lora = loraPlan(r, shapes, defaultTargets);
   for (const t of lora?.unmatched ?? []) {
     problems.push({ subject: "generator.lora.target_modules", message: `${JSON.stringify(t)} matches no Linear or Conv2d layer of the teacher's UNet; the generator will refuse it`, fix: "name module-name suffixes the UNet has, e.g. to_q, to_k, to_v, to_out.0, conv1" });
   }
@@ -200,7 +201,7 @@ function loraChecked(r: Recipe, shapes: Parameters<typeof loraPlan>[1], problems
  * headers (textPipeline.ts), the latent shape and the discriminator head from unet/config.json. Activations are
  * not modelled for UNet2DConditionModel (activationsUnknown says so); the memory estimate is then a lower bound.
  */
-function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", problems: ShapeProblem[]): { network: NetworkPlan; problems: ShapeProblem[] } {
+function textNetworkPlan(r: Recipe, dir: string, family: TextFamily, problems: ShapeProblem[]): { network: NetworkPlan; problems: ShapeProblem[] } {
   const t = readTextPipeline(dir, family);
   const network: NetworkPlan = {
     kind: "text-to-image",
@@ -220,14 +221,14 @@ function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", proble
     activationsPerSample: null,
     encoderActivationsPerSample: null,
     unknown: t.unknown,
-    activationsUnknown: "what a UNet2DConditionModel's forward pass keeps is not modelled (weights, grads and AdamW are exact, from the safetensors headers)",
+    activationsUnknown: `what a ${familyInfo(family).backbone.className}'s forward pass keeps is not modelled (weights, grads and AdamW are exact, from the safetensors headers)`,
   };
   // the workers' from_pretrained loads the default weight files: a folder saved with variant= fails at set-up
   for (const v of t.variantOnly) {
     problems.push({ subject: "teacher", message: `${path.join(dir, v.sub)} has only variant weights (${v.files.join(", ")}); the workers load the default files and will refuse it`, fix: "save the pipeline again without variant= (DiffusionPipeline.from_pretrained(folder, variant=...).save_pretrained(new_folder)) or fetch the non-variant files" });
   }
   if (t.unknown === null && t.features === null) network.unknown = `${t.configFile}: sample_size is not divisible by 2^(len(block_out_channels) - 1); the workers will refuse it`;
-  if (t.unetShapes !== null && network.unknown === null) network.lora = loraChecked(r, t.unetShapes, problems);
+  if (t.unetShapes !== null && network.unknown === null) network.lora = loraChecked(r, t.unetShapes, problems, familyInfo(family).loraTargets);
   return { network, problems };
 }
 

@@ -4,15 +4,16 @@
 // discriminator.generator_gan_grad).
 
 import { DTYPE_ITEMSIZE, type DType } from "../protocol/messages.js";
+import { textFamilies } from "../families.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import type { RoutedCall } from "../schedule/stepPlan.js";
 
-/** The text step tensors' sizes (a text-to-image teacher, plan/textPipeline.ts): cond_hidden (B, seqLen, hiddenDim);
- * SDXL also cond_pooled (B, pooledDim) and cond_time_ids (B, 6). */
+/** The text step tensors' sizes (a text-to-image teacher, plan/textPipeline.ts): the values of the registry dims
+ * seq_len, hidden and pooled (src/families.ts), e.g. cond_hidden (B, seqLen, hiddenDim). */
 export interface TextTensorSizes {
   seqLen: number;
   hiddenDim: number;
-  /** null: no pooled embedding (SD 1.5) */
+  /** null: no pooled embedding (a family without one) */
   pooledDim: number | null;
 }
 
@@ -41,16 +42,22 @@ export function tensorInfo(name: string, r: Recipe, imageShape: readonly [number
     case "cond": // class labels
     case "t_dmd": // the DMD gradient's timesteps
       return perSample();
-    // text conditioning (roles/text.py store_conditioning): the prompts' hidden states, SDXL's pooled embedding and time ids
-    case "cond_hidden":
-      return text === null ? null : floats(text.seqLen, text.hiddenDim);
-    case "cond_pooled":
-      return text?.pooledDim == null ? null : floats(text.pooledDim);
-    case "cond_time_ids":
-      return text === null ? null : floats(6);
     default:
-      return null;
+      return textTensorInfo(name, B, text);
   }
+}
+
+/** A text family's conditioning step tensor (roles/text.py store_conditioning), shaped by its registry entry
+ * (src/families.ts): `B`, numbers, and the dims the plan reads (seq_len, hidden, pooled); null when unknown. */
+function textTensorInfo(name: string, B: number, text: TextTensorSizes | null): TensorInfo | null {
+  if (text === null) return null;
+  const spec = textFamilies().flatMap((f) => f.stepTensors).find((t) => t.name === name);
+  if (spec === undefined) return null;
+  const dims: Record<string, number | null> = { seq_len: text.seqLen, hidden: text.hiddenDim, pooled: text.pooledDim };
+  const shape = spec.shape.map((d) => (d === "B" ? B : typeof d === "number" ? d : (dims[d] ?? null)));
+  if (shape.some((d) => d === null)) return null;
+  const size = shape.reduce<number>((a, b) => a * (b as number), 1);
+  return { dtype: spec.dtype, shape: shape as number[], bytes: size * DTYPE_ITEMSIZE[spec.dtype] };
 }
 
 export interface Transfer {

@@ -1,4 +1,4 @@
-// A text-to-image teacher (a StableDiffusion(XL)Pipeline folder, docs/adapters.md §6) sized for the plan from
+// A text-to-image teacher (a pipeline folder of a text family of src/families.ts, docs/adapters.md §6) sized for the plan from
 // its safetensors headers (plan/safetensors.ts): the UNet2DConditionModel's parameters exactly, whatever its
 // blocks, and the frozen networks the generator's worker holds beside it (the text encoder(s) and the VAE).
 // The latent shape and the mid block the discriminator head reads come from unet/config.json, as
@@ -6,6 +6,7 @@
 // the plan says so instead of guessing.
 
 import path from "node:path";
+import { family, type DimSpec } from "../families.js";
 import type { TextFamily } from "../recipe/teacherFolder.js";
 import { componentShapes, countValues, type TensorShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
@@ -24,8 +25,8 @@ export interface TextPipelineNetwork {
   latentShape: [number, number, number] | null;
   /** the mid block's output (the discriminator head's input); null when unknown */
   features: { channels: number; size: number } | null;
-  /** the text step tensors' sizes: the tokenizer's model_max_length, the UNet's cross_attention_dim (and SDXL's
-   * pooled width); null when the JSON files do not say */
+  /** the text step tensors' sizes (the family's dims: the tokenizer's model_max_length, the UNet's
+   * cross_attention_dim, a pooled width where the family has one); null when the JSON files do not say */
   textTensors: TextTensorSizes | null;
   /** the frozen networks the generator's worker also holds (text encoders, VAE), by subfolder */
   frozen: { name: string; params: number }[];
@@ -34,12 +35,6 @@ export interface TextPipelineNetwork {
   /** components saved only as a variant (e.g. fp16), which the workers cannot load: subfolder and files */
   variantOnly: { sub: string; files: string[] }[];
 }
-
-/** The text encoders each family's adapter loads, then its VAE (adapters/sd15.py, sdxl.py). */
-const FROZEN: Record<TextFamily, [string, string][]> = {
-  sd15: [["text_encoder", "model"], ["vae", "diffusion_pytorch_model"]],
-  sdxl: [["text_encoder", "model"], ["text_encoder_2", "model"], ["vae", "diffusion_pytorch_model"]],
-};
 
 type Obj = Record<string, unknown>;
 
@@ -58,27 +53,45 @@ function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentSh
 }
 
 /**
- * What the adapters write as step tensors (roles/text.py): the prompt padded to tokenizer/'s model_max_length, of
- * the UNet's cross_attention_dim (UNet2DConditionModel's default 1280 when unset); SDXL's pooled embedding is what
- * the added embedding takes beside 6 time-id embeddings (models/unet2d_condition.py). Null when a file is missing.
+ * What the adapters write as step tensors (roles/text.py), sized by the family's dims in the family registry
+ * (src/families.ts): e.g. the prompt padded to tokenizer/'s model_max_length, of the UNet's cross_attention_dim
+ * (UNet2DConditionModel's default 1280 when unset), a pooled embedding as wide as what the added embedding takes
+ * beside 6 time-id embeddings (models/unet2d_condition.py). Null when a file or key is missing.
  */
-function textTensorSizes(dir: string, unet: Obj, family: TextFamily): TextTensorSizes | null {
-  const tokenizer = readJson(path.join(dir, "tokenizer", "tokenizer_config.json"));
-  if ("error" in tokenizer) return null;
-  const seqLen = (tokenizer.value as Obj | null)?.model_max_length;
-  const hiddenDim = unet.cross_attention_dim ?? 1280;
-  if (!isCount(seqLen) || seqLen > 1e6 || !isCount(hiddenDim)) return null;
-  if (family === "sd15") return { seqLen, hiddenDim, pooledDim: null };
-  const input = unet.projection_class_embeddings_input_dim;
-  const timeEmbed = unet.addition_time_embed_dim;
-  if (!isCount(input) || !isCount(timeEmbed) || input <= 6 * timeEmbed) return null;
-  return { seqLen, hiddenDim, pooledDim: input - 6 * timeEmbed };
+function textTensorSizes(dir: string, unet: Obj, name: TextFamily): TextTensorSizes | null {
+  const values: Record<string, number> = {};
+  for (const [dim, spec] of Object.entries(family(name).dims)) {
+    const v = dimValue(dir, unet, spec);
+    if (v === null) return null;
+    values[dim] = v;
+  }
+  const { seq_len: seqLen, hidden: hiddenDim, pooled } = values;
+  if (seqLen === undefined || hiddenDim === undefined) return null;
+  return { seqLen, hiddenDim, pooledDim: pooled ?? null };
+}
+
+/** One dim of a family (a key of the backbone's config, or of another JSON file of the folder), or null when unknown. */
+function dimValue(dir: string, config: Obj, spec: DimSpec): number | null {
+  if ("file" in spec) {
+    const json = readJson(path.join(dir, spec.file));
+    if ("error" in json) return null;
+    const v = (json.value as Obj | null)?.[spec.key];
+    return isCount(v) && v <= 1e6 ? v : null; // tokenizers without a length say 1e30
+  }
+  const v = config[spec.config] ?? spec.default;
+  if (!isCount(v)) return null;
+  if (spec.minus === null) return v;
+  const sub = config[spec.minus.config];
+  if (!isCount(sub)) return null;
+  const out = v - spec.minus.times * sub;
+  return isCount(out) ? out : null;
 }
 
 /** The networks of the pipeline folder `dir` of family `family`, as far as its JSON files and weight headers tell. */
-export function readTextPipeline(dir: string, family: TextFamily): TextPipelineNetwork {
-  const configFile = path.join(dir, "unet", "config.json");
-  const out: TextPipelineNetwork = { configFile, family, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null, variantOnly: [] };
+export function readTextPipeline(dir: string, name: TextFamily): TextPipelineNetwork {
+  const backbone = family(name).backbone.subfolder;
+  const configFile = path.join(dir, backbone, "config.json");
+  const out: TextPipelineNetwork = { configFile, family: name, unetShapes: null, unetParams: null, unetFiles: [], latentShape: null, features: null, textTensors: null, frozen: [], unknown: null, variantOnly: [] };
   const json = readJson(configFile);
   if ("error" in json) {
     out.unknown = `${configFile} is ${json.error}`;
@@ -89,23 +102,23 @@ export function readTextPipeline(dir: string, family: TextFamily): TextPipelineN
     out.unknown = `${configFile}: it is not a JSON object`;
     return out;
   }
-  out.textTensors = textTensorSizes(dir, config as Obj, family);
+  out.textTensors = textTensorSizes(dir, config as Obj, name);
   const shapes = configShapes(config as Obj);
   out.latentShape = shapes.latentShape;
   out.features = shapes.features;
   if (shapes.unknown !== null) out.unknown = `${configFile}: ${shapes.unknown}`;
 
-  const unet = componentShapes(dir, "unet", "diffusion_pytorch_model");
+  const unet = componentShapes(dir, backbone, "diffusion_pytorch_model");
   if ("unknown" in unet) {
     out.unknown ??= unet.unknown;
-    if (unet.variantOnly) out.variantOnly.push({ sub: "unet", files: unet.variantOnly });
+    if (unet.variantOnly) out.variantOnly.push({ sub: backbone, files: unet.variantOnly });
   }
   if (!("unknown" in unet)) {
     out.unetShapes = unet.shapes;
     out.unetFiles = unet.files;
     out.unetParams = countValues(unet.shapes.values());
   }
-  for (const [sub, stem] of FROZEN[family]) {
+  for (const [sub, stem] of family(name).planFrozen) {
     const c = componentShapes(dir, sub, stem);
     if ("unknown" in c) {
       out.unknown ??= c.unknown;

@@ -4,22 +4,28 @@
 // and the other ops read (docs/protocol.md §4).
 
 import { readdirSync } from "node:fs";
+import { familyRegistry } from "../families.js";
 import { textFamily } from "./teacherFolder.js";
 import type { DataSource } from "./types.js";
 
-/** Text step tensors of each text-to-image family (docs/protocol.md §4): SDXL adds the pooled embedding and time ids. */
-export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"] } as const;
 
-/** `teacher.family` of the built-in teacher, and of a diffusers folder that is not a text-to-image pipeline (a
- * UNet2DModel / DDPMPipeline folder; the name dmd2_worker/adapters/registry.py gives it). */
+/** `teacher.family` of the built-in teacher (it has no folder, so it is no registered family). */
 export const BUILTIN_FAMILY = "builtin";
-export const UNET2D_FAMILY = "unet2d";
+
+/** The registered family of a diffusers folder that is not a text-to-image pipeline: the pixel UNet family, the
+ * one that also reads folders without a model_index.json (src/families.ts). */
+function pixelFolderFamily(): string {
+  const f = [...familyRegistry().families.values()].find((x) => x.folderWithoutModelIndex);
+  if (f === undefined) throw new Error(`the family registry ${familyRegistry().file} has no family for UNet folders (folder_without_model_index)`);
+  return f.name;
+}
 
 /** The teacher's family: `builtin`, the text family of a text-to-image pipeline folder (model_index.json's
- * _class_name), else `unet2d`. Reads the folder; the recipe checks (files.ts) have made sure it is a teacher folder. */
+ * _class_name), else the pixel UNet family. Reads the folder; the recipe checks (files.ts) have made sure it is a
+ * teacher folder. */
 export function teacherFamily(teacher: { source: "builtin" | "diffusers"; path: string | null }): string {
   if (teacher.source === "builtin" || teacher.path === null) return BUILTIN_FAMILY;
-  return textFamily(teacher.path) ?? UNET2D_FAMILY;
+  return textFamily(teacher.path) ?? pixelFolderFamily();
 }
 
 /**
@@ -30,7 +36,8 @@ export function teacherFamily(teacher: { source: "builtin" | "diffusers"; path: 
 export function conditioningFor(source: DataSource, family: string, folderHasClasses: boolean): string[] | null {
   if (source === "folder") return folderHasClasses ? ["cond"] : [];
   if (source !== "prompts") return ["cond"];
-  return Object.hasOwn(TEXT_TENSORS, family) ? [...TEXT_TENSORS[family as keyof typeof TEXT_TENSORS]] : null;
+  const f = familyRegistry().families.get(family);
+  return f !== undefined && f.conditioning === "text" ? f.stepTensors.map((t) => t.name) : null; // the registry (src/families.ts)
 }
 
 /**

@@ -4,8 +4,9 @@
 
 import { existsSync, statSync } from "node:fs";
 import path from "node:path";
+import { pipelineList, textFamilies } from "../families.js";
 import { readPromptsFile } from "./prompts.js";
-import { MODEL_INDEX, readTeacherDiffusion, SCHEDULER_CONFIG, TEXT_PIPELINES, textFamily } from "./teacherFolder.js";
+import { MODEL_INDEX, readTeacherDiffusion, SCHEDULER_CONFIG, textFamily, textPipelines } from "./teacherFolder.js";
 import type { Problem } from "./validate.js";
 
 type Obj = Record<string, unknown>;
@@ -76,7 +77,7 @@ export function checkTeacherFolder(r: Obj, ctx: FileContext): Problem[] {
   if (teacher.source !== "diffusers") return [];
   const at = ["teacher", "path"];
   if (!existsSync(teacher.path) && (r.data as Obj).source === "prompts") {
-    return [{ path: at, message: `${written} does not exist (${showPath(teacher.path)}; give a StableDiffusionPipeline or StableDiffusionXLPipeline folder as save_pretrained writes it; a relative path starts at the recipe's folder)` }];
+    return [{ path: at, message: `${written} does not exist (${showPath(teacher.path)}; give a ${pipelineList(textFamilies())} folder as save_pretrained writes it; a relative path starts at the recipe's folder)` }];
   }
   if (!existsSync(teacher.path)) {
     const fix = `dmd2 train-teacher ${teacherRecipeFor(teacher.path, ctx.recipeFile)} --out ${showPath(teacher.path)}`;
@@ -92,7 +93,7 @@ export function checkTeacherFolder(r: Obj, ctx: FileContext): Problem[] {
   const source = (r.data as Obj).source;
   const index = showPath(path.join(teacher.path, MODEL_INDEX));
   if (source === "prompts" && family === null) {
-    problems.push({ path: at, message: `${written} is not a text-to-image pipeline, which data.source prompts needs (${index} must name ${Object.keys(TEXT_PIPELINES).join(" or ")})` });
+    problems.push({ path: at, message: `${written} is not a text-to-image pipeline, which data.source prompts needs (${index} must name ${Object.keys(textPipelines()).join(" or ")})` });
   } else if (source !== "prompts" && family !== null) {
     problems.push({ path: ["data", "source"], message: `${String(source)} does not fit the teacher: ${written} is a text-to-image pipeline (${family}); set data.source: prompts with data.prompts.file` });
   }

@@ -4,14 +4,19 @@
 
 import { existsSync, readFileSync, statSync } from "node:fs";
 import path from "node:path";
+import { familyForPipeline, familyRegistry, pipelineList, textFamilies } from "../families.js";
 import type { DiffusionConfig } from "./types.js";
 import { describe } from "./validate.js";
 
 export const MODEL_INDEX = "model_index.json";
 
-/** The text-to-image pipelines dmd2 distils (python-worker/dmd2_worker/adapters), by model_index.json's _class_name. */
-export const TEXT_PIPELINES: Readonly<Record<string, "sd15" | "sdxl">> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl" };
-export type TextFamily = "sd15" | "sdxl";
+/** A text-to-image family's name in the family registry (src/families.ts). */
+export type TextFamily = string;
+
+/** The text-to-image pipelines dmd2 distils (the family registry), by model_index.json's _class_name. */
+export function textPipelines(): Readonly<Record<string, TextFamily>> {
+  return Object.fromEntries(textFamilies().flatMap((f) => f.pipelineClasses.map((p) => [p, f.name])));
+}
 
 /** What diffusers' DDPM/DDIM/PNDM/Euler schedulers assume for keys a scheduler_config.json leaves out (the SD 1.5
  * folder's PNDM config has no prediction_type, for one); the adapters fill them in the same way. */
@@ -22,7 +27,8 @@ export function textFamily(dir: string): TextFamily | null {
   const json = readJson(path.join(dir, MODEL_INDEX));
   if ("error" in json || typeof json.value !== "object" || json.value === null) return null;
   const name = (json.value as { _class_name?: unknown })._class_name;
-  return typeof name === "string" && Object.hasOwn(TEXT_PIPELINES, name) ? TEXT_PIPELINES[name]! : null;
+  const family = familyForPipeline(name);
+  return family !== null && family.conditioning === "text" ? family.name : null;
 }
 const UNET_CONFIG = path.join("unet", "config.json");
 export const SCHEDULER_CONFIG = path.join("scheduler", "scheduler_config.json");
@@ -32,6 +38,9 @@ const SUPPORTED: { beta_schedule: readonly string[]; prediction_type: readonly s
   beta_schedule: ["linear", "scaled_linear"],
   prediction_type: ["epsilon", "v_prediction", "sample"],
 };
+
+/** The pipelines of the families whose folders may lack model_index.json (what dmd2 train-teacher writes). */
+const folderPipelines = (): string => pipelineList([...familyRegistry().families.values()].filter((f) => f.folderWithoutModelIndex));
 
 const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
 
@@ -56,7 +65,7 @@ export function readTeacherDiffusion(dir: string, show: (p: string) => string): 
   const missing = [UNET_CONFIG, SCHEDULER_CONFIG].filter((f) => !existsSync(path.join(dir, f)));
   if (missing.length > 0) {
     const files = missing.map((f) => show(path.join(dir, f))).join(" and ");
-    return { problems: [`${show(dir)} is not a diffusers teacher folder: ${files} ${missing.length > 1 ? "are" : "is"} missing (give a folder dmd2 train-teacher or DDPMPipeline.save_pretrained wrote)`] };
+    return { problems: [`${show(dir)} is not a diffusers teacher folder: ${files} ${missing.length > 1 ? "are" : "is"} missing (give a folder dmd2 train-teacher or ${folderPipelines()}.save_pretrained wrote)`] };
   }
   const file = path.join(dir, SCHEDULER_CONFIG);
   const json = readJson(file);

@@ -1,7 +1,8 @@
 // Checks a parsed recipe object against a schema, collecting every problem at once (never stopping at the
-// first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system, no YAML.
-// load.ts adds file names and line numbers.
+// first), and fills in defaults; then the rules across keys of each recipe kind. Pure: no file system (beyond the
+// shipped family registry, src/families.ts, read once), no YAML. load.ts adds file names and line numbers.
 
+import { pipelineList, textFamilies } from "../families.js";
 import { DEVICE_PATTERN, type Group, type Leaf, type Node, type SchemaValue } from "./schema.js";
 
 export interface Problem {
@@ -220,7 +221,7 @@ export function checkRules(r: Obj): Problem[] {
   }
   const source = g("data.source") as string;
   if (g("teacher.source") === "builtin" && source === "prompts") {
-    problems.push({ path: ["data", "source"], message: "prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline folder)" });
+    problems.push({ path: ["data", "source"], message: `prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a ${pipelineList(textFamilies())} folder)` });
   } else if (g("teacher.source") === "builtin" && source !== "gmm") {
     problems.push({ path: ["data", "source"], message: `${source} needs a trained teacher: the built-in teacher learns only gmm data (set teacher.source: diffusers and teacher.path to a folder dmd2 train-teacher wrote)` });
   }

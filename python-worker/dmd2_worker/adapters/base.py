@@ -6,8 +6,8 @@ An adapter holds the folder's UNet, VAE, text encoder(s) and tokenizer(s) and it
 `NoiseSchedule` built from `scheduler/scheduler_config.json`). What a UNet call needs besides `x_t` and `t` is a
 `Conditioning`; `encode_prompts` makes one from text and `uncond` makes the family's unconditional one.
 
-A family is one file that defines a `TeacherAdapter` subclass and decorates it with `@register`
-(registry.py imports every module of this package, so a new file is all a new family takes).
+A family is one entry in the family registry (families.json) and one file that defines a `TeacherAdapter` subclass
+decorated with `@register` (registry.py imports the module the entry names; docs/adapters.md, "Adding a family").
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..conditioning import Conditioning
 from ..diffusion import NoiseSchedule
+from ..guidance import guided as guided_output
 from ..teacher_folder import (TeacherFolderError, check_schedule_values, read_json_object as _read_json_object,
                               variant_only_weights)
 
@@ -110,8 +111,8 @@ def prompt_list(prompts: Sequence[str]) -> list[str]:
 class TeacherAdapter(ABC):
     """A diffusers text-to-image pipeline folder behind one interface (docs/adapters.md).
 
-    Subclasses set `family` (the name in the registry), `pipeline_classes` (the model_index.json `_class_name`s
-    they read) and implement `load`, `encode_prompts` and `uncond`. Everything else is shared.
+    Subclasses set `family` (the name in the registry; `@register` sets `pipeline_classes`, the model_index.json
+    `_class_name`s the registry entry reads) and implement `load`, `encode_prompts` and `uncond`. Everything else is shared.
     """
 
     family: ClassVar[str]
@@ -256,13 +257,6 @@ class TeacherAdapter(ABC):
 
 def guided(adapter: TeacherAdapter, x_t: torch.Tensor, t: int | torch.Tensor, cond: Conditioning,
            uncond: Conditioning | None, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on the raw output: `out_u + scale (out_c - out_u)`, one batched UNet call
-    (unconditional rows first, as diffusers' pipelines do). `scale == 1` or no `uncond`: the conditional output."""
-    if uncond is None or scale == 1.0:
-        return adapter.predict(x_t, t, cond)
-    if not math.isfinite(scale):
-        raise ValueError(f"guidance scale must be finite, got {scale}")
-    t = adapter.timesteps(t, x_t)
-    out = adapter.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), Conditioning.cat([uncond, cond]))
-    out_u, out_c = out.chunk(2)
-    return out_u + scale * (out_c - out_u)
+    """Classifier-free guidance on the adapter's raw output (guidance.guided: `out_u + scale (out_c - out_u)`, one
+    batched UNet call). `scale == 1` or no `uncond`: the conditional output."""
+    return guided_output(adapter.predict, x_t, adapter.timesteps(t, x_t), cond, uncond, scale)

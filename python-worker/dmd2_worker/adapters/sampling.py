@@ -1,4 +1,5 @@
-"""Multi-step DDIM (eta 0) over a teacher adapter, with classifier-free guidance (docs/adapters.md).
+"""Multi-step DDIM (eta 0) over a teacher adapter, with classifier-free guidance (docs/adapters.md): the package's
+one DDIM loop (sampling.ddim_loop) on the timesteps diffusers' DDIMScheduler takes.
 
 It reproduces what `StableDiffusionPipeline` / `StableDiffusionXLPipeline` do with a `DDIMScheduler` built from
 the folder's scheduler config (a test checks the latents against theirs):
@@ -20,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from diffusers import DDIMScheduler
 
+from ..sampling import ddim_loop
 from .base import Conditioning, TeacherAdapter, guided
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]  # (i, t, x_t, x0)
@@ -70,13 +72,6 @@ def ddim_sample(adapter: TeacherAdapter, prompts: Sequence[str] | None = None, *
     if x.shape[0] != batch:
         raise ValueError(f"{x.shape[0]} latents for {batch} conditioning rows")
     ts, prev, final = ddim_schedule(adapter, steps)
-    alpha_bar = adapter.schedule.alpha_bar
-    for i, (t, t_prev) in enumerate(zip(ts, prev)):
-        out = guided(adapter, x, t, cond, uncond if use_cfg else None, guidance_scale)
-        x0 = adapter.to_x0(out, x, t)
-        eps = adapter.to_eps(out, x, t)
-        if callback is not None:
-            callback(i, t, x, x0)
-        a_prev = float(alpha_bar[t_prev]) if t_prev >= 0 else final
-        x = a_prev ** 0.5 * x0 + (1.0 - a_prev) ** 0.5 * eps
+    x, _ = ddim_loop(lambda x, t: guided(adapter, x, t, cond, uncond if use_cfg else None, guidance_scale), x,
+                     adapter.schedule, ts, prev, final, None, callback)
     return adapter.vae_decode(x) if decode else x

@@ -32,7 +32,6 @@ COMPONENTS = (
 @register
 class SD15Adapter(TeacherAdapter):
     family = "sd15"
-    pipeline_classes = ("StableDiffusionPipeline",)
 
     def __init__(self, folder: Path, unet: nn.Module, vae: nn.Module, scheduler_config: dict, device: torch.device,
                  dtype: torch.dtype, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> None:

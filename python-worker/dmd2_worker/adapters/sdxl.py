@@ -43,7 +43,6 @@ Size = tuple[int, int]
 @register
 class SDXLAdapter(TeacherAdapter):
     family = "sdxl"
-    pipeline_classes = ("StableDiffusionXLPipeline",)
 
     def __init__(self, folder: Path, unet: nn.Module, vae: nn.Module, scheduler_config: dict, device: torch.device,
                  dtype: torch.dtype, tokenizers: tuple[CLIPTokenizer, CLIPTokenizer],

@@ -1,8 +1,8 @@
-"""A diffusers `UNet2DConditionModel` (Stable Diffusion 1.x/2.x, SDXL) behind the roles' network interface
-(docs/adapters.md §6): the text-to-image twin of models/unet2d.py's UNet2DNet.
+"""A diffusers `UNet2DConditionModel` (the text families of the registry whose backbone it is, families.json) behind
+the roles' network interface (docs/adapters.md §6): the text-to-image twin of models/unet2d.py's UNet2DNet.
 
 `net(x, t, cond)` is the UNet's raw prediction for latents `x` at timesteps `t`, where `cond` is an
-`adapters.Conditioning` (the text embeddings; SDXL's pooled embedding and time ids too). `features(x, t, cond)` is
+`adapters.Conditioning` (the text embeddings; a pooled embedding and time ids where the family has them). `features(x, t, cond)` is
 the output of the UNet's `mid_block`, the discriminator head's input (the forward pass stops there).
 
 The module holds the UNet as `self.unet` and nothing else with weights, so its state dict keys are
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..conditioning import Conditioning
+from ..families import registry
 
 
 class _MidBlockReached(Exception):
@@ -49,10 +50,16 @@ class UNet2DConditionNet(nn.Module):
         self.feature_channels = int(cfg.block_out_channels[-1])
         self.feature_size = self.image_size // 2**downsamples
         self.cross_attention_dim = int(cfg.cross_attention_dim)
-        self.sdxl = cfg.addition_embed_type == "text_time"
-        # SDXL: the pooled embedding's width is what the added embedding takes beside 6 time-id embeddings
-        self.pooled_dim = (int(unet.add_embedding.linear_1.in_features) - 6 * int(cfg.addition_time_embed_dim)
-                           if self.sdxl else None)
+        # which text family's backbone this is (the registry's backbone class and config_match), hence which step
+        # tensors it is conditioned on and their sizes (the dims read from its config; e.g. a pooled embedding as
+        # wide as what the added embedding takes beside the time-id embeddings)
+        fam = registry().for_backbone(type(unet).__name__, dict(cfg), text=True)
+        if fam is None:
+            raise ValueError(f"no text family of the registry (families.json) has a {type(unet).__name__} backbone "
+                             f"with addition_embed_type {cfg.get('addition_embed_type')!r}")
+        self.family = fam.name
+        self.step_tensors = fam.step_tensors
+        self.dims = {name: d.from_config(cfg) for name, d in fam.dims.items() if d.config is not None}
 
     def _kwargs(self, cond: Any, batch: int) -> dict[str, Any]:
         if not isinstance(cond, Conditioning):

@@ -15,6 +15,7 @@ from ..checkpoint import load_module, load_optimizer, module_state, optimizer_st
 from ..config import Recipe
 from ..data import build_data_source
 from ..diffusion import NoiseSchedule
+from ..store import need  # noqa: F401  (re-exported: the roles read their inputs with it)
 from ..placement import Shard, apply_fsdp, apply_precision, enable_gradient_checkpointing, randint_rows, randn_rows
 from ..teacher_training import load_network
 from .text import check_family_fits, check_text_teacher, conditioning_input, is_text_recipe, load_text_unet
@@ -108,19 +109,6 @@ def randn(shape: tuple[int, ...], g: torch.Generator, device: torch.device, shar
 def randint(low: int, high: int, n: int, g: torch.Generator, device: torch.device, shard: Shard | None = None) -> torch.Tensor:
     """n int64 values uniform in [low, high) (this rank's n of n * world drawn, with `shard`)."""
     return randint_rows(low, high, n, g, device, shard)
-
-
-def need(store: TensorStore, name: str, where: str) -> torch.Tensor:
-    if name not in store:
-        have = ", ".join(map(repr, sorted(store))) or "nothing"
-        raise ValueError(
-            f"{where}: input tensor {name!r} is not in the tensor store (it has: {have}); attach it to the request "
-            f"or run the op that produces it earlier in the same step"
-        )
-    value = store[name]
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{where}: store entry {name!r} is a {type(value).__name__}, not a tensor")
-    return value
 
 
 def image_input(store: TensorStore, name: str, where: str, image_shape: tuple[int, ...], device: torch.device,

@@ -8,9 +8,10 @@ import torch
 
 from .base import TensorStore, WorkerContext
 from .common import Args, RoleBase, check_teacher_fits, cond_input, image_input, index_input, log, param_count
-from .text import check_family_fits, check_text_teacher, conditioning_input, guided_text_output, is_text_recipe
+from .text import check_family_fits, check_text_teacher, conditioning_input, is_text_recipe
 from ..diffusion import NoiseSchedule
 from ..placement import apply_precision
+from ..guidance import guided
 from ..sampling import guided_output
 from ..teacher_training import install_teacher, load_network
 
@@ -79,7 +80,7 @@ class TeacherRole(RoleBase):
         t = index_input(store, "t_dmd", where, B, 0, self.schedule.num_train_timesteps, ctx.device)
         if self.uncond is not None:  # text: guidance with the family's unconditional input
             cond = conditioning_input(store, where, B, self.net, ctx.device)
-            out = guided_text_output(self.net, x_t, t, cond, self.uncond.expand(B), scale)
+            out = guided(self.net, x_t, t, cond, self.uncond.expand(B), scale)
             store["x0_real"] = self.schedule.to_x0(out, x_t, t)
             return {}
         cond = cond_input(store, where, B, self.net.num_classes, ctx.device)

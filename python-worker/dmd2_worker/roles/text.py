@@ -1,12 +1,12 @@
 """What the roles share for text-to-image teachers (`data.source: prompts`, docs/adapters.md §6): which family the
-teacher folder is, loading its UNet behind `UNet2DConditionNet`, the text step tensors, and guidance with the
-family's unconditional input.
+teacher folder is (the family registry, families.json), loading its UNet behind `UNet2DConditionNet` and the text
+step tensors of its registry entry. (Guidance with the family's unconditional input is guidance.guided.)
 
 Step tensors (docs/protocol.md §4), all batch-major so that replicas split them, written by `generator.generate`
 and read by every op that needs conditioning (none of those roles loads a text encoder):
-- `cond_hidden`   float32 (B, L, D): the text encoders' token embeddings (cross-attention input);
-- `cond_pooled`   float32 (B, P): SDXL only, the second text encoder's pooled, projected embedding;
-- `cond_time_ids` float32 (B, 6): SDXL only, original (h, w), crop (top, left), target (h, w).
+the names, dtypes and shapes are the registry entry's `step_tensors`, e.g. `cond_hidden` float32 (B, L, D), the text
+encoders' token embeddings (cross-attention input), and in a family with added conditions a pooled embedding and
+time ids.
 """
 from __future__ import annotations
 
@@ -16,25 +16,27 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .base import TensorStore
 from ..config import Recipe
+from ..families import text_families, text_pipelines_phrase
+from ..store import TensorStore, need
 
 if TYPE_CHECKING:  # the adapters import diffusers (seconds): only workers with a text-to-image teacher do
     from ..adapters.base import Conditioning
 
-COND_HIDDEN = "cond_hidden"
-COND_POOLED = "cond_pooled"
-COND_TIME_IDS = "cond_time_ids"
-TEXT_FAMILIES = ("sd15", "sdxl")
+
+
+def text_family_names() -> list[str]:
+    """The text-to-image families of the registry (families.json)."""
+    return [f.name for f in text_families()]
 
 
 def is_text_recipe(recipe: Recipe) -> bool:
-    """Text-to-image distillation: the data is prompts (the teacher is then a StableDiffusion(XL)Pipeline folder)."""
+    """Text-to-image distillation: the data is prompts (the teacher is then a folder of a text family)."""
     return recipe.data.source == "prompts"
 
 
 def teacher_family(recipe: Recipe) -> str | None:
-    """The adapter family of a diffusers teacher folder ("sd15", "sdxl", "unet2d"); None for the built-in teacher."""
+    """The registry family of a diffusers teacher folder; None for the built-in teacher."""
     if recipe.teacher.source != "diffusers" or not recipe.teacher.path:
         return None
     from ..adapters.registry import family_of
@@ -50,9 +52,9 @@ def check_text_teacher(folder: str | Path, recipe: Recipe) -> str:
 
     folder = Path(folder)
     family = family_of(folder)
-    if family not in TEXT_FAMILIES:
+    if family not in text_family_names():
         raise ValueError(f"teacher.path: {folder} is a {family} folder, but data.source prompts needs a "
-                         f"StableDiffusionPipeline or StableDiffusionXLPipeline folder")
+                         f"{text_pipelines_phrase()} folder")
     cfg = read_scheduler_config(folder)
     want = dataclasses.asdict(recipe.diffusion)
     have = {k: cfg[k] for k in want}
@@ -66,36 +68,51 @@ def check_family_fits(recipe: Recipe) -> None:
     if is_text_recipe(recipe):
         return
     family = teacher_family(recipe)
-    if family in TEXT_FAMILIES:
+    if family in text_family_names():
         raise ValueError(f"teacher.path: {recipe.teacher.path} is a text-to-image ({family}) pipeline: set "
                          f"data.source: prompts with data.prompts.file (data.source is {recipe.data.source!r})")
 
 
 def load_text_unet(folder: str | Path, device: torch.device) -> torch.nn.Module:
-    """The folder's UNet2DConditionModel alone (float32, on `device`): what the fake score trains."""
-    from diffusers import UNet2DConditionModel
+    """The folder's backbone alone (its family's backbone class from its subfolder, float32, on `device`): what the
+    fake score trains."""
+    import diffusers
 
     from ..adapters.base import load_component
+    from ..adapters.registry import family_of
+    from ..families import family
 
-    unet = load_component(UNet2DConditionModel.from_pretrained, Path(folder).absolute(), "unet",
-                          torch_dtype=torch.float32)
+    folder = Path(folder).absolute()
+    fam = family(family_of(folder))
+    backbone = getattr(diffusers, fam.backbone_class)
+    unet = load_component(backbone.from_pretrained, folder, fam.backbone_subfolder, torch_dtype=torch.float32)
     return unet.to(device)
 
 
 # --- step tensors ------------------------------------------------------------------------------------------------
 
 def store_conditioning(store: TensorStore, cond: Conditioning) -> None:
-    """`cond` as the text step tensors (float32; the SDXL ones only when set)."""
-    store[COND_HIDDEN] = cond.encoder_hidden_states.float().contiguous()
-    if cond.text_embeds is not None:
-        store[COND_POOLED] = cond.text_embeds.float().contiguous()
-    if cond.time_ids is not None:
-        store[COND_TIME_IDS] = cond.time_ids.float().contiguous()
+    """`cond` as the family's text step tensors (float32): each Conditioning field that is set goes to the step
+    tensor of the registry entry whose `field` it is (one name per field across the text families)."""
+    names = _tensor_for_field()
+    for f in dataclasses.fields(cond):
+        value = getattr(cond, f.name)
+        if value is not None:
+            store[names[f.name]] = value.float().contiguous()
+
+
+def _tensor_for_field() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for fam in text_families():
+        for t in fam.step_tensors:
+            if t.field is not None:
+                if out.setdefault(t.field, t.name) != t.name:
+                    raise ValueError(f"families.json: the Conditioning field {t.field} is step tensor {out[t.field]} in "
+                                     f"one family and {t.name} in {fam.name}")
+    return out
 
 
 def _float_input(store: TensorStore, name: str, where: str, shape: tuple[int | None, ...]) -> torch.Tensor:
-    from .common import need
-
     v = need(store, name, where)
     if v.dtype != torch.float32:
         raise ValueError(f"{where}: {name!r} must be float32, got {str(v.dtype).removeprefix('torch.')}")
@@ -106,25 +123,12 @@ def _float_input(store: TensorStore, name: str, where: str, shape: tuple[int | N
 
 
 def conditioning_input(store: TensorStore, where: str, batch: int, net: Any, device: torch.device) -> Conditioning:
-    """The text step tensors for a UNet2DConditionNet `net` (SDXL: all three), checked, as a Conditioning."""
+    """The family's text step tensors for a UNet2DConditionNet `net` (`net.step_tensors`, sized by `net.dims`),
+    checked, as a Conditioning."""
     from ..adapters.base import Conditioning
 
-    hidden = _float_input(store, COND_HIDDEN, where, (batch, None, net.cross_attention_dim))
-    pooled = time_ids = None
-    if net.sdxl:
-        pooled = _float_input(store, COND_POOLED, where, (batch, net.pooled_dim))
-        time_ids = _float_input(store, COND_TIME_IDS, where, (batch, 6))
-    return Conditioning(hidden, pooled, time_ids).to(device)
-
-
-def guided_text_output(net: Any, x: torch.Tensor, t: torch.Tensor, cond: Conditioning, uncond: Conditioning,
-                       scale: float) -> torch.Tensor:
-    """Classifier-free guidance `out_u + scale (out_c - out_u)` with the family's unconditional input `uncond`
-    (one row per sample), one batched forward pass; the conditional output alone when scale == 1."""
-    from ..adapters.base import Conditioning
-
-    if scale == 1.0:
-        return net(x, t, cond)
-    out = net(torch.cat([x, x]), torch.cat([t, t]), Conditioning.cat([cond, uncond.to(x.device)]))
-    out_c, out_u = out.chunk(2)
-    return out_u + scale * (out_c - out_u)
+    fields: dict[str, torch.Tensor] = {}
+    for t in net.step_tensors:
+        shape = tuple(batch if s == "B" else s if isinstance(s, int) else net.dims.get(s) for s in t.shape)
+        fields[t.field] = _float_input(store, t.name, where, shape)
+    return Conditioning(**fields).to(device)
