@@ -201,7 +201,7 @@ export function buildProgram(): Command {
     .addHelpText("after", "\nExamples:\n  dmd2 plan recipes/tiny.yaml\n  dmd2 plan recipes/tiny.yaml --set placement=colocated --set ttur.ratio=10\n  dmd2 plan --json | jq .memory.workers")
     .action(async (recipeFile: string, opts: { set: string[]; json?: boolean }) => {
       const { planCommand } = await import("./commands/plan.js");
-      planCommand(recipeFile, opts);
+      await planCommand(recipeFile, opts);
     });
 
   program
