@@ -1,7 +1,7 @@
 // The entry point: the only top-level catch and the only process.exit. Commands throw DmdError subclasses
 // carrying their exit code (docs/cli.md: 0 ok, 2 bad input, 1 failure, 130 interrupted).
 
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,6 +20,12 @@ function version(): string {
   } catch {
     return "unknown";
   }
+}
+
+/** The recipe argument's default: recipes/tiny.yaml here, else the project's own (dmd2 run from any folder). */
+const DEFAULT_RECIPE = "recipes/tiny.yaml";
+export function recipeArgument(file: string): string {
+  return file === DEFAULT_RECIPE && !existsSync(file) ? path.join(projectRoot, DEFAULT_RECIPE) : file;
 }
 
 interface OutputFlags {
@@ -81,11 +87,12 @@ export function buildProgram(): Command {
     program
       .command("distill")
       .description("run a distillation recipe (resumes from the run folder's newest checkpoint if there is one)")
-      .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+      .argument("[recipe]", "recipe YAML file (default: the project's recipes/tiny.yaml)", DEFAULT_RECIPE)
       .option("--set <key=value>", "override a recipe key, e.g. --set train.steps=50 (repeatable)", collect, [])
       .option("--fresh", "start the run folder over: the old one is kept aside as <run_dir>.old-<time> (default: resume from its newest checkpoint)")
       .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50\n  dmd2 distill recipes/tiny.yaml --set generator.lr=1e-5 --fresh"),
-  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
+  ).action(async (recipeArg: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
+    const recipeFile = recipeArgument(recipeArg);
     const { loadRecipe } = await import("../recipe/load.js");
     const { distillWithRestarts } = await import("../run/supervise.js");
     const { onInterrupt } = await import("./interrupt.js");
@@ -195,13 +202,13 @@ export function buildProgram(): Command {
   program
     .command("plan")
     .description("show what distill would do with a recipe: placement, schedule, tensors, checkpoints, memory; starts nothing")
-    .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+    .argument("[recipe]", "recipe YAML file (default: the project's recipes/tiny.yaml)", DEFAULT_RECIPE)
     .option("--set <key=value>", "override a recipe key, as for distill (repeatable)", collect, [])
     .option("--json", "print the plan as one JSON object (for scripts)")
     .addHelpText("after", "\nExamples:\n  dmd2 plan recipes/tiny.yaml\n  dmd2 plan recipes/tiny.yaml --set placement=colocated --set ttur.ratio=10\n  dmd2 plan --json | jq .memory.workers")
-    .action(async (recipeFile: string, opts: { set: string[]; json?: boolean }) => {
+    .action(async (recipeArg: string, opts: { set: string[]; json?: boolean }) => {
       const { planCommand } = await import("./commands/plan.js");
-      await planCommand(recipeFile, opts);
+      await planCommand(recipeArgument(recipeArg), opts);
     });
 
   program

@@ -3,11 +3,13 @@
 // disk (files.ts), the rules across keys, then what depends on other keys or on the machine (resolve.ts).
 // Every problem is reported at once as a RecipeError (exit code 2).
 
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
 import { RecipeError, type RecipeIssue } from "../errors.js";
 import { checkDataFolder, checkTeacherFolder, type FileContext } from "./files.js";
+import { findCachedSnapshot, looksLikeHubId } from "./hubCache.js";
 import { dataSchema, recipeSchema, teacherRecipeSchema, type Group } from "./schema.js";
 import { checkDataRules, checkRules, checkSchema, checkTeacherRules, suggestKey, type Problem } from "./validate.js";
 import { resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
@@ -107,6 +109,46 @@ export function parseOverride(spec: string, schema: Group = recipeSchema): { pat
 const hasPath = (raw: unknown, p: string[]) =>
   p.reduce<unknown>((o, k) => (typeof o === "object" && o !== null ? (o as Obj)[k] : undefined), raw) !== undefined;
 
+/** Every `path` leaf of a schema, as key paths. */
+function pathKeys(g: Group, at: string[] = []): string[][] {
+  return Object.entries(g.fields).flatMap(([k, node]) => (node.kind === "group" ? pathKeys(node, [...at, k]) : node.kind === "path" ? [[...at, k]] : []));
+}
+
+/** "~" and "~/x" as a shell expands them. */
+export const expandHome = (p: string) => (p === "~" ? os.homedir() : p.startsWith("~/") ? path.join(os.homedir(), p.slice(2)) : p);
+
+/**
+ * Paths as a shell user expects (docs/recipe.md "Paths"): `~` is expanded in every path key, and a relative path
+ * given with --set is relative to the current directory (a path written in the file stays relative to the
+ * file's folder). `python` without a `/` is a command name and is left alone.
+ */
+function shellPaths(doc: Document, schema: Group, fromSet: ReadonlySet<string>, cwd: string): void {
+  for (const key of pathKeys(schema)) {
+    const value = doc.getIn(key) as unknown;
+    if (typeof value !== "string" || value === "") continue;
+    let p = expandHome(value);
+    const command = key.length === 1 && key[0] === "python" && !p.includes("/");
+    if (fromSet.has(key.join(".")) && !path.isAbsolute(p) && !command) p = path.resolve(cwd, p);
+    if (p !== value) doc.setIn(key, p);
+  }
+}
+
+/**
+ * teacher.path as a Hub id (`org/name`) that is no existing path: the cached snapshot's folder is put in its
+ * place (hubCache.ts). Returns the one-line problem when it is not cached, else null.
+ */
+function hubTeacher(doc: Document, schema: Group, fromSet: ReadonlySet<string>, file: string, cwd: string, env: NodeJS.ProcessEnv): string | null {
+  if (schema.fields.teacher === undefined) return null;
+  const value = doc.getIn(["teacher", "path"]) as unknown;
+  if (typeof value !== "string" || !looksLikeHubId(value)) return null;
+  const base = fromSet.has("teacher.path") ? cwd : path.dirname(path.resolve(file));
+  if (existsSync(path.resolve(base, value))) return null;
+  const found = findCachedSnapshot(value, env);
+  if (!found.found) return found.message;
+  doc.setIn(["teacher", "path"], found.snapshot);
+  return null;
+}
+
 /** A distillation recipe (docs/recipe.md). */
 export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
   return loadKind(distillKind, file, opts);
@@ -167,6 +209,13 @@ function loadKind<T>(kind: RecipeKind<T>, file: string, opts: LoadOptions): T {
     fromSet.add(o.path.join("."));
   }
   if (issues.length > 0) throw new RecipeError(issues);
+  const cwd = opts.cwd ?? process.cwd();
+  const hub = hubTeacher(doc, kind.schema, fromSet, file, cwd, opts.env ?? process.env);
+  shellPaths(doc, kind.schema, fromSet, cwd);
+  if (hub !== null) {
+    const set = fromSet.has("teacher.path");
+    throw new RecipeError([{ file: set ? "--set" : shown, line: set ? null : lineOf(doc, lc, ["teacher", "path"], false), path: "teacher.path", message: hub }]);
+  }
 
   let raw: unknown;
   try {
