@@ -28,6 +28,14 @@ export function recipeArgument(file: string): string {
   return file === DEFAULT_RECIPE && !existsSync(file) ? path.join(projectRoot, DEFAULT_RECIPE) : file;
 }
 
+/** camelCase keys as snake_case: every --json event names its fields one way (run_dir, resumed_from, ...). */
+export function snakeKeys(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v]));
+}
+
+/** The --json result event of a command. */
+const resultEvent = (res: object) => JSON.stringify({ event: "result", ...snakeKeys(res as Record<string, unknown>) }) + "\n";
+
 interface OutputFlags {
   json?: boolean;
   quiet?: boolean;
@@ -100,7 +108,7 @@ export function buildProgram(): Command {
     const reporter = reporterFor(opts);
     const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");
     const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile, fresh: opts.fresh === true });
-    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+    if (opts.json) process.stdout.write(resultEvent(res));
     if (res.interrupted) process.exitCode = 130;
   });
 
@@ -123,7 +131,7 @@ export function buildProgram(): Command {
     if (opts.num !== undefined && (opts.num < 1 || opts.num > 4096)) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
     const { sample } = await import("../run/sample.js");
     const res = await sample(runDir, opts, reporterFor(opts));
-    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+    if (opts.json) process.stdout.write(resultEvent(res));
   });
 
   outputOptions(
@@ -255,6 +263,14 @@ function printError(e: DmdError, verbose: boolean) {
   } else if (e.hint) out(chalk.dim(shortenValue(e.hint)));
 }
 
+/** An error as a --json event on stdout (the text lines still go to stderr, for a person watching). */
+export function errorEvent(e: DmdError): string {
+  const ev: Record<string, unknown> = { event: "error", time: Date.now() / 1000, code: e.code, exit_code: e.exitCode, message: e.message };
+  if (e.hint !== undefined) ev.hint = e.hint;
+  if (e instanceof RecipeError) ev.issues = e.issues;
+  return JSON.stringify(ev) + "\n";
+}
+
 export async function main(argv: string[]): Promise<number> {
   const verbose = argv.includes("--verbose") || argv.includes("-v");
   try {
@@ -266,6 +282,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2; // commander already printed the message
     }
     if (e instanceof DmdError) {
+      if (argv.includes("--json")) process.stdout.write(errorEvent(e));
       printError(e, verbose);
       return e.exitCode;
     }

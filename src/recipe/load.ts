@@ -92,17 +92,18 @@ function schemaHasPath(schema: Group, p: string[]): { ok: true } | { ok: false; 
   return { ok: false, at: p, hint: "that is a group of keys; set one of its keys" };
 }
 
+/** Parses one `--set key.path=value`; an error's text goes after "--set: " (the issue's file), so it does not repeat it. */
 export function parseOverride(spec: string, schema: Group = recipeSchema): { path: string[]; value: unknown } | { error: string } {
   const eq = spec.indexOf("=");
-  if (eq <= 0) return { error: `--set "${spec}": expected key.path=value (e.g. --set train.steps=50)` };
+  if (eq <= 0) return { error: `"${spec}": expected key.path=value (e.g. --set train.steps=50)` };
   const key = spec.slice(0, eq).trim();
   const p = key.split(".");
-  if (p.some((s) => s.length === 0)) return { error: `--set "${spec}": "${key}" is not a key path (e.g. train.steps)` };
+  if (p.some((s) => s.length === 0)) return { error: `"${spec}": "${key}" is not a key path (e.g. train.steps)` };
   const known = schemaHasPath(schema, p);
-  if (!known.ok) return { error: `--set ${known.at.join(".")}: unknown key (${known.hint})` };
+  if (!known.ok) return { error: `${known.at.join(".")}: unknown key (${known.hint})` };
   const text = spec.slice(eq + 1);
   const vdoc = parseDocument(text);
-  if (vdoc.errors.length > 0) return { error: `--set ${key}: cannot parse value "${text}" (${vdoc.errors[0]!.message.split("\n")[0]})` };
+  if (vdoc.errors.length > 0) return { error: `${key}: cannot parse value "${text}" (${vdoc.errors[0]!.message.split("\n")[0]})` };
   return { path: p, value: text.trim() === "" ? null : vdoc.toJS() };
 }
 
