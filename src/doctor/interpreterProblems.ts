@@ -80,5 +80,9 @@ export function interpreterProblems(r: Recipe, python: string, outcome: ProbeOut
     if (have === null || have === undefined) problems.push({ subject: "python", message: `${pkg.name} is not installed in ${python}; ${pkg.neededFor} need it`, fix });
     else if (!inRange(have, pkg)) problems.push({ subject: "python", message: `${pkg.name} ${have} in ${python} is outside the worker's range ${rangeText(pkg)}`, fix });
   }
+  const w = r.logging.wandb;
+  if (w.project !== null && w.mode !== "disabled" && p.dists !== undefined && p.dists !== null && p.dists.wandb === null) {
+    problems.push({ subject: "logging.wandb", message: `wandb is not installed in ${python}; the run would log to TensorBoard only`, fix: `${python} -m pip install wandb, or remove logging.wandb.project` });
+  }
   return problems;
 }

@@ -3,7 +3,7 @@
 // failed import and prints one JSON line after a marker, so stray output from imports cannot break parsing.
 
 import { execa } from "execa";
-import { FEATURE_PACKAGES, PYTHON_PACKAGES, WORKER_PACKAGE } from "./requirements.js";
+import { FEATURE_PACKAGES, OPTIONAL_DISTS, PYTHON_PACKAGES, WORKER_PACKAGE } from "./requirements.js";
 
 const MARKER = "DMD2_DOCTOR_JSON ";
 
@@ -86,7 +86,7 @@ export type ProbeOutcome = { ok: true; result: ProbeResult } | { ok: false; erro
 /** Runs the probe with `python` (from `cwd`, like a worker). Never throws: a failure is `{ ok: false, error }`. */
 export async function runProbe(python: string, options: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<ProbeOutcome> {
   const modules = PYTHON_PACKAGES.map((p) => p.module);
-  const r = await execa(python, ["-c", SCRIPT, JSON.stringify(modules), WORKER_PACKAGE.module, WORKER_PACKAGE.protocolModule, JSON.stringify(FEATURE_PACKAGES.map((p) => p.name))], {
+  const r = await execa(python, ["-c", SCRIPT, JSON.stringify(modules), WORKER_PACKAGE.module, WORKER_PACKAGE.protocolModule, JSON.stringify([...FEATURE_PACKAGES.map((p) => p.name), ...OPTIONAL_DISTS])], {
     cwd: options.cwd,
     env: { PYTHONUNBUFFERED: "1", ...options.env },
     reject: false,

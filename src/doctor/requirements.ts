@@ -41,6 +41,9 @@ export const FEATURE_PACKAGES: readonly RangedPackage[] = [
   { name: "scikit-learn", min: "1.3", neededFor: "the digits data (data.source: digits)" },
 ];
 
+/** Packages only a recipe option needs, not the worker package: their installed version is probed too. */
+export const OPTIONAL_DISTS = ["wandb"] as const;
+
 /** ">=0.21.2,<1" */
 export const rangeText = (p: RangedPackage) => `>=${p.min}${p.below === undefined ? "" : `,<${p.below}`}`;
 

@@ -81,6 +81,8 @@ export interface Recipe {
   train: { steps: number; batch_size: number; log_every: number; checkpoint_every: number; keep_last: number; on_nonfinite: "stop" | "skip"; sample_every: number };
   restart: { max: number };
   sample: { num: number; seed: number };
+  /** W&B (src/run/wandb.ts): off while project is null */
+  logging: { wandb: { project: string | null; entity: string | null; mode: "online" | "offline" | "disabled" } };
 }
 
 /** `dmd2 train-teacher`'s resolved recipe (docs/pipeline.md §3). */
