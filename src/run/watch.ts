@@ -17,6 +17,7 @@ import { WandbLogger } from "./wandb.js";
 export const TB_DIR = "tb";
 export const SAMPLES_TAG = "samples/grid";
 export const FINAL_TAG = "samples/final";
+export const RECIPE_TAG = "recipe";
 
 /** The folder of the training grid after `stepsDone` steps: samples/step-XXXXXXXX (the checkpoint's naming). */
 export const trainingSampleDir = (runDir: string, stepsDone: number) => path.join(runDir, "samples", checkpointName(stepsDone));
@@ -54,8 +55,16 @@ export class TrainingWatch {
     }
   }
 
-  /** A metrics.jsonl row, as TensorBoard scalars at its step. */
+  private recipeLogged = false;
+
+  /** A metrics.jsonl row, as TensorBoard scalars at its step. Before the first: the resolved recipe, as text. */
   row(row: { step: number; time: number } & Record<string, unknown>) {
+    if (!this.recipeLogged) {
+      // at the first row, not at construction: a fresh run clears tb/ after the watch is made
+      this.recipeLogged = true;
+      const json = JSON.stringify(this.recipe, null, 2).split("\n").map((l) => `    ${l}`).join("\n");
+      this.tbWrite((w) => w.text(row.step, RECIPE_TAG, `the resolved recipe (recipe.resolved.json):\n\n${json}`, row.time));
+    }
     const scalars = rowMetrics(row).map(([k, v]): [string, number | null] => [metricTag(k), v]);
     this.tbWrite((w) => w.scalars(row.step, scalars, row.time));
     this.wandb?.scalars(row.step, row.time, scalars);
