@@ -49,7 +49,7 @@ export interface Family {
   textEncoders: { subfolder: string; className: string; tokenizer: string }[];
   uncond: (typeof UNCOND)[number];
   latent: { subfolder: string; className: string } | null;
-  export: { pipeline: string; scheduler: string; card: (typeof CARDS)[number]; loraFile: boolean };
+  export: { pipeline: string; scheduler: string; card: (typeof CARDS)[number]; loraFile: boolean; pipelineTag: string; hubTags: string[] };
   /** the registry's default_lora_targets (a family's own list waits for the resolved teacher.family key: the
    * workers' lora_spec reads no folder) */
   loraTargets: string[];
@@ -168,7 +168,7 @@ function readFamily(r: Reader, name: string, o: unknown, defaultLora: string[]):
     textEncoders,
     uncond: r.choice(o, "uncond", where, UNCOND),
     latent: latentObj === null ? null : { subfolder: r.str(latentObj, "subfolder", `${where}.latent`), className: r.str(latentObj, "class", `${where}.latent`) },
-    export: { pipeline: r.str(exp, "pipeline", `${where}.export`), scheduler: r.str(exp, "scheduler", `${where}.export`), card: r.choice(exp, "card", `${where}.export`, CARDS), loraFile: r.bool(exp, "lora_file", `${where}.export`) },
+    export: { pipeline: r.str(exp, "pipeline", `${where}.export`), scheduler: r.str(exp, "scheduler", `${where}.export`), card: r.choice(exp, "card", `${where}.export`, CARDS), loraFile: r.bool(exp, "lora_file", `${where}.export`), pipelineTag: r.str(exp, "pipeline_tag", `${where}.export`), hubTags: r.strings(exp, "hub_tags", `${where}.export`) },
     loraTargets: defaultLora,
     planFrozen: frozen as [string, string][],
     adapterFiles: r.strings(adapter, "files", `${where}.adapter`, false),

@@ -31,7 +31,7 @@ test("doctor on this machine: exit 0, torch ok, every check reported", async () 
   assert.equal(report.ok, true);
   assert.deepEqual(
     report.checks.map((c) => c.id),
-    ["node", "zeromq", "python", "python-version", "torch", "cuda", "pyzmq", "numpy", "safetensors", "pillow", "dmd2_worker", "disk", "ipc"],
+    ["node", "zeromq", "python", "python-version", "torch", "cuda", "pyzmq", "numpy", "safetensors", "pillow", "diffusers", "transformers", "peft", "scikit-learn", "dmd2_worker", "disk", "ipc"],
   );
   const torch = check(report, "torch");
   assert.equal(torch.status, "ok");

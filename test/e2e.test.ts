@@ -121,8 +121,8 @@ test("resume: 6 steps then on to 12 ends with the weights of an uninterrupted 12
   assert.equal(a.exitCode, 0, a.stderr);
   const b = await dmd2(["distill", tiny, "--json", ...small("resumed")]);
   assert.equal(b.exitCode, 0, b.stderr);
-  const result = b.events.find((e) => e.event === "result") as { resumedFrom: number };
-  assert.equal(result.resumedFrom, 6);
+  const result = b.events.find((e) => e.event === "result") as { resumed_from: number };
+  assert.equal(result.resumed_from, 6);
   if (!existsSync(path.join(work, "per-role", "checkpoints"))) {
     const p = await dmd2(["distill", tiny, "--json", ...small("per-role")]);
     assert.equal(p.exitCode, 0, p.stderr);
@@ -151,7 +151,7 @@ test("sample: N images and a grid from the latest checkpoint, 1 and 2 steps", as
   assert.equal(readdirSync(path.join(work, "samples-set", "images")).length, 4);
   const badSet = await dmd2(["sample", runDir, "--set", "devise=cuda"]);
   assert.equal(badSet.exitCode, 2);
-  assert.match(badSet.stderr, /error: --set: --set devise: unknown key \(did you mean "device"\?\)/);
+  assert.match(badSet.stderr, /error: --set: devise: unknown key \(did you mean "device"\?\)/);
   const bad = await dmd2(["sample", path.join(work, "nope")]);
   assert.equal(bad.exitCode, 2);
   assert.match(bad.stderr, /does not exist/);
@@ -257,9 +257,9 @@ test("restart.max: a worker killed mid-run is replaced, the run resumes and ends
   assert.ok(restart, "a restart event");
   assert.equal(restart.attempt, 1);
   assert.match(restart.reason, /worker "generator" exited with code 3/);
-  const result = r.events.find((e) => e.event === "result") as { restarts: number; resumedFrom: number };
+  const result = r.events.find((e) => e.event === "result") as { restarts: number; resumed_from: number };
   assert.equal(result.restarts, 1);
-  assert.equal(result.resumedFrom, 6);
+  assert.equal(result.resumed_from, 6);
   const rows = readFileSync(path.join(work, "restart", "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number });
   assert.deepEqual(rows.map((x) => x.step), Array.from({ length: 12 }, (_, i) => i + 1), "one metrics row per step, none repeated");
   const ref = await ensurePerRoleReference();
@@ -296,8 +296,8 @@ test("Ctrl-C: finishes the step, writes a checkpoint, exits 130, leaves no worke
   assert.ok(existsSync(path.join(result.checkpoint, "manifest.json")));
   const again = await dmd2(["distill", tiny, "--json", ...small("sigint", [`train.steps=${result.steps + 2}`])]);
   assert.equal(again.exitCode, 0, again.stderr);
-  const res2 = again.events.find((e) => e.event === "result") as { resumedFrom: number; steps: number };
-  assert.equal(res2.resumedFrom, result.steps);
+  const res2 = again.events.find((e) => e.event === "result") as { resumed_from: number; steps: number };
+  assert.equal(res2.resumed_from, result.steps);
   assert.equal(res2.steps, result.steps + 2);
 });
 

@@ -496,7 +496,7 @@ test("plan CLI: a bad --set exits 2 with distill's one-line message", async () =
   const r = await cli(["plan", "recipes/tiny.yaml", "--set", "train.stepz=5"]);
   assert.equal(r.exitCode, 2);
   assert.equal(r.stdout, "");
-  assert.deepEqual(r.stderr.trim().split("\n"), ['error: --set: --set train.stepz: unknown key (did you mean "steps"?)']);
+  assert.deepEqual(r.stderr.trim().split("\n"), ['error: --set: train.stepz: unknown key (did you mean "steps"?)']);
   const range = await cli(["plan", "recipes/tiny.yaml", "--set", "train.steps=0"]);
   assert.equal(range.exitCode, 2);
   assert.deepEqual(range.stderr.trim().split("\n"), ["error: --set: train.steps: 0 is out of range (must be >= 1)"]);

@@ -134,7 +134,7 @@ test("teacher recipe: every problem at once with its line, distillation keys are
     `${shown(rules)}:3: model.block_out_channels: every width must be a multiple of model.norm_num_groups (8), got [12, 24, 48, 96, 96]`,
     `${shown(rules)}:3: model.block_out_channels: 5 levels halve the image 4 times, but the 8x8 images of data.source digits do not divide by 16 (use fewer levels)`,
   ]);
-  assert.deepEqual(issuesOf(() => loadTeacherRecipe(rules, { cwd: tmp, overrides: ["run_dir=x"] })), ['--set: --set run_dir: unknown key (known keys: name, seed, out, python, torch_threads, device, data, diffusion, model, train)']);
+  assert.deepEqual(issuesOf(() => loadTeacherRecipe(rules, { cwd: tmp, overrides: ["run_dir=x"] })), ['--set: run_dir: unknown key (known keys: name, seed, out, python, torch_threads, device, data, diffusion, model, train)']);
 });
 
 test("the data group alone (dmd2 eval --data-from): other keys are not read, the folder path is resolved", () => {

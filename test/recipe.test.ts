@@ -115,7 +115,7 @@ test("--set overrides are validated like the file", () => {
   assert.equal(r.placement, "colocated");
   assert.equal(r.gan.enabled, false);
   assert.deepEqual(r.optim.betas, [0.5, 0.9]);
-  assert.deepEqual(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train.stepz=3"] })), ['--set: --set train.stepz: unknown key (did you mean "steps"?)']);
+  assert.deepEqual(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train.stepz=3"] })), ['--set: train.stepz: unknown key (did you mean "steps"?)']);
   assert.deepEqual(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train.steps=-1"] })), ["--set: train.steps: -1 is out of range (must be >= 1)"]);
   assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train"] }))[0]!, /expected key\.path=value/);
   assert.match(issuesOf(() => loadRecipe(f, { cwd: tmp, overrides: ["train=3"] }))[0]!, /group of keys/);

@@ -72,7 +72,7 @@ test("bad input is one line and exit code 2, with no stack trace: missing recipe
   assert.equal(missing.stderr.trim(), "error: nope.yaml: no such file (check the path; recipes/ has examples)");
   const badKey = await dmd2(["train-teacher", recipe, "--set", "train.stpes=5"]);
   assert.equal(badKey.exitCode, 2);
-  assert.equal(badKey.stderr.trim(), 'error: --set: --set train.stpes: unknown key (did you mean "steps"?)');
+  assert.equal(badKey.stderr.trim(), 'error: --set: train.stpes: unknown key (did you mean "steps"?)');
   const rule = await dmd2(["train-teacher", recipe, "--set", "model.norm_num_groups=3"]);
   assert.equal(rule.exitCode, 2);
   assert.equal(rule.stderr.trim(), "error: tiny-teacher.yaml:4: model.block_out_channels: every width must be a multiple of model.norm_num_groups (3), got [8, 16]");

@@ -171,6 +171,19 @@ class SampleConfig:
 
 
 @dataclass
+class WandbConfig:
+    """logging.wandb: read by dmd2_worker.wandb_log only (the roles do not log)."""
+    project: str | None = None
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "online"
+
+
+@dataclass
+class LoggingConfig:
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclass
 class RestartConfig:
     max: int
 
@@ -234,6 +247,7 @@ class Recipe:
     train: TrainConfig
     restart: RestartConfig
     sample: SampleConfig
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)  # absent from run folders older than it
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .card_metadata import card_metadata, front_matter
 from .checkpoint import EMA_FILE
 from .config import Recipe, lora_spec, parse_recipe
 from .job import JobInputError, emit, read_spec, run_job, stop_on_sigterm  # noqa: F401 - stop_on_sigterm: the tests
@@ -236,9 +237,11 @@ def export(spec: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
                    "run_dir": str(run_dir), "checkpoint": checkpoint.name, "ema": ema, "lora": want_lora,
                    "teacher": str(teacher_dir), "family": family}
         (tmp / STUDENT_FILE).write_text(json.dumps(student, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(recipe, family, timesteps, run_dir, checkpoint, ema, want_lora,
-                                                  getattr(net, "num_classes", None),
-                                                  (tmp / TEACHER_README).is_file()))
+        # Hub metadata first (card_metadata.py), then the card's text
+        meta = card_metadata(family, len(timesteps), want_lora, teacher_dir, teacher_dir / "README.md")
+        (tmp / "README.md").write_text(front_matter(meta) + model_card(recipe, family, timesteps, run_dir, checkpoint,
+                                                                       ema, want_lora, getattr(net, "num_classes", None),
+                                                                       (tmp / TEACHER_README).is_file()))
         if out.exists():
             shutil.rmtree(out)  # the CLI only gets here with --force (or an empty folder)
         tmp.rename(out)

@@ -92,6 +92,8 @@ class Export:
     scheduler: str      # the scheduler class written into scheduler/
     card: str           # "backbone_loop": the card samples with the backbone and the scheduler; "pipeline_call"
     lora_file: bool     # diffusers loads a LoRA file into this pipeline (`dmd2 export --lora`)
+    pipeline_tag: str   # the Hub's pipeline_tag in the export's model card
+    hub_tags: tuple[str, ...]  # the family's own tags in the export's model card (beside dmd2, distillation, ...)
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
                         r.get(latent_obj, "shift_key", at, str, optional=True))
     exp = r.get(obj, "export", where, dict)
     export = Export(r.get(exp, "pipeline", f"{where}.export", str), r.get(exp, "scheduler", f"{where}.export", str),
-                    r.choice(exp, "card", f"{where}.export", CARDS), r.get(exp, "lora_file", f"{where}.export", bool))
+                    r.choice(exp, "card", f"{where}.export", CARDS), r.get(exp, "lora_file", f"{where}.export", bool),
+                    r.get(exp, "pipeline_tag", f"{where}.export", str), r.strings(exp, "hub_tags", f"{where}.export"))
     frozen = r.get(r.get(obj, "plan", where, dict), "frozen", f"{where}.plan", list)
     if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in frozen):
         raise r.fail(f"{where}.plan.frozen", "expected a list of [subfolder, weight file stem] pairs")

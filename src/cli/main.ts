@@ -1,7 +1,7 @@
 // The entry point: the only top-level catch and the only process.exit. Commands throw DmdError subclasses
 // carrying their exit code (docs/cli.md: 0 ok, 2 bad input, 1 failure, 130 interrupted).
 
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,6 +21,20 @@ function version(): string {
     return "unknown";
   }
 }
+
+/** The recipe argument's default: recipes/tiny.yaml here, else the project's own (dmd2 run from any folder). */
+const DEFAULT_RECIPE = "recipes/tiny.yaml";
+export function recipeArgument(file: string): string {
+  return file === DEFAULT_RECIPE && !existsSync(file) ? path.join(projectRoot, DEFAULT_RECIPE) : file;
+}
+
+/** camelCase keys as snake_case: every --json event names its fields one way (run_dir, resumed_from, ...). */
+export function snakeKeys(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), v]));
+}
+
+/** The --json result event of a command. */
+const resultEvent = (res: object) => JSON.stringify({ event: "result", ...snakeKeys(res as Record<string, unknown>) }) + "\n";
 
 interface OutputFlags {
   json?: boolean;
@@ -81,19 +95,22 @@ export function buildProgram(): Command {
     program
       .command("distill")
       .description("run a distillation recipe (resumes from the run folder's newest checkpoint if there is one)")
-      .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+      .argument("[recipe]", "recipe YAML file (default: the project's recipes/tiny.yaml)", DEFAULT_RECIPE)
       .option("--set <key=value>", "override a recipe key, e.g. --set train.steps=50 (repeatable)", collect, [])
       .option("--fresh", "start the run folder over: the old one is kept aside as <run_dir>.old-<time> (default: resume from its newest checkpoint)")
       .addHelpText("after", "\nExamples:\n  dmd2 distill recipes/tiny.yaml\n  dmd2 distill recipes/tiny.yaml --set placement=colocated --set train.steps=50\n  dmd2 distill recipes/tiny.yaml --set generator.lr=1e-5 --fresh"),
-  ).action(async (recipeFile: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
+  ).action(async (recipeArg: string, opts: OutputFlags & { set: string[]; fresh?: boolean }) => {
+    const recipeFile = recipeArgument(recipeArg);
     const { loadRecipe } = await import("../recipe/load.js");
     const { distillWithRestarts } = await import("../run/supervise.js");
     const { onInterrupt } = await import("../run/interrupt.js");
     const recipe = loadRecipe(recipeFile, { overrides: opts.set });
     const reporter = reporterFor(opts);
     const interrupt = onInterrupt(reporter, "finishing the current step and writing a checkpoint");
-    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile, fresh: opts.fresh === true });
-    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+    const { checkpointDiskWarning } = await import("../plan/plan.js");
+    const diskWarning = () => checkpointDiskWarning(recipe, recipeFile);
+    const res = await distillWithRestarts(recipe, reporter, { signal: interrupt.signal, recipeFile, fresh: opts.fresh === true, diskWarning });
+    if (opts.json) process.stdout.write(resultEvent(res));
     if (res.interrupted) process.exitCode = 130;
   });
 
@@ -116,7 +133,7 @@ export function buildProgram(): Command {
     if (opts.num !== undefined && (opts.num < 1 || opts.num > 4096)) throw new UsageError(`--num ${opts.num}: must be between 1 and 4096`);
     const { sample } = await import("../run/sample.js");
     const res = await sample(runDir, opts, reporterFor(opts));
-    if (opts.json) process.stdout.write(JSON.stringify({ event: "result", ...res }) + "\n");
+    if (opts.json) process.stdout.write(resultEvent(res));
   });
 
   outputOptions(
@@ -195,13 +212,13 @@ export function buildProgram(): Command {
   program
     .command("plan")
     .description("show what distill would do with a recipe: placement, schedule, tensors, checkpoints, memory; starts nothing")
-    .argument("[recipe]", "recipe YAML file", "recipes/tiny.yaml")
+    .argument("[recipe]", "recipe YAML file (default: the project's recipes/tiny.yaml)", DEFAULT_RECIPE)
     .option("--set <key=value>", "override a recipe key, as for distill (repeatable)", collect, [])
     .option("--json", "print the plan as one JSON object (for scripts)")
     .addHelpText("after", "\nExamples:\n  dmd2 plan recipes/tiny.yaml\n  dmd2 plan recipes/tiny.yaml --set placement=colocated --set ttur.ratio=10\n  dmd2 plan --json | jq .memory.workers")
-    .action(async (recipeFile: string, opts: { set: string[]; json?: boolean }) => {
+    .action(async (recipeArg: string, opts: { set: string[]; json?: boolean }) => {
       const { planCommand } = await import("./commands/plan.js");
-      planCommand(recipeFile, opts);
+      await planCommand(recipeArgument(recipeArg), opts);
     });
 
   program
@@ -248,6 +265,14 @@ function printError(e: DmdError, verbose: boolean) {
   } else if (e.hint) out(chalk.dim(shortenValue(e.hint)));
 }
 
+/** An error as a --json event on stdout (the text lines still go to stderr, for a person watching). */
+export function errorEvent(e: DmdError): string {
+  const ev: Record<string, unknown> = { event: "error", time: Date.now() / 1000, code: e.code, exit_code: e.exitCode, message: e.message };
+  if (e.hint !== undefined) ev.hint = e.hint;
+  if (e instanceof RecipeError) ev.issues = e.issues;
+  return JSON.stringify(ev) + "\n";
+}
+
 export async function main(argv: string[]): Promise<number> {
   const verbose = argv.includes("--verbose") || argv.includes("-v");
   try {
@@ -259,6 +284,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2; // commander already printed the message
     }
     if (e instanceof DmdError) {
+      if (argv.includes("--json")) process.stdout.write(errorEvent(e));
       printError(e, verbose);
       return e.exitCode;
     }

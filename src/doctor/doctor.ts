@@ -8,8 +8,9 @@ import { PROTOCOL_VERSION } from "../protocol/messages.js";
 import { formatBytes } from "../text.js";
 import { PROJECT_ROOT, resolvePython } from "../workers/python.js";
 import { checkDisk, checkIpc, checkNode, loadZeromq, type Check } from "./checks.js";
-import { runProbe, type ProbeOutcome, type ProbeResult } from "./probe.js";
-import { PYTHON_MIN, PYTHON_PACKAGES, versionAtLeast, WORKER_PACKAGE } from "./requirements.js";
+import type { ProbeOutcome, ProbeResult } from "./probe.js";
+import { cachedProbe } from "./probeCache.js";
+import { FEATURE_PACKAGES, inRange, PYTHON_MIN, PYTHON_PACKAGES, rangeText, versionAtLeast, WORKER_PACKAGE } from "./requirements.js";
 
 export interface DoctorOptions {
   /** --python: the interpreter to check instead of $DMD2_PYTHON / the project's .venv */
@@ -76,13 +77,38 @@ function pythonChecks(python: string, source: PythonSource, outcome: ProbeOutcom
     if (m === undefined || !m.ok) checks.push({ id: pkg.name, status: "problem", detail: `cannot import ${pkg.module}: ${m?.error ?? "not reported"}`, fix: install });
     else if (!versionAtLeast(m.version ?? "0", pkg.min)) checks.push({ id: pkg.name, status: "problem", detail: `${m.version} is too old (needs ${pkg.min} or newer)`, fix: install });
     else checks.push({ id: pkg.name, status: "ok", detail: m.version ?? "unknown version" });
-    if (pkg.name === "torch") checks.push(cudaCheck(p.cuda));
+    if (pkg.name === "torch") checks.push(cudaCheck(p.cuda, p));
   }
+  checks.push(...featureChecks(p, python, viaNpm));
   checks.push(workerCheck(p.worker, python, root));
   return checks;
 }
 
-function cudaCheck(cuda: ProbeResult["cuda"]): Check {
+/** diffusers, transformers, peft, scikit-learn against the worker's ranges (absent when the probe did not report them). */
+function featureChecks(p: ProbeResult, python: string, viaNpm: string): Check[] {
+  if (p.dists === undefined || p.dists === null) return [];
+  return FEATURE_PACKAGES.map((pkg): Check => {
+    const have = p.dists![pkg.name];
+    const fix = `${viaNpm}${python} -m pip install "${pkg.name}${rangeText(pkg)}"`;
+    if (have === null || have === undefined) return { id: pkg.name, status: "warning", detail: `not installed: ${pkg.neededFor} need it`, fix };
+    if (!inRange(have, pkg)) return { id: pkg.name, status: "problem", detail: `${have} is outside the worker's range ${rangeText(pkg)}`, fix };
+    return { id: pkg.name, status: "ok", detail: have };
+  });
+}
+
+/** Which devices the workers would see, and CUDA_VISIBLE_DEVICES when set (it renumbers them). */
+function visibleText(p: ProbeResult): string {
+  const cvd = p.cuda_visible_devices;
+  const devices = p.devices === undefined ? "" : `; workers see ${p.devices.join(", ")}`;
+  return `${devices}${cvd === undefined ? "" : cvd === null ? " (CUDA_VISIBLE_DEVICES not set)" : ` (CUDA_VISIBLE_DEVICES=${cvd === "" ? '""' : cvd})`}`;
+}
+
+function cudaCheck(cuda: ProbeResult["cuda"], p: ProbeResult): Check {
+  const c = cudaCheckBare(cuda);
+  return c.status === "skipped" ? c : { ...c, detail: c.detail + visibleText(p) };
+}
+
+function cudaCheckBare(cuda: ProbeResult["cuda"]): Check {
   if (cuda === null) return { id: "cuda", status: "skipped", detail: "needs torch" };
   if ("error" in cuda) return { id: "cuda", status: "info", detail: `could not ask torch: ${cuda.error}` };
   if (!cuda.available) {
@@ -123,7 +149,7 @@ export async function runDoctor(opts: DoctorOptions = {}): Promise<DoctorReport>
   const root = opts.projectRoot ?? PROJECT_ROOT;
   const found = findPython(opts);
   // the probe (a second or two for torch) runs while Node does its own checks
-  const probe = found.python === null ? null : runProbe(found.python, { cwd: opts.cwd, env });
+  const probe = found.python === null ? null : cachedProbe(found.python, { cwd: opts.cwd, env });
   const zeromq = await loadZeromq();
   const ipc = await checkIpc(zeromq.zmq);
   const checks: Check[] = [checkNode(), zeromq.check, found.check];

@@ -21,6 +21,35 @@ export const PYTHON_PACKAGES: readonly PythonPackage[] = [
   { name: "pillow", module: "PIL", min: "9" },
 ];
 
+/**
+ * The worker's dependencies that single features need, with the ranges of python-worker/pyproject.toml (`min` is
+ * the lowest version that works, `below` the first that is not promised to). Checked by their installed
+ * distribution's version (no import: the probe stays short).
+ */
+export interface RangedPackage {
+  name: string;
+  min: string;
+  below?: string;
+  /** what needs it, for the message when it is missing */
+  neededFor: string;
+}
+
+export const FEATURE_PACKAGES: readonly RangedPackage[] = [
+  { name: "diffusers", min: "0.30", neededFor: "diffusers-format teachers (teacher.source: diffusers) and exports" },
+  { name: "transformers", min: "5.23", below: "6", neededFor: "text-to-image teachers (their CLIP text encoders)" },
+  { name: "peft", min: "0.21.2", below: "1", neededFor: "LoRA students (generator.lora)" },
+  { name: "scikit-learn", min: "1.3", neededFor: "the digits data (data.source: digits)" },
+];
+
+/** Packages only a recipe option needs, not the worker package: their installed version is probed too. */
+export const OPTIONAL_DISTS = ["wandb"] as const;
+
+/** ">=0.21.2,<1" */
+export const rangeText = (p: RangedPackage) => `>=${p.min}${p.below === undefined ? "" : `,<${p.below}`}`;
+
+/** Whether version `v` is inside `p`'s range. */
+export const inRange = (v: string, p: RangedPackage) => versionAtLeast(v, p.min) && (p.below === undefined || !versionAtLeast(v, p.below));
+
 /** The worker package and the module that holds its PROTOCOL_VERSION. */
 export const WORKER_PACKAGE = { name: "dmd2_worker", module: "dmd2_worker", protocolModule: "dmd2_worker.protocol" } as const;
 

@@ -24,6 +24,8 @@ import {
 } from "../schedule/schedule.js";
 import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
 import { resolvePython } from "../workers/python.js";
+import { interpreterProblems } from "../doctor/interpreterProblems.js";
+import type { ProbeOutcome } from "../doctor/probe.js";
 import { memoryEstimate, RUNTIME_NOTE, type WorkerMemory } from "./memory.js";
 import { dataPlan, imageShapeOf, networkPlan, type DataPlan, type NetworkPlan, type Shape } from "./network.js";
 import { stepTraffic, type StepTraffic, type TextTensorSizes } from "./tensors.js";
@@ -177,6 +179,8 @@ export interface PlanOptions {
   cpuCount?: number;
   /** free bytes on the disk holding `dir` (tests); default: statfs of its nearest existing folder */
   freeBytes?: (dir: string) => number | null;
+  /** the probe of the interpreter the workers would use (doctor/probeCache.ts): its problems join the plan's */
+  probe?: ProbeOutcome;
 }
 
 /** Free bytes on the disk of `dir` or of its nearest existing parent; null when unreadable. */
@@ -404,6 +408,7 @@ export function buildPlan(recipe: Recipe, file: string, opts: PlanOptions = {}):
   const net = networkPlan(recipe, data);
   problems.push(...net.problems);
   const placement = placementPlan(recipe, opts, problems);
+  if (opts.probe !== undefined && placement.python.path !== null) problems.push(...interpreterProblems(recipe, placement.python.path, opts.probe, file));
   const memory = memoryPlan(recipe, net.network);
   return {
     recipe: { file, name: recipe.name, runDir: recipe.run_dir, resolved: recipe },

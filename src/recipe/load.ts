@@ -3,11 +3,13 @@
 // disk (files.ts), the rules across keys, then what depends on other keys or on the machine (resolve.ts).
 // Every problem is reported at once as a RecipeError (exit code 2).
 
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { isMap, isScalar, LineCounter, parseDocument, type Document, YAMLMap } from "yaml";
 import { RecipeError, type RecipeIssue } from "../errors.js";
 import { checkDataFolder, checkTeacherFolder, type FileContext } from "./files.js";
+import { findCachedSnapshot, looksLikeHubId } from "./hubCache.js";
 import { dataGroupSchema, recipeSchema, teacherRecipeSchema, type Group, type SchemaValue } from "./schema.js";
 import { checkDataRules, checkRules, checkSchema, checkTeacherRules, suggestKey, type Problem } from "./validate.js";
 import { alreadyResolved, resolveRecipe, resolveTeacherRecipe, type ResolveOptions } from "./resolve.js";
@@ -90,22 +92,63 @@ function schemaHasPath(schema: Group, p: string[]): { ok: true } | { ok: false; 
   return { ok: false, at: p, hint: "that is a group of keys; set one of its keys" };
 }
 
+/** Parses one `--set key.path=value`; an error's text goes after "--set: " (the issue's file), so it does not repeat it. */
 export function parseOverride(spec: string, schema: Group = recipeSchema): { path: string[]; value: unknown } | { error: string } {
   const eq = spec.indexOf("=");
-  if (eq <= 0) return { error: `--set "${spec}": expected key.path=value (e.g. --set train.steps=50)` };
+  if (eq <= 0) return { error: `"${spec}": expected key.path=value (e.g. --set train.steps=50)` };
   const key = spec.slice(0, eq).trim();
   const p = key.split(".");
-  if (p.some((s) => s.length === 0)) return { error: `--set "${spec}": "${key}" is not a key path (e.g. train.steps)` };
+  if (p.some((s) => s.length === 0)) return { error: `"${spec}": "${key}" is not a key path (e.g. train.steps)` };
   const known = schemaHasPath(schema, p);
-  if (!known.ok) return { error: `--set ${known.at.join(".")}: unknown key (${known.hint})` };
+  if (!known.ok) return { error: `${known.at.join(".")}: unknown key (${known.hint})` };
   const text = spec.slice(eq + 1);
   const vdoc = parseDocument(text);
-  if (vdoc.errors.length > 0) return { error: `--set ${key}: cannot parse value "${text}" (${vdoc.errors[0]!.message.split("\n")[0]})` };
+  if (vdoc.errors.length > 0) return { error: `${key}: cannot parse value "${text}" (${vdoc.errors[0]!.message.split("\n")[0]})` };
   return { path: p, value: text.trim() === "" ? null : vdoc.toJS() };
 }
 
 const hasPath = (raw: unknown, p: string[]) =>
   p.reduce<unknown>((o, k) => (typeof o === "object" && o !== null ? (o as Obj)[k] : undefined), raw) !== undefined;
+
+/** Every `path` leaf of a schema, as key paths. */
+function pathKeys(g: Group, at: string[] = []): string[][] {
+  return Object.entries(g.fields).flatMap(([k, node]) => (node.kind === "group" ? pathKeys(node, [...at, k]) : node.kind === "path" ? [[...at, k]] : []));
+}
+
+/** "~" and "~/x" as a shell expands them. */
+export const expandHome = (p: string) => (p === "~" ? os.homedir() : p.startsWith("~/") ? path.join(os.homedir(), p.slice(2)) : p);
+
+/**
+ * Paths as a shell user expects (docs/recipe.md "Paths"): `~` is expanded in every path key, and a relative path
+ * given with --set is relative to the current directory (a path written in the file stays relative to the
+ * file's folder). `python` without a `/` is a command name and is left alone.
+ */
+function shellPaths(doc: Document, schema: Group, fromSet: ReadonlySet<string>, cwd: string): void {
+  for (const key of pathKeys(schema)) {
+    const value = doc.getIn(key) as unknown;
+    if (typeof value !== "string" || value === "") continue;
+    let p = expandHome(value);
+    const command = key.length === 1 && key[0] === "python" && !p.includes("/");
+    if (fromSet.has(key.join(".")) && !path.isAbsolute(p) && !command) p = path.resolve(cwd, p);
+    if (p !== value) doc.setIn(key, p);
+  }
+}
+
+/**
+ * teacher.path as a Hub id (`org/name`) that is no existing path: the cached snapshot's folder is put in its
+ * place (hubCache.ts). Returns the one-line problem when it is not cached, else null.
+ */
+function hubTeacher(doc: Document, schema: Group, fromSet: ReadonlySet<string>, file: string, cwd: string, env: NodeJS.ProcessEnv): string | null {
+  if (schema.fields.teacher === undefined) return null;
+  const value = doc.getIn(["teacher", "path"]) as unknown;
+  if (typeof value !== "string" || !looksLikeHubId(value)) return null;
+  const base = fromSet.has("teacher.path") ? cwd : path.dirname(path.resolve(file));
+  if (existsSync(path.resolve(base, value))) return null;
+  const found = findCachedSnapshot(value, env);
+  if (!found.found) return found.message;
+  doc.setIn(["teacher", "path"], found.snapshot);
+  return null;
+}
 
 /** A distillation recipe (docs/recipe.md). */
 export function loadRecipe(file: string, opts: LoadOptions = {}): Recipe {
@@ -167,6 +210,13 @@ function loadKind<G extends Group, T>(kind: RecipeKind<G, T>, file: string, opts
     fromSet.add(o.path.join("."));
   }
   if (issues.length > 0) throw new RecipeError(issues);
+  const cwd = opts.cwd ?? process.cwd();
+  const hub = hubTeacher(doc, kind.schema, fromSet, file, cwd, opts.env ?? process.env);
+  shellPaths(doc, kind.schema, fromSet, cwd);
+  if (hub !== null) {
+    const set = fromSet.has("teacher.path");
+    throw new RecipeError([{ file: set ? "--set" : shown, line: set ? null : lineOf(doc, lc, ["teacher", "path"], false), path: "teacher.path", message: hub }]);
+  }
 
   let raw: unknown;
   try {

@@ -207,6 +207,14 @@ export const recipeSchema = group({
     num: { kind: "int", min: 1, max: 256, default: 16 },
     seed: { kind: "int", min: 0, max: 2 ** 31 - 1, default: 1234 },
   }),
+  // W&B, optional (src/run/wandb.ts): off while project is null
+  logging: group({
+    wandb: group({
+      project: { kind: "string", default: null, nullable: true },
+      entity: { kind: "string", default: null, nullable: true },
+      mode: { kind: "enum", values: ["online", "offline", "disabled"], default: "online" },
+    }),
+  }),
 });
 
 /** `dmd2 train-teacher`'s recipe (docs/pipeline.md §3). */

@@ -145,6 +145,7 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
     }
     reporter.endSteps();
     await cluster.close();
+    await watch.finished(); // the W&B process writing its run (watch.ts)
   }
 }
 

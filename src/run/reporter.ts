@@ -28,6 +28,8 @@ export class Reporter {
   private t0 = Date.now();
   /** the latest value of every metric: generator metrics only arrive every `ratio` steps */
   private latest: Record<string, number | null> = {};
+  /** for the summary line endSteps prints: the last step done and its generator updates */
+  private last: { done: number; total: number; genUpdates: number } | null = null;
 
   constructor(opts: ReporterOptions = {}) {
     this.stream = opts.stream ?? process.stderr;
@@ -88,6 +90,7 @@ export class Reporter {
       },
       cliProgress.Presets.shades_classic,
     );
+    this.last = null;
     this.barState = { total, value: start, payload: { gen: 0, rate: "-", losses: "" } };
     this.bar.start(total, start, this.barState.payload);
   }
@@ -99,26 +102,44 @@ export class Reporter {
       if (logLine) this.event("step", { step: done, total, gen_updates: genUpdates, ...metrics });
       return;
     }
+    this.last = { done, total, genUpdates };
     if (this.quiet) return;
     Object.assign(this.latest, metrics);
-    const losses = Object.entries(this.latest)
-      .filter(([k]) => k.startsWith("loss_"))
-      .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
-      .join(" ");
+    const lossText = (m: Record<string, number | null>) =>
+      Object.entries(m)
+        .filter(([k]) => k.startsWith("loss_"))
+        .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
+        .join(" ");
     if (this.bar) {
+      // the bar is a live view: every loss at its latest value (the generator's change every `ratio` steps)
+      const losses = lossText(this.latest);
       // steps per second of this command (a resumed run's earlier steps are not in `elapsed`)
       const rate = elapsed > 0 ? ((done - this.startStep) / elapsed).toFixed(1) : "-";
       this.barState = { total, value: done, payload: { gen: genUpdates, rate, losses } };
       this.bar.update(done, this.barState.payload);
       return;
     }
-    if (logLine && this.mode === "plain") this.line(`step ${done}/${total} G updates ${genUpdates} ${losses}`);
+    // a log line shows only what this step computed: a fake-score-only step has no generator losses
+    if (logLine && this.mode === "plain") this.line(`step ${done}/${total} G updates ${genUpdates} ${lossText(metrics)}`);
   }
 
+  /** Ends the step loop: the bar goes, and one summary line stays (the steps, their rate, the latest losses). */
   endSteps() {
+    const hadBar = this.bar !== null;
     if (this.bar) {
       this.bar.stop();
       this.bar = null;
     }
+    const last = this.last;
+    this.last = null;
+    if (last === null || this.quiet || this.mode === "json" || (this.mode === "tty" && !hadBar)) return;
+    const seconds = (Date.now() - this.t0) / 1000;
+    const ran = last.done - this.startStep;
+    const rate = seconds > 0 && ran > 0 ? `, ${(ran / seconds).toFixed(1)} it/s` : "";
+    const losses = Object.entries(this.latest)
+      .filter(([k]) => k.startsWith("loss_"))
+      .map(([k, v]) => `${k.slice(5)} ${fmt(v)}`)
+      .join(" ");
+    this.line(`trained ${last.done}/${last.total} steps (${ran} in ${seconds.toFixed(1)} s${rate}), G updates ${last.genUpdates}${losses ? `; latest losses ${losses}` : ""}`);
   }
 }

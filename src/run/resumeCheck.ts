@@ -14,7 +14,7 @@ export const RESOLVED_FILE = "recipe.resolved.json";
 /** Dotted keys (or groups, ending in ".") that may change between a checkpoint and its resume. */
 const MAY_CHANGE = [
   "version", "name", "run_dir", "python", "torch_threads", "transport", "device", "precision", "tf32", "gradient_checkpointing", "placement",
-  "heartbeat.", "join.", "restart.", "sample.",
+  "heartbeat.", "join.", "restart.", "sample.", "logging.",
   "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_every", "train.on_nonfinite",
 ];
 /** roles.<role>.<key>: where a role runs, how (its precision: a run moved from CPU to a GPU), with how many processes. */

@@ -9,7 +9,6 @@ import { color as chalk } from "../colors.js";
 import { DmdError, shortenValue, StorageError, storageFaultCode, UsageError, WorkerDiedError, WorkerError, WorkerTimeoutError } from "../errors.js";
 import { listCheckpoints } from "./checkpoints.js";
 import type { Recipe } from "../recipe/types.js";
-import { checkpointDiskWarning } from "../plan/plan.js";
 import { existsSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { distill, ensureRunDir, type DistillResult } from "./distill.js";
 import { acquireRunLock, LOCK_FILE } from "./lock.js";
@@ -26,7 +25,7 @@ export function isRestartable(e: unknown): boolean {
 export async function distillWithRestarts(
   recipe: Recipe,
   reporter: Reporter,
-  opts: { signal?: AbortSignal; recipeFile?: string; fresh?: boolean } = {},
+  opts: { signal?: AbortSignal; recipeFile?: string; fresh?: boolean; diskWarning?: () => string | null } = {},
 ): Promise<DistillResult & { restarts: number }> {
   // one writer per run folder (lock.ts), held across restarts; checked and taken before any other work
   ensureRunDir(recipe.run_dir);
@@ -78,10 +77,11 @@ export function startOver(runDir: string, reporter: Reporter): string | null {
 async function distillLocked(
   recipe: Recipe,
   reporter: Reporter,
-  opts: { signal?: AbortSignal; recipeFile?: string },
+  opts: { signal?: AbortSignal; recipeFile?: string; diskWarning?: () => string | null },
 ): Promise<DistillResult & { restarts: number }> {
-  // once per command, not on every restart: the checkpoints would not fit on the run folder's disk
-  const disk = checkpointDiskWarning(recipe, opts.recipeFile ?? path.join(recipe.run_dir, "recipe.resolved.json"));
+  // once per command, not on every restart: the checkpoints would not fit on the run folder's disk (the caller
+  // passes plan's check, src/plan/plan.ts checkpointDiskWarning: run/ does not import plan/)
+  const disk = opts.diskWarning?.() ?? null;
   if (disk !== null) reporter.warn(disk);
   const max = recipe.restart.max;
   for (let restarts = 0; ; restarts++) {

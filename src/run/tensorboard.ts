@@ -85,7 +85,8 @@ export interface ImageValue {
   png: Uint8Array;
 }
 
-export type SummaryValue = { tag: string; simpleValue: number } | { tag: string; image: ImageValue };
+/** `text`: TensorBoard's text plugin (markdown), a string tensor with the plugin named in the value's metadata. */
+export type SummaryValue = { tag: string; simpleValue: number } | { tag: string; image: ImageValue } | { tag: string; text: string };
 
 export interface EventFields {
   wallTime: number;
@@ -102,7 +103,12 @@ export function encodeEvent(e: EventFields): Buffer {
     const values = e.summary.map((v) => {
       const inner: Buffer[] = [pbBytes(1, v.tag)];
       if ("simpleValue" in v) inner.push(pbFloat(2, v.simpleValue));
-      else {
+      else if ("text" in v) {
+        // Summary.Value.metadata (9) = SummaryMetadata{plugin_data (1) = PluginData{plugin_name (1): "text"}};
+        // Summary.Value.tensor (8) = TensorProto{dtype (1): DT_STRING = 7, tensor_shape (2): scalar, string_val (8)}
+        inner.push(pbBytes(9, pbBytes(1, pbBytes(1, "text"))));
+        inner.push(pbBytes(8, Buffer.concat([pbVarint(1, 7), pbBytes(2, Buffer.alloc(0)), pbBytes(8, v.text)])));
+      } else {
         const img = v.image;
         inner.push(pbBytes(4, Buffer.concat([pbVarint(1, img.height), pbVarint(2, img.width), pbVarint(3, img.colorspace), pbBytes(4, img.png)])));
       }
@@ -180,6 +186,11 @@ export class EventWriter {
 
   image(step: number, tag: string, png: Uint8Array, wallTime = this.now()): void {
     this.write({ wallTime, step, summary: [{ tag, image: { ...pngInfo(png), png } }] });
+  }
+
+  /** A text summary (markdown) at `step`: TensorBoard shows it in its Text tab. */
+  text(step: number, tag: string, markdown: string, wallTime = this.now()): void {
+    this.write({ wallTime, step, summary: [{ tag, text: markdown }] });
   }
 
   /**

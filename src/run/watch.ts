@@ -12,10 +12,12 @@ import type { Cluster } from "./cluster.js";
 import { metricTag, rowMetrics } from "./metrics.js";
 import type { Reporter } from "./reporter.js";
 import { EventWriter } from "./tensorboard.js";
+import { WandbLogger } from "./wandb.js";
 
 export const TB_DIR = "tb";
 export const SAMPLES_TAG = "samples/grid";
 export const FINAL_TAG = "samples/final";
+export const RECIPE_TAG = "recipe";
 
 /** The folder of the training grid after `stepsDone` steps: samples/step-XXXXXXXX (the checkpoint's naming). */
 export const trainingSampleDir = (runDir: string, stepsDone: number) => path.join(runDir, "samples", checkpointName(stepsDone));
@@ -23,6 +25,8 @@ export const trainingSampleDir = (runDir: string, stepsDone: number) => path.joi
 export class TrainingWatch {
   private tb: EventWriter | null;
   private pendingStart: number | null;
+  /** logging.wandb: fed what TensorBoard gets (wandb.ts) */
+  private readonly wandb: WandbLogger | null;
 
   /** `startStep`: the steps already done (the checkpoint resumed from), 0 for a fresh run. */
   constructor(
@@ -33,6 +37,7 @@ export class TrainingWatch {
     this.tb = new EventWriter(path.join(recipe.run_dir, TB_DIR));
     // a resumed run logs steps startStep+1.. again: a session start there makes TensorBoard drop the earlier copies
     this.pendingStart = startStep > 0 ? startStep + 1 : null;
+    this.wandb = WandbLogger.start(recipe, reporter);
   }
 
   private tbWrite(what: (w: EventWriter) => void) {
@@ -50,9 +55,19 @@ export class TrainingWatch {
     }
   }
 
-  /** A metrics.jsonl row, as TensorBoard scalars at its step. */
+  private recipeLogged = false;
+
+  /** A metrics.jsonl row, as TensorBoard scalars at its step. Before the first: the resolved recipe, as text. */
   row(row: { step: number; time: number } & Record<string, unknown>) {
-    this.tbWrite((w) => w.scalars(row.step, rowMetrics(row).map(([k, v]) => [metricTag(k), v]), row.time));
+    if (!this.recipeLogged) {
+      // at the first row, not at construction: a fresh run clears tb/ after the watch is made
+      this.recipeLogged = true;
+      const json = JSON.stringify(this.recipe, null, 2).split("\n").map((l) => `    ${l}`).join("\n");
+      this.tbWrite((w) => w.text(row.step, RECIPE_TAG, `the resolved recipe (recipe.resolved.json):\n\n${json}`, row.time));
+    }
+    const scalars = rowMetrics(row).map(([k, v]): [string, number | null] => [metricTag(k), v]);
+    this.tbWrite((w) => w.scalars(row.step, scalars, row.time));
+    this.wandb?.scalars(row.step, row.time, scalars);
   }
 
   /** After 0-based step `step`: every `train.sample_every` steps, a grid from the generator. */
@@ -72,10 +87,19 @@ export class TrainingWatch {
   /** A grid PNG the generator wrote, as a TensorBoard image. */
   image(tag: string, step: number, file: string) {
     this.tbWrite((w) => w.image(step, tag, readFileSync(file)));
+    this.wandb?.image(tag, step, file);
   }
 
   close() {
     this.tb?.close();
     this.tb = null;
+    this.wandbDone = this.wandb?.close() ?? Promise.resolve();
+  }
+
+  private wandbDone: Promise<void> = Promise.resolve();
+
+  /** After close(): resolves when the W&B process has written its run (at once without W&B). */
+  finished(): Promise<void> {
+    return this.wandbDone;
   }
 }
