@@ -176,12 +176,13 @@ class TeacherAdapter(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]]
 
     def __init__(self, folder: Path, unet: nn.Module, vae: nn.Module, scheduler_config: dict[str, Any],
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, schedule: Any = None) -> None:
         self.folder = Path(folder)
-        self.unet = unet
+        self.unet = unet  # the denoiser: a UNet, or a flow family's transformer (adapters/sd3.py)
         self.vae = vae
         self.scheduler_config = scheduler_config
-        self.schedule = schedule_from_config(scheduler_config)
+        # `schedule`: a family's own (flow_matching.FlowMatchSchedule for flow-matching teachers)
+        self.schedule = schedule_from_config(scheduler_config) if schedule is None else schedule
         self.device = torch.device(device)
         self.dtype = dtype
         cfg = unet.config
@@ -208,6 +209,30 @@ class TeacherAdapter(ABC):
              dtype: torch.dtype = torch.float32, unet: nn.Module | None = None) -> "TeacherAdapter":
         """Read the folder (checked first: one AdapterError line for what is missing), on `device` in `dtype`.
         `unet`: a UNet already loaded from the folder's unet/ (a role's own copy), used instead of loading another."""
+
+    # --- what the roles load (roles/text.py): the denoiser alone, its schedule, the network around it ---
+    # (flow-matching families override all three, adapters/sd3.py)
+
+    @classmethod
+    def load_denoiser(cls, folder: str | Path, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The folder's UNet2DConditionModel alone, on `device`: what the generator and fake score train."""
+        from diffusers import UNet2DConditionModel
+
+        unet = load_component(UNet2DConditionModel.from_pretrained, Path(folder).absolute(), "unet", torch_dtype=dtype)
+        return unet.to(device)
+
+    @classmethod
+    def read_schedule(cls, folder: str | Path) -> Any:
+        """The folder's noise schedule (the roles' `schedule`)."""
+        return schedule_from_config(read_scheduler_config(Path(folder)))
+
+    @classmethod
+    def network(cls, denoiser: nn.Module, schedule: Any) -> nn.Module:
+        """The denoiser behind the roles' network interface (`net(x, t, cond)`, `features`)."""
+        from ..models.unet2d_condition import UNet2DConditionNet
+
+        return UNet2DConditionNet(denoiser)
 
     @staticmethod
     def vae_dtype(vae_config: dict[str, Any], dtype: torch.dtype) -> torch.dtype:
