@@ -1,8 +1,8 @@
 """Multi-step Euler over a flow-matching teacher adapter (adapters/sd3.py), with classifier-free guidance: the
 teacher's sampler, which reproduces `StableDiffusion3Pipeline` with its `FlowMatchEulerDiscreteScheduler`
 (docs/method.md "Teacher sampling"; tests/test_sd3.py compares the latents):
-- sigmas and model timesteps: `FlowMatchEulerDiscreteScheduler.from_config(config).set_timesteps(steps, mu=...)`
-  (the pipeline's own inference grid, ending at sigma = 0);
+- sigmas and model timesteps: the family pipeline's own inference grid from its FlowMatchEulerDiscreteScheduler
+  (`adapter.euler_sigmas(steps)`), ending at sigma = 0;
 - each step `x <- x + (sigma_{i+1} - sigma_i) v` in float32, v guided `v_u + s (v_c - v_u)` when s > 1, the
   unconditional rows first in one batched call, as the pipeline does;
 - the initial noise is drawn on the CPU (`adapters.sampling.initial_noise`), what the pipeline draws with a CPU
@@ -13,29 +13,30 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-
-from .adapters.base import Conditioning, TeacherAdapter
+from .adapters.base import Conditioning
 from .adapters.sampling import initial_noise
 
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]  # (i, sigma, x, v)
 
 
-def euler_sigmas(adapter: TeacherAdapter, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(model timesteps (steps,), sigmas (steps + 1,), the last 0) of the pipeline's `steps`-step Euler."""
+def euler_sigmas(adapter: Any, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model timesteps (steps,), sigmas (steps + 1,), the last 0) of the family pipeline's `steps`-step Euler
+    (the adapter's `euler_sigmas`: SD3 `set_timesteps(steps)`, Flux the linspace(1, 1/N, N) sigmas with mu)."""
     if steps < 1:
         raise ValueError(f"Euler steps must be >= 1, got {steps}")
-    sched = FlowMatchEulerDiscreteScheduler.from_config(adapter.scheduler_config)
-    mu = getattr(adapter.schedule, "mu", None)
-    sched.set_timesteps(steps, mu=mu) if mu is not None else sched.set_timesteps(steps)
-    return sched.timesteps.float(), sched.sigmas.float()
+    return adapter.euler_sigmas(steps)
 
 
 def guided_velocity(adapter: Any, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
                     uncond: Conditioning | None, scale: float) -> torch.Tensor:
-    """`v_u + scale (v_c - v_u)` at a model timestep (one batched call, unconditional rows first); the conditional
-    velocity alone without `uncond`."""
-    if uncond is None:
+    """The family's guidance at a model timestep: for `guidance_kind` "cfg" `v_u + scale (v_c - v_u)` (one batched
+    call, unconditional rows first; the conditional velocity alone without `uncond`); for "embedded" (Flux.1-dev,
+    guidance-distilled) one conditional call with `scale` as the embedded guidance; for "none" (schnell) a plain
+    conditional call."""
+    kind = getattr(adapter, "guidance_kind", "cfg")
+    if kind == "embedded":
+        return adapter.predict_at(x, timestep, cond, guidance=scale)
+    if uncond is None or kind == "none":
         return adapter.predict_at(x, timestep, cond)
     v = adapter.predict_at(torch.cat([x, x]), torch.cat([timestep, timestep]), Conditioning.cat([uncond, cond]))
     v_u, v_c = v.chunk(2)
@@ -55,7 +56,7 @@ def flow_euler_sample(adapter: Any, prompts: Sequence[str] | None = None, *, ste
             raise ValueError("flow_euler_sample needs prompts or cond")
         cond = adapter.encode_prompts(prompts)
     batch = cond.batch_size
-    use_cfg = guidance_scale > 1.0
+    use_cfg = guidance_scale > 1.0 and getattr(adapter, "guidance_kind", "cfg") == "cfg"
     if use_cfg and uncond is None:
         uncond = adapter.uncond(batch)
     x = initial_noise(adapter, batch, seed, generator) if latents is None else latents.to(adapter.device).float()

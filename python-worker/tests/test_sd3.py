@@ -109,3 +109,103 @@ def test_a_non_flow_scheduler_is_one_line(folder, tmp_path):
     path.write_text(json.dumps({"_class_name": "FlowMatchEulerDiscreteScheduler", "use_karras_sigmas": True}))
     with pytest.raises(AdapterError, match=r"use_karras_sigmas True is not supported"):
         load_adapter(bad)
+
+
+# --- the roles on an SD3 teacher (flow matching through the schedule's methods) ----------------------------------
+
+def sd3_recipe(tmp_path: Path, folder: Path, **overrides):
+    from conftest import make_tiny_recipe
+    from pipelines import write_images
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\nthe dog on a mat\nthe cat\n")
+    images = write_images(tmp_path / "images", 5, size=20)
+    values = dict(data__source="prompts", data__prompts={"file": str(prompts), "images": str(images)},
+                  teacher__source="diffusers", teacher__path=str(folder), train__batch_size=4,
+                  generator__lr=1e-3, fake_score__lr=1e-3, optim__warmup_steps=0, dmd__real_guidance_scale=4.5)
+    values.update(overrides)
+    return make_tiny_recipe(tmp_path / "run", **values)
+
+
+def test_roles_use_the_flow_schedule_and_the_teacher_guides_the_velocity(folder, adapter, tmp_path):
+    from dmd2_worker.local_loop import build_roles
+    from dmd2_worker.roles.base import TensorStore
+
+    recipe = sd3_recipe(tmp_path, folder)  # generator steps [999, 499] (the tiny recipe's)
+    ctx, roles = build_roles(recipe)
+    for name in ("teacher", "generator", "fake_score"):
+        assert isinstance(roles[name].schedule, FlowMatchSchedule), name
+        assert isinstance(roles[name].net, SD3TransformerNet), name
+    store = TensorStore()
+    store.step = 0
+    roles["generator"].run_op("generate", {"seed": 7, "batch_size": 4, "grad": False, "dmd": True}, store, ctx)
+    assert store["cond_hidden"].shape == (4, 16 + 256, 48) and store["cond_pooled"].shape == (4, 40)
+    assert "cond_time_ids" not in store
+    # the draws, in the generator's order: prompts, k, z, one re-noise per step before k, t_dmd, noise
+    g = torch.Generator().manual_seed(7)
+    prompts = ["a cat", "the dog on a mat", "the cat"]
+    index = torch.randint(0, 3, (4,), generator=g)
+    k = int(torch.randint(0, 2, (1,), generator=g))
+    z = torch.randn((4, 16, 8, 8), generator=g)
+    cond = adapter.encode_prompts([prompts[i] for i in index.tolist()])
+    s = adapter.schedule
+    with torch.no_grad():
+        x0 = z - adapter.predict(z, 999, cond)  # one step from pure noise: sigma(999) = 1, x0 = x - v
+        x = z
+        if k == 1:  # backward simulation: re-noise in flow form to sigma(499) = 0.75, then step 1
+            n1 = torch.randn((4, 16, 8, 8), generator=g)
+            x = 0.25 * x0 + 0.75 * n1
+            x0 = x - 0.75 * adapter.predict(x, 499, cond)
+    assert torch.allclose(store["x_gen"], x0, atol=1e-4)
+    lo, hi = 20, 980  # dmd.min_t 0.02, max_t 0.98 of T = 1000
+    t_dmd = torch.randint(lo, hi + 1, (4,), generator=g)
+    noise = torch.randn((4, 16, 8, 8), generator=g)
+    assert torch.equal(store["t_dmd"], t_dmd)
+    sigma = s.sigma_of(t_dmd, noise)
+    assert torch.allclose(store["x_t_dmd"], (1 - sigma) * store["x_gen"] + sigma * noise, atol=1e-6)
+
+    roles["teacher"].run_op("predict_x0", {"guidance_scale": 4.5}, store, ctx)
+    x_t = store["x_t_dmd"]
+    with torch.no_grad():
+        v_c = adapter.predict(x_t, t_dmd, cond)
+        v_u = adapter.predict(x_t, t_dmd, adapter.uncond(4))
+    assert torch.allclose(store["x0_real"], x_t - sigma * (v_u + 4.5 * (v_c - v_u)), atol=1e-4)
+    roles["fake_score"].run_op("predict_x0", {}, store, ctx)
+    assert torch.allclose(store["x0_fake"], x_t - sigma * v_c, atol=1e-4)  # starts as the teacher, unguided
+
+
+def test_sd3_training_steps_and_two_step_sampling(folder, adapter, tmp_path):
+    import math
+
+    from safetensors.torch import load_file
+
+    from dmd2_worker.local_loop import build_roles, train_step
+    from dmd2_worker.roles.base import TensorStore
+
+    recipe = sd3_recipe(tmp_path, folder, ttur__ratio=2)
+    ctx, roles = build_roles(recipe)
+    before = {k: v.clone() for k, v in roles["generator"].net.state_dict().items()}
+    metrics: dict[str, float] = {}
+    for step in range(3):
+        metrics.update(train_step(step, recipe, ctx))
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["fake_score.loss_gan_d"] > 0 and metrics["discriminator.loss_gan_g"] > 0
+    gen = roles["generator"]
+    assert max(float((v - before[k]).abs().max()) for k, v in gen.net.state_dict().items()) > 1e-5
+
+    # the 2-step sampler: x0 = x - v at sigma 1, re-noise to sigma(499) = 0.75 with fresh noise, x0 = x - 0.75 v
+    out = tmp_path / "samples"
+    store = TensorStore()
+    gen.run_op("sample", {"seed": 0, "n": 2, "steps": 2, "classes": None, "out_dir": str(out),
+                          "prompts": ["a cat", "the dog"]}, store, ctx)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn((2, 16, 8, 8), generator=g)
+    cond = adapter.encode_prompts(["a cat", "the dog"])
+    with torch.no_grad():
+        x0 = z - gen.net(z, torch.full((2,), 999), cond)
+        x = 0.25 * x0 + 0.75 * torch.randn((2, 16, 8, 8), generator=g)
+        x0 = x - 0.75 * gen.net(x, torch.full((2,), 499), cond)
+    saved = load_file(str(out / "samples.safetensors"))
+    assert torch.allclose(saved["latents"], x0, atol=1e-4)
+    assert store["samples"].shape == (2, 3, 16, 16) and float(store["samples"].abs().max()) <= 1.0
+    assert torch.allclose(saved["samples"], adapter.vae_decode(x0).clamp(-1, 1), atol=1e-4)

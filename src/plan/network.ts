@@ -6,7 +6,7 @@
 import path from "node:path";
 import type { Recipe } from "../recipe/types.js";
 import { headParams, unetActivationsPerSample, unetArch, unetArchProblem, unetFeatures, unetParams, type UNetArch } from "./params.js";
-import { textFamily } from "../recipe/teacherFolder.js";
+import { textFamily, type TextFamily } from "../recipe/teacherFolder.js";
 import { loraPlan, type LoraPlan } from "./lora.js";
 import { componentShapes } from "./safetensors.js";
 import type { TextTensorSizes } from "./tensors.js";
@@ -44,7 +44,7 @@ export interface NetworkPlan {
   /** the UNet's parameters; null: unknown (see unknown) */
   params: number | null;
   /** text-to-image: where the UNet's count was read (its safetensors headers) and the pipeline's family */
-  text: { family: "sd15" | "sdxl"; weightFiles: string[] } | null;
+  text: { family: TextFamily; weightFiles: string[] } | null;
   /** the text step tensors' sizes (text-to-image); null: none, or unknown */
   textTensors: TextTensorSizes | null;
   /** the generator's LoRA adapters (generator.lora); null: the whole UNet trains */
@@ -200,7 +200,7 @@ function loraChecked(r: Recipe, shapes: Parameters<typeof loraPlan>[1], problems
  * headers (textPipeline.ts), the latent shape and the discriminator head from unet/config.json. Activations are
  * not modelled for UNet2DConditionModel (activationsUnknown says so); the memory estimate is then a lower bound.
  */
-function textNetworkPlan(r: Recipe, dir: string, family: "sd15" | "sdxl", problems: ShapeProblem[]): { network: NetworkPlan; problems: ShapeProblem[] } {
+function textNetworkPlan(r: Recipe, dir: string, family: TextFamily, problems: ShapeProblem[]): { network: NetworkPlan; problems: ShapeProblem[] } {
   const t = readTextPipeline(dir, family);
   const network: NetworkPlan = {
     kind: "text-to-image",

@@ -10,8 +10,10 @@ import { describe } from "./validate.js";
 export const MODEL_INDEX = "model_index.json";
 
 /** The text-to-image pipelines dmd2 distils (python-worker/dmd2_worker/adapters), by model_index.json's _class_name. */
-export const TEXT_PIPELINES: Readonly<Record<string, "sd15" | "sdxl">> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl" };
-export type TextFamily = "sd15" | "sdxl";
+export const TEXT_PIPELINES: Readonly<Record<string, TextFamily>> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl", StableDiffusion3Pipeline: "sd3" };
+export type TextFamily = "sd15" | "sdxl" | "sd3";
+/** Where each text family keeps its denoiser's config: flow-matching transformers (SD3) in transformer/. */
+const DENOISER_CONFIG: Readonly<Record<TextFamily, string>> = { sd15: path.join("unet", "config.json"), sdxl: path.join("unet", "config.json"), sd3: path.join("transformer", "config.json") };
 
 /** What diffusers' DDPM/DDIM/PNDM/Euler schedulers assume for keys a scheduler_config.json leaves out (the SD 1.5
  * folder's PNDM config has no prediction_type, for one); the adapters fill them in the same way. */
@@ -53,7 +55,8 @@ function readJson(file: string): { value: unknown } | { error: string } {
  * absolute path into the form messages use.
  */
 export function readTeacherDiffusion(dir: string, show: (p: string) => string): { diffusion: DiffusionConfig } | { problems: string[] } {
-  const missing = [UNET_CONFIG, SCHEDULER_CONFIG].filter((f) => !existsSync(path.join(dir, f)));
+  const family = textFamily(dir);
+  const missing = [family === null ? UNET_CONFIG : DENOISER_CONFIG[family], SCHEDULER_CONFIG].filter((f) => !existsSync(path.join(dir, f)));
   if (missing.length > 0) {
     const files = missing.map((f) => show(path.join(dir, f))).join(" and ");
     return { problems: [`${show(dir)} is not a diffusers teacher folder: ${files} ${missing.length > 1 ? "are" : "is"} missing (give a folder dmd2 train-teacher or DDPMPipeline.save_pretrained wrote)`] };
@@ -62,7 +65,7 @@ export function readTeacherDiffusion(dir: string, show: (p: string) => string): 
   const json = readJson(file);
   if ("error" in json) return { problems: [`${show(file)} is not valid JSON (${json.error}): the teacher folder is damaged`] };
   const raw = (typeof json.value === "object" && json.value !== null ? json.value : {}) as Record<string, unknown>;
-  const cfg = textFamily(dir) === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
+  const cfg = family === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
   const problems: string[] = [];
   const num = (key: string, int: boolean): number => {
     const v = cfg[key];

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers import AutoencoderKL, SD3Transformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import nn
 from torch.nn import functional as F
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -59,6 +59,20 @@ def read_flow_scheduler(folder: Path) -> tuple[dict[str, Any], FlowMatchSchedule
         return raw, FlowMatchSchedule.from_config(raw, where=path)
     except FlowConfigError as e:
         raise AdapterError(str(e)) from None
+
+
+def shifted_vae_encode(vae: nn.Module, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] -> latents `(z - shift_factor) * scaling_factor`, float32 (the posterior mean, or a sample
+    drawn with `generator`): the SD3 and Flux VAEs."""
+    dist = vae.encode(images.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    z = (dist.mean if generator is None else dist.sample(generator)).float()
+    return (z - float(vae.config.shift_factor or 0.0)) * float(vae.config.scaling_factor)
+
+
+def shifted_vae_decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The inverse scaling `z = latents / scaling_factor + shift_factor`, then the decoder (float32, not clamped)."""
+    z = latents.float() / float(vae.config.scaling_factor) + float(vae.config.shift_factor or 0.0)
+    return vae.decode(z.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0].float()
 
 
 class _BlockReached(Exception):
@@ -258,20 +272,23 @@ class SD3Adapter(TeacherAdapter):
             self._empty = self.encode_prompts([""])
         return self._empty.expand(batch)
 
+    # --- sampling (flow_sampling.py) ---
+
+    guidance_kind = "cfg"  # classifier-free guidance with the empty prompt
+
+    def euler_sigmas(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's inference grid: `set_timesteps(steps)` (model timesteps, then sigmas ending at 0)."""
+        sched = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        sched.set_timesteps(steps)
+        return sched.timesteps.float(), sched.sigmas.float()
+
     # --- the VAE ---
 
     def vae_encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [-1, 1] -> latents `(z - shift_factor) * scaling_factor`, float32 (posterior mean, or a sample
-        drawn with `generator`)."""
-        dist = self.vae.encode(images.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
-        z = (dist.mean if generator is None else dist.sample(generator)).float()
-        cfg = self.vae.config
-        return (z - float(cfg.shift_factor or 0.0)) * float(cfg.scaling_factor)
+        return shifted_vae_encode(self.vae, images, generator)
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        z = latents.float() / float(cfg.scaling_factor) + float(cfg.shift_factor or 0.0)
-        return self.vae.decode(z.to(device=self.vae.device, dtype=self.vae.dtype), return_dict=False)[0].float()
+        return shifted_vae_decode(self.vae, latents)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"transformer": self.unet, "vae": self.vae, "text_encoder": self.text_encoders[0],

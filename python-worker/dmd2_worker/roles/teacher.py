@@ -47,23 +47,23 @@ class TeacherRole(RoleBase):
         return {"teacher_dir": str(teacher_dir), "params": param_count(net)}
 
     def _setup_text(self, ctx: WorkerContext) -> dict[str, Any]:
-        """A StableDiffusion(XL)Pipeline folder: its UNet frozen, and the family's unconditional input for guidance
-        (`adapter.uncond(1)`, encoded once here and kept); the text encoders and the VAE are dropped after."""
+        """A text-to-image pipeline folder: its denoiser (UNet, or a flow family's transformer) frozen behind the
+        family's network and schedule, and the family's unconditional input for guidance (`adapter.uncond(1)`,
+        encoded once here and kept); the text encoders and the VAE are dropped after."""
         from ..adapters.registry import load_adapter
-        from ..models.unet2d_condition import UNet2DConditionNet
 
         recipe = ctx.recipe
         folder = Path(recipe.teacher.path)
         check_text_teacher(folder, recipe)
         adapter = load_adapter(folder, ctx.device)
         self.uncond = adapter.uncond(1).to(ctx.device, torch.float32)
-        net = UNet2DConditionNet(adapter.unet)
+        net = type(adapter).network(adapter.unet, adapter.schedule)
+        self.schedule = adapter.schedule  # the folder's (for SD 1.5 / SDXL the same as recipe.diffusion's)
         del adapter  # the text encoders and the VAE go with it
         net.requires_grad_(False)
         net.eval()
         apply_precision(net, ctx.device, ctx.precision)
         self.net = net
-        self.schedule = NoiseSchedule.from_config(recipe.diffusion)
         self.image_shape = (net.in_channels, net.image_size, net.image_size)
         self.ready = True
         return {"teacher_dir": str(folder), "params": param_count(net)}

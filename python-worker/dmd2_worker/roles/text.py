@@ -5,7 +5,8 @@ family's unconditional input.
 Step tensors (docs/protocol.md §4), all batch-major so that replicas split them, written by `generator.generate`
 and read by every op that needs conditioning (none of those roles loads a text encoder):
 - `cond_hidden`   float32 (B, L, D): the text encoders' token embeddings (cross-attention input);
-- `cond_pooled`   float32 (B, P): SDXL only, the second text encoder's pooled, projected embedding;
+- `cond_pooled`   float32 (B, P): SDXL: the second text encoder's pooled, projected embedding; SD3: both CLIP
+                  encoders' pooled outputs concatenated (its `pooled_projections`);
 - `cond_time_ids` float32 (B, 6): SDXL only, original (h, w), crop (top, left), target (h, w).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # the adapters import diffusers (seconds): only workers with 
 COND_HIDDEN = "cond_hidden"
 COND_POOLED = "cond_pooled"
 COND_TIME_IDS = "cond_time_ids"
-TEXT_FAMILIES = ("sd15", "sdxl")
+TEXT_FAMILIES = ("sd15", "sdxl", "sd3")
 
 
 def is_text_recipe(recipe: Recipe) -> bool:
@@ -45,7 +46,7 @@ def teacher_family(recipe: Recipe) -> str | None:
 def check_text_teacher(folder: str | Path, recipe: Recipe) -> str:
     """The teacher folder fits a text recipe: a text-to-image family whose scheduler config is the recipe's
     `diffusion`. Returns the family. A text-to-image folder with other data is refused too (check_family_fits)."""
-    from ..adapters.base import read_scheduler_config
+    from ..adapters.base import read_json_object, read_scheduler_config
     from ..adapters.registry import family_of
 
     folder = Path(folder)
@@ -53,6 +54,10 @@ def check_text_teacher(folder: str | Path, recipe: Recipe) -> str:
     if family not in TEXT_FAMILIES:
         raise ValueError(f"teacher.path: {folder} is a {family} folder, but data.source prompts needs a "
                          f"StableDiffusionPipeline or StableDiffusionXLPipeline folder")
+    from ..flow_matching import is_flow_config
+
+    if is_flow_config(read_json_object(folder / "scheduler" / "scheduler_config.json")):
+        return family  # a flow-matching schedule: the recipe's DDPM `diffusion` does not describe it (flow_matching.py)
     cfg = read_scheduler_config(folder)
     want = dataclasses.asdict(recipe.diffusion)
     have = {k: cfg[k] for k in want}
@@ -72,14 +77,21 @@ def check_family_fits(recipe: Recipe) -> None:
 
 
 def load_text_unet(folder: str | Path, device: torch.device) -> torch.nn.Module:
-    """The folder's UNet2DConditionModel alone (float32, on `device`): what the fake score trains."""
-    from diffusers import UNet2DConditionModel
+    """The folder's denoiser alone (float32, on `device`): its UNet2DConditionModel, or a flow family's
+    transformer (the adapter's `load_denoiser`): what the fake score trains."""
+    from ..adapters.registry import families, family_of
 
-    from ..adapters.base import load_component
+    return families()[family_of(folder)].load_denoiser(folder, device, torch.float32)
 
-    unet = load_component(UNet2DConditionModel.from_pretrained, Path(folder).absolute(), "unet",
-                          torch_dtype=torch.float32)
-    return unet.to(device)
+
+def text_network(folder: str | Path, denoiser: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+    """The denoiser behind the roles' network interface and the folder's schedule, both by its family's adapter
+    (UNet2DConditionNet and NoiseSchedule; SD3TransformerNet and FlowMatchSchedule for a flow family)."""
+    from ..adapters.registry import families, family_of
+
+    adapter = families()[family_of(folder)]
+    schedule = adapter.read_schedule(folder)
+    return adapter.network(denoiser, schedule), schedule
 
 
 # --- step tensors ------------------------------------------------------------------------------------------------
@@ -111,8 +123,9 @@ def conditioning_input(store: TensorStore, where: str, batch: int, net: Any, dev
 
     hidden = _float_input(store, COND_HIDDEN, where, (batch, None, net.cross_attention_dim))
     pooled = time_ids = None
-    if net.sdxl:
+    if net.pooled_dim is not None:  # SDXL, SD3
         pooled = _float_input(store, COND_POOLED, where, (batch, net.pooled_dim))
+    if net.sdxl:
         time_ids = _float_input(store, COND_TIME_IDS, where, (batch, 6))
     return Conditioning(hidden, pooled, time_ids).to(device)
 
