@@ -2,7 +2,7 @@
 vocab.json / merges.txt are written here), saved with save_pretrained: what the adapter, role and end-to-end tests
 load through the real `from_pretrained(folder)` code. Also a command line for the TypeScript end-to-end tests:
 
-    python python-worker/tests/pipelines.py sd15|sdxl|sd3 OUT    # a pipeline folder
+    python python-worker/tests/pipelines.py sd15|sdxl|sd3|flux|flux-schnell OUT    # a pipeline folder
     python python-worker/tests/pipelines.py images OUT N [SIZE]  # N random RGB PNGs and a captions.txt
 """
 from __future__ import annotations
@@ -153,6 +153,37 @@ def build_sd3(out: Path, work: Path) -> Path:
     return out
 
 
+def build_flux(out: Path, work: Path, schnell: bool = False) -> Path:
+    """Flux.1-dev-like (guidance embedding, dynamic shifting as in its scheduler config) or, with `schnell`,
+    schnell-like (neither; shift 1): CLIP (hidden 16, pooled) + T5 (48); a FluxTransformer2DModel with one double
+    and one single block on 2x2-packed 16-channel latents (in_channels 64)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(3)
+    tokenizer = tiny_tokenizer(work / "tok")
+    tokenizer_2 = tiny_t5_tokenizer()
+    text_encoder = CLIPTextModel(text_config(tokenizer, 16, 16, "quick_gelu"))
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=48, d_ff=64, d_kv=12, num_layers=2,
+                                             num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                             pad_token_id=0, eos_token_id=1))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                         pooled_projection_dim=16, guidance_embeds=not schnell, axes_dims_rope=(4, 4, 8))
+    vae = tiny_sd3_vae()
+    vae.register_to_config(shift_factor=0.1159, scaling_factor=0.3611)  # Flux's
+    if schnell:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(out)
+    return out
+
+
 CAPTIONS = ["a cat", "the dog", "a mat", "the cat on a mat"]
 
 
@@ -175,7 +206,8 @@ def write_images(folder: Path, n: int, size: int = 16, seed: int = 0, captions: 
 def main(argv: list[str]) -> int:
     import tempfile
 
-    builders = {"sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3}
+    builders = {"sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux,
+                "flux-schnell": lambda out, work: build_flux(out, work, schnell=True)}
     if len(argv) >= 2 and argv[0] in builders:
         with tempfile.TemporaryDirectory() as work:
             builders[argv[0]](Path(argv[1]), Path(work))
