@@ -89,4 +89,10 @@ test("distill an SD3-like flow-matching pipeline, per_role and colocated (the sa
   assert.equal(readdirSync(path.join(out, "images")).length, 3);
   const one = await dmd2(["sample", runs[0]!, "--prompt", "a cat", "--steps", "1", "--num", "1", "--out", path.join(work, "sampled-1")]);
   assert.equal(one.exitCode, 0, one.stderr);
+  // export does not write flow-matching pipelines yet: one line saying so, nothing written
+  const exported = path.join(work, "exported-sd3");
+  const ex = await dmd2(["export", runs[0]!, "--out", exported]);
+  assert.equal(ex.exitCode, 2, ex.stderr);
+  assert.match(ex.stderr.trim().split("\n").pop()!, /^error: \S+sd3: dmd2 export does not write sd3 pipelines yet .*dmd2 sample <run> --prompt$/);
+  assert.ok(!existsSync(exported));
 });

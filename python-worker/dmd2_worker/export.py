@@ -65,6 +65,9 @@ def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tupl
     from .roles.common import load_network_state
 
     family = family_of(teacher_dir)
+    if family not in ("unet2d", "sd15", "sdxl"):  # flow-matching families (adapters/sd3.py, flux.py): not yet
+        raise ExportError(f"{teacher_dir}: dmd2 export does not write {family} pipelines yet (their student needs a "
+                          f"flow-matching scheduler export); look at the run's images with dmd2 sample <run> --prompt")
     if family == "unet2d":
         from .teacher_training import load_network
 

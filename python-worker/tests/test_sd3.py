@@ -209,3 +209,30 @@ def test_sd3_training_steps_and_two_step_sampling(folder, adapter, tmp_path):
     assert torch.allclose(saved["latents"], x0, atol=1e-4)
     assert store["samples"].shape == (2, 3, 16, 16) and float(store["samples"].abs().max()) <= 1.0
     assert torch.allclose(saved["samples"], adapter.vae_decode(x0).clamp(-1, 1), atol=1e-4)
+
+
+SD3_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj"]
+
+
+def test_a_lora_student_of_sd3_trains_only_its_adapters(folder, tmp_path):
+    """With the joint-attention projections as targets (lora.DEFAULT_TARGET_MODULES name UNet modules such as
+    proj_in, which an SD3 transformer lacks: the family registry is to give SD3 its own defaults)."""
+    import math
+
+    from dmd2_worker.local_loop import build_roles, train_step
+    from dmd2_worker.roles.common import network_state
+
+    recipe = sd3_recipe(tmp_path, folder, ttur__ratio=1,
+                        generator__lora={"rank": 4, "alpha": 8, "target_modules": SD3_LORA_TARGETS})
+    ctx, roles = build_roles(recipe)
+    gen = roles["generator"]
+    base = {k: v.clone() for k, v in gen.net.state_dict().items() if "lora_" not in k}
+    trained = sum(p.numel() for p in gen.trained())
+    assert 0 < trained < sum(p.numel() for p in gen.net.parameters()) // 10
+    for step in range(2):
+        metrics = train_step(step, recipe, ctx)
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all(torch.equal(v, base[k]) for k, v in gen.net.state_dict().items() if "lora_" not in k)
+    saved = network_state(gen.net)
+    assert saved and all("lora_" in k for k in saved)
+    assert any(float(v.abs().max()) > 0 for k, v in saved.items() if "lora_B" in k)  # B starts at 0 and moved
