@@ -39,9 +39,10 @@ export interface TextPipelineNetwork {
 const FROZEN: Record<TextFamily, [string, string][]> = {
   sd15: [["text_encoder", "model"], ["vae", "diffusion_pytorch_model"]],
   sdxl: [["text_encoder", "model"], ["text_encoder_2", "model"], ["vae", "diffusion_pytorch_model"]],
-  // SD3 (adapters/sd3.py): plan does not size its transformer yet (it reads unet/config.json, which SD3 lacks, and
-  // says the sizes are unknown); these are its frozen networks for when it does
+  // SD3 and Flux (adapters/sd3.py, flux.py): plan does not size their transformers yet (it reads unet/config.json, which they lack, and
+  // says the sizes are unknown); these are their frozen networks for when it does
   sd3: [["text_encoder", "model"], ["text_encoder_2", "model"], ["text_encoder_3", "model"], ["vae", "diffusion_pytorch_model"]],
+  flux: [["text_encoder", "model"], ["text_encoder_2", "model"], ["vae", "diffusion_pytorch_model"]],
 };
 
 type Obj = Record<string, unknown>;

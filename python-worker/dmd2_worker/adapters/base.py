@@ -228,8 +228,9 @@ class TeacherAdapter(ABC):
         return schedule_from_config(read_scheduler_config(Path(folder)))
 
     @classmethod
-    def network(cls, denoiser: nn.Module, schedule: Any) -> nn.Module:
-        """The denoiser behind the roles' network interface (`net(x, t, cond)`, `features`)."""
+    def network(cls, denoiser: nn.Module, schedule: Any, **_: Any) -> nn.Module:
+        """The denoiser behind the roles' network interface (`net(x, t, cond)`, `features`). Keywords a family may
+        use: `folder`, `guidance` (the scale a guidance-embedded transformer embeds, adapters/flux.py)."""
         from ..models.unet2d_condition import UNet2DConditionNet
 
         return UNet2DConditionNet(denoiser)

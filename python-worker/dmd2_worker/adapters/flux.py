@@ -17,8 +17,9 @@ Guidance: Flux.1-dev (`guidance_embeds: true`) is guidance-distilled: no classif
 scale goes in through its guidance embedding (`guidance_kind` "embedded"); Flux.1-schnell has no guidance
 embedding and takes none ("none"). There is no unconditional input.
 
-This file is the adapter and its sampling match (tests/test_flux.py); the roles do not distill Flux yet (their
-teacher op applies CFG, not the embedded guidance).
+`FluxTransformerNet` puts the transformer behind the roles' network interface: unpacked latents and integer
+timestep indices in, and for a guidance-embedded transformer the guidance scale it embeds (every role of a Flux.1-dev
+run embeds `dmd.real_guidance_scale`: the teacher, and the generator and fake score that start from it; no CFG).
 """
 from __future__ import annotations
 
@@ -47,7 +48,6 @@ COMPONENTS = (
     ("scheduler", "scheduler_config.json", "the flow-matching scheduler"),
 )
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default T5 length
-DEFAULT_LATENT_SIZE = 128  # the pipeline's default_sample_size: 1024 px with the 8x VAE
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -72,6 +72,91 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
+def default_latent_size(vae_config: dict[str, Any]) -> int:
+    """The pipeline's default latent side: the VAE's sample_size (1024 px for Flux) over its scale factor."""
+    blocks = vae_config.get("block_out_channels", [128, 256, 512, 512])
+    size = vae_config.get("sample_size", 1024)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size) // 2 ** (len(blocks) - 1)
+
+
+class _BlockReached(Exception):
+    """Raised by the feature block's forward hook to stop `features` before the rest of the stack."""
+
+
+class FluxTransformerNet(nn.Module):
+    """A FluxTransformer2DModel behind the roles' network interface (unpacked latents, integer timestep indices)."""
+
+    num_classes = None
+    null_class = None
+    text_conditioned = True
+    sdxl = False
+
+    def __init__(self, transformer: nn.Module, schedule: FlowMatchSchedule, latent_size: int,
+                 guidance: float | None = None) -> None:
+        super().__init__()
+        cfg = transformer.config
+        self.transformer = transformer
+        self.schedule = schedule
+        self.in_channels = int(cfg.in_channels) // 4
+        self.image_size = int(latent_size)
+        self.cross_attention_dim = int(cfg.joint_attention_dim)
+        self.pooled_dim = int(cfg.pooled_projection_dim)
+        self.guidance_embedded = bool(cfg.guidance_embeds)
+        self.guidance = guidance  # what `forward` embeds when not given one (guidance-embedded transformers)
+        blocks = len(transformer.transformer_blocks)
+        self.feature_block = max(blocks // 2 - 1, 0)  # the image tokens after the middle double-stream block
+        self.feature_channels = int(cfg.num_attention_heads * cfg.attention_head_dim)
+        self.feature_size = self.image_size // 2
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.transformer
+
+    def _kwargs(self, x: torch.Tensor, t: torch.Tensor, cond: Any, guidance: float | None) -> dict[str, Any]:
+        if not isinstance(cond, Conditioning) or cond.text_embeds is None:
+            raise TypeError(f"a Flux transformer needs a Conditioning with pooled embeddings, got {cond!r:.80}")
+        if cond.batch_size != x.shape[0]:
+            raise ValueError(f"the conditioning has {cond.batch_size} rows, x has {x.shape[0]}")
+        g = self.guidance if guidance is None else guidance
+        if self.guidance_embedded and g is None:
+            raise ValueError("this Flux transformer embeds a guidance scale: none was given")
+        dtype = next(self.transformer.parameters()).dtype
+        B, _, H, W = x.shape
+        sigma = self.schedule.model_timestep(t, x.device) / self.schedule.num_train_timesteps
+        return {"hidden_states": pack(x), "timestep": sigma,
+                "guidance": torch.full((B,), float(g), device=x.device) if self.guidance_embedded else None,
+                "pooled_projections": cond.text_embeds.to(dtype), "encoder_hidden_states": cond.encoder_hidden_states.to(dtype),
+                "txt_ids": torch.zeros(cond.encoder_hidden_states.shape[1], 3, device=x.device, dtype=dtype),
+                "img_ids": image_ids(H, W, x.device, dtype), "return_dict": False}
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None,
+                guidance: float | None = None) -> torch.Tensor:
+        """The velocity for unpacked latents x at timestep indices t (embedding `guidance`, else `self.guidance`)."""
+        H, W = x.shape[-2:]
+        return unpack(self.transformer(**self._kwargs(x, t, cond, guidance))[0], H, W)
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        """The image tokens after double-stream block `feature_block`, (B, inner_dim, H / 2, W / 2), with their graph."""
+        captured: list[torch.Tensor] = []
+
+        def stop(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output[1])  # FluxTransformerBlock returns (encoder_hidden_states, hidden_states)
+            raise _BlockReached
+
+        kwargs = self._kwargs(x, t, cond, None)
+        handle = self.transformer.transformer_blocks[self.feature_block].register_forward_hook(stop)
+        try:
+            self.transformer(**kwargs)
+        except _BlockReached:
+            pass
+        finally:
+            handle.remove()
+        tokens = captured[0]
+        s = self.feature_size
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], s, s)
+
+
 @register
 class FluxAdapter(TeacherAdapter):
     family = "flux"
@@ -79,7 +164,7 @@ class FluxAdapter(TeacherAdapter):
 
     def __init__(self, folder: Path, transformer: nn.Module, vae: nn.Module, scheduler_config: dict,
                  device: torch.device, dtype: torch.dtype, tokenizers: tuple[CLIPTokenizer, Any],
-                 text_encoders: tuple[CLIPTextModel, T5EncoderModel], latent_size: int = DEFAULT_LATENT_SIZE,
+                 text_encoders: tuple[CLIPTextModel, T5EncoderModel], latent_size: int | None = None,
                  max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> None:
         # not TeacherAdapter.__init__: a Flux transformer has no sample_size and takes 4x the latent channels
         self.folder = Path(folder)
@@ -91,6 +176,8 @@ class FluxAdapter(TeacherAdapter):
         config = self.folder / "transformer" / "config.json"
         cfg = transformer.config
         channels = int(vae.config.latent_channels)
+        if latent_size is None:
+            latent_size = default_latent_size(dict(vae.config))
         if cfg.in_channels != 4 * channels:
             raise AdapterError(f"{config}: in_channels {cfg.in_channels} is not 4 x the VAE's latent_channels "
                                f"{channels} (2x2 packed patches)")
@@ -128,7 +215,7 @@ class FluxAdapter(TeacherAdapter):
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             unet: nn.Module | None = None, latent_size: int = DEFAULT_LATENT_SIZE) -> "FluxAdapter":
+             unet: nn.Module | None = None, latent_size: int | None = None) -> "FluxAdapter":
         folder = Path(folder).absolute()
         check_components(folder, cls.pipeline_classes[0], COMPONENTS)
         raw = read_json_object(folder / SCHEDULER_CONFIG)
@@ -136,8 +223,7 @@ class FluxAdapter(TeacherAdapter):
             raise AdapterError(f"{folder / SCHEDULER_CONFIG}: _class_name {raw.get('_class_name')!r} is not a "
                                f"flow-matching scheduler (a FluxPipeline folder has FlowMatchEulerDiscreteScheduler)")
         vae_config = read_json_object(folder / "vae" / "config.json")
-        transformer = unet if unet is not None else load_component(
-            FluxTransformer2DModel.from_pretrained, folder, "transformer", torch_dtype=dtype)
+        transformer = unet if unet is not None else cls.load_denoiser(folder, device, dtype)
         vae = load_component(AutoencoderKL.from_pretrained, folder, "vae", torch_dtype=cls.vae_dtype(vae_config, dtype))
         tokenizers = (load_component(CLIPTokenizer.from_pretrained, folder, "tokenizer"),
                       load_component(T5TokenizerFast.from_pretrained, folder, "tokenizer_2"))
@@ -149,6 +235,33 @@ class FluxAdapter(TeacherAdapter):
             m.requires_grad_(False)
         return cls(folder, transformer, vae, raw, torch.device(device), dtype, tokenizers, text_encoders,
                    latent_size=latent_size)
+
+    @classmethod
+    def load_denoiser(cls, folder: str | Path, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> nn.Module:
+        transformer = load_component(FluxTransformer2DModel.from_pretrained, Path(folder).absolute(), "transformer",
+                                     torch_dtype=dtype)
+        return transformer.to(device)
+
+    @classmethod
+    def read_schedule(cls, folder: str | Path) -> FlowMatchSchedule:
+        """The schedule at the pipeline's default resolution (mu from its image token count)."""
+        folder = Path(folder).absolute()
+        raw = read_json_object(folder / SCHEDULER_CONFIG)
+        side = default_latent_size(read_json_object(folder / "vae" / "config.json"))
+        try:
+            return FlowMatchSchedule.from_config(raw, (side // 2) ** 2, where=folder / SCHEDULER_CONFIG)
+        except FlowConfigError as e:
+            raise AdapterError(str(e)) from None
+
+    @classmethod
+    def network(cls, denoiser: nn.Module, schedule: Any, folder: str | Path | None = None,
+                guidance: float | None = None) -> nn.Module:
+        """FluxTransformerNet at the pipeline's default latent side; `guidance`: what it embeds by default."""
+        if folder is None:
+            raise ValueError("FluxAdapter.network needs the folder (its VAE config sets the latent side)")
+        side = default_latent_size(read_json_object(Path(folder) / "vae" / "config.json"))
+        return FluxTransformerNet(denoiser, schedule, side, guidance)
 
     # --- the transformer ---
 

@@ -223,7 +223,7 @@ class SD3Adapter(TeacherAdapter):
         return read_flow_scheduler(Path(folder).absolute())[1]
 
     @classmethod
-    def network(cls, denoiser: nn.Module, schedule: Any) -> nn.Module:
+    def network(cls, denoiser: nn.Module, schedule: Any, **_: Any) -> nn.Module:
         return SD3TransformerNet(denoiser, schedule)
 
     # --- the transformer ---

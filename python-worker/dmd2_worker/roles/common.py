@@ -181,7 +181,9 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
 
         check_text_teacher(teacher_dir, ctx.recipe)
         # the family's network and schedule (a flow family's transformer and FlowMatchSchedule, adapters/sd3.py)
-        net, schedule = text_network(teacher_dir, unet if unet is not None else load_text_unet(teacher_dir, ctx.device))
+        # (a guidance-embedded transformer, Flux.1-dev, embeds the teacher's guidance scale in every role)
+        net, schedule = text_network(teacher_dir, unet if unet is not None else load_text_unet(teacher_dir, ctx.device),
+                                     guidance=ctx.recipe.dmd.real_guidance_scale)
         net = net.to(device=ctx.device, dtype=torch.float32)
     else:
         check_family_fits(ctx.recipe)

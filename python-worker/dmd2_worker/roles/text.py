@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the adapters import diffusers (seconds): only workers with 
 COND_HIDDEN = "cond_hidden"
 COND_POOLED = "cond_pooled"
 COND_TIME_IDS = "cond_time_ids"
-TEXT_FAMILIES = ("sd15", "sdxl", "sd3")
+TEXT_FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 
 
 def is_text_recipe(recipe: Recipe) -> bool:
@@ -84,14 +84,15 @@ def load_text_unet(folder: str | Path, device: torch.device) -> torch.nn.Module:
     return families()[family_of(folder)].load_denoiser(folder, device, torch.float32)
 
 
-def text_network(folder: str | Path, denoiser: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+def text_network(folder: str | Path, denoiser: torch.nn.Module, guidance: float | None = None) -> tuple[torch.nn.Module, Any]:
     """The denoiser behind the roles' network interface and the folder's schedule, both by its family's adapter
-    (UNet2DConditionNet and NoiseSchedule; SD3TransformerNet and FlowMatchSchedule for a flow family)."""
+    (UNet2DConditionNet and NoiseSchedule; SD3TransformerNet and FlowMatchSchedule for a flow family).
+    `guidance`: the scale a guidance-embedded transformer (Flux.1-dev) embeds; the others ignore it."""
     from ..adapters.registry import families, family_of
 
     adapter = families()[family_of(folder)]
     schedule = adapter.read_schedule(folder)
-    return adapter.network(denoiser, schedule), schedule
+    return adapter.network(denoiser, schedule, folder=folder, guidance=guidance), schedule
 
 
 # --- step tensors ------------------------------------------------------------------------------------------------
