@@ -56,8 +56,8 @@ export interface Family {
   uncond: (typeof UNCOND)[number];
   latent: { subfolder: string; className: string } | null;
   export: { pipeline: string; scheduler: string; card: (typeof CARDS)[number]; loraFile: boolean };
-  /** the registry's default_lora_targets (a family's own list waits for the resolved teacher.family key: the
-   * workers' lora_spec reads no folder) */
+  /** what generator.lora.target_modules null adapts: the entry's lora_targets, else the registry's
+   * default_lora_targets (the workers' config.lora_spec looks it up by the resolved teacher.family) */
   loraTargets: string[];
   /** the frozen networks the generator's worker holds beside the backbone: [subfolder, weight file stem] */
   planFrozen: [string, string][];
@@ -188,7 +188,7 @@ function readFamily(r: Reader, name: string, o: unknown, defaultLora: string[]):
     uncond: r.choice(o, "uncond", where, UNCOND),
     latent: latentObj === null ? null : { subfolder: r.str(latentObj, "subfolder", `${where}.latent`), className: r.str(latentObj, "class", `${where}.latent`) },
     export: { pipeline: r.str(exp, "pipeline", `${where}.export`), scheduler: r.str(exp, "scheduler", `${where}.export`), card: r.choice(exp, "card", `${where}.export`, CARDS), loraFile: r.bool(exp, "lora_file", `${where}.export`) },
-    loraTargets: defaultLora,
+    loraTargets: o.lora_targets === undefined ? defaultLora : r.strings(o, "lora_targets", where, false),
     planFrozen: frozen as [string, string][],
     planBuffers: plan.buffers === undefined ? [] : r.strings(plan, "buffers", `${where}.plan`),
     adapterFiles: r.strings(adapter, "files", `${where}.adapter`, false),

@@ -119,8 +119,8 @@ class Family:
     uncond_model_index_key: str | None
     latent: Latent | None
     export: Export
-    lora_targets: tuple[str, ...]   # the registry's default_lora_targets (a family's own list needs the resolved
-                                    # teacher.family key first: config.lora_spec cannot read the folder)
+    lora_targets: tuple[str, ...]   # generator.lora.target_modules null: the entry's lora_targets, else the
+                                    # registry's default_lora_targets (config.lora_spec looks it up by teacher.family)
     plan_frozen: tuple[tuple[str, str], ...]   # (subfolder, weight file stem) the generator's worker holds frozen
     plan_buffers: tuple[str, ...]              # backbone weight-file tensors that are buffers, not parameters
     adapter_module: str
@@ -296,7 +296,8 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
         uncond=r.choice(obj, "uncond", where, UNCOND_KINDS),
         uncond_model_index_key=r.get(obj, "uncond_model_index_key", where, str, optional=True),
         latent=latent, export=export,
-        lora_targets=default_lora,
+        lora_targets=(r.strings(obj, "lora_targets", where, allow_empty=False) if "lora_targets" in obj
+                      else default_lora),
         plan_frozen=tuple((a, b) for a, b in frozen),
         plan_buffers=r.strings(plan, "buffers", f"{where}.plan") if "buffers" in plan else (),
         adapter_module=r.get(adapter, "python", f"{where}.adapter", str),

@@ -236,3 +236,20 @@ def test_a_lora_student_of_sd3_trains_only_its_adapters(folder, tmp_path):
     saved = network_state(gen.net)
     assert saved and all("lora_" in k for k in saved)
     assert any(float(v.abs().max()) > 0 for k, v in saved.items() if "lora_B" in k)  # B starts at 0 and moved
+
+
+def test_an_sd3_lora_student_needs_no_target_modules(folder, tmp_path):
+    """generator.lora.target_modules null: the family's registry lora_targets (the joint-attention projections),
+    looked up by the resolved teacher.family; the UNet default would match no module of the transformer."""
+    from dmd2_worker.config import lora_spec
+    from dmd2_worker.families import registry
+    from dmd2_worker.local_loop import build_roles, train_step
+
+    recipe = sd3_recipe(tmp_path, folder, ttur__ratio=1, teacher__family="sd3",
+                        teacher__conditioning=["cond_hidden", "cond_pooled"], generator__lora={"rank": 4})
+    spec = lora_spec(recipe)
+    assert list(spec.target_modules) == list(registry().family("sd3").lora_targets) != list(registry().default_lora_targets)
+    ctx, roles = build_roles(recipe)
+    gen = roles["generator"]
+    assert 0 < sum(p.numel() for p in gen.trained()) < sum(p.numel() for p in gen.net.parameters()) // 10
+    train_step(0, recipe, ctx)
