@@ -17,9 +17,10 @@ const FORMAT = "dmd2-families";
 const VERSION = 1;
 const CONDITIONING = ["class_label", "text"] as const;
 const PARAMETRISATIONS = ["ddpm", "flow"] as const;
-const UNCOND = ["null_class", "empty_prompt", "zeros"] as const;
+const UNCOND = ["null_class", "empty_prompt", "zeros", "none"] as const;
 const CARDS = ["backbone_loop", "pipeline_call"] as const;
 const DTYPES = ["float32", "int64"] as const;
+const LAYOUTS = ["unet", "transformer"] as const;
 
 export type Conditioning = (typeof CONDITIONING)[number];
 
@@ -32,8 +33,10 @@ export interface StepTensorSpec {
   field: string | null;
 }
 
-/** A step-tensor size read from the folder: a key of the backbone's config.json (minus times x another key), or a key of another JSON file. */
-export type DimSpec = { config: string; default: number | null; minus: { config: string; times: number } | null } | { file: string; key: string };
+/** A step-tensor size read from the folder: a key of the backbone's config.json (minus times x another key), a key of
+ * another JSON file (plus a whole number: SD3's CLIP tokens and then its T5 tokens), or a fixed value (what the
+ * adapter pads to). */
+export type DimSpec = { config: string; default: number | null; minus: { config: string; times: number } | null } | { file: string; key: string; plus: number } | { value: number };
 
 export interface Family {
   name: string;
@@ -41,7 +44,10 @@ export interface Family {
   shortTitle: string;
   pipelineClasses: string[];
   folderWithoutModelIndex: boolean;
-  backbone: { subfolder: string; className: string; configMatch: Record<string, unknown> };
+  /** layout: how `dmd2 plan` reads the latent shape and the discriminator's features from the backbone config
+   * ("unet": sample_size and block_out_channels; "transformer": sample_size, or the VAE's, with patch_size and heads x
+   * head dim); packing: latent pixels per token side the adapter packs before the transformer (1: none) */
+  backbone: { subfolder: string; className: string; configMatch: Record<string, unknown>; layout: (typeof LAYOUTS)[number]; packing: number };
   parametrisation: (typeof PARAMETRISATIONS)[number];
   conditioning: Conditioning;
   stepTensors: StepTensorSpec[];
@@ -50,11 +56,13 @@ export interface Family {
   uncond: (typeof UNCOND)[number];
   latent: { subfolder: string; className: string } | null;
   export: { pipeline: string; scheduler: string; card: (typeof CARDS)[number]; loraFile: boolean; pipelineTag: string; hubTags: string[] };
-  /** the registry's default_lora_targets (a family's own list waits for the resolved teacher.family key: the
-   * workers' lora_spec reads no folder) */
+  /** what generator.lora.target_modules null adapts: the entry's lora_targets, else the registry's
+   * default_lora_targets (the workers' config.lora_spec looks it up by the resolved teacher.family) */
   loraTargets: string[];
   /** the frozen networks the generator's worker holds beside the backbone: [subfolder, weight file stem] */
   planFrozen: [string, string][];
+  /** tensors of the backbone's weight files that are buffers, not parameters (not counted) */
+  planBuffers: string[];
   adapterFiles: string[];
   tinyBuilder: string;
 }
@@ -121,8 +129,13 @@ function readDim(r: Reader, v: unknown, where: string): DimSpec {
       minus: minus === null ? null : { config: r.str(minus, "config", `${where}.minus`), times: r.int(minus, "times", `${where}.minus`) },
     };
   }
-  if ("file" in v) return { file: r.str(v, "file", where), key: r.str(v, "key", where) };
-  throw r.fail(where, "needs config (a key of the backbone's config.json) or file and key");
+  if ("file" in v) return { file: r.str(v, "file", where), key: r.str(v, "key", where), plus: v.plus === undefined || v.plus === null ? 0 : r.int(v, "plus", where) };
+  if ("value" in v) {
+    const n = r.int(v, "value", where);
+    if (n <= 0) throw r.fail(`${where}.value`, `expected a positive whole number, got ${n}`);
+    return { value: n };
+  }
+  throw r.fail(where, "needs config (a key of the backbone's config.json), file and key, or value");
 }
 
 function readFamily(r: Reader, name: string, o: unknown, defaultLora: string[]): Family {
@@ -160,7 +173,13 @@ function readFamily(r: Reader, name: string, o: unknown, defaultLora: string[]):
     shortTitle: r.str(o, "short_title", where),
     pipelineClasses: r.strings(o, "pipeline_classes", where, false),
     folderWithoutModelIndex: r.bool(o, "folder_without_model_index", where),
-    backbone: { subfolder: r.str(backbone, "subfolder", `${where}.backbone`), className: r.str(backbone, "class", `${where}.backbone`), configMatch: r.obj(backbone, "config_match", `${where}.backbone`) },
+    backbone: {
+      subfolder: r.str(backbone, "subfolder", `${where}.backbone`),
+      className: r.str(backbone, "class", `${where}.backbone`),
+      configMatch: r.obj(backbone, "config_match", `${where}.backbone`),
+      layout: backbone.layout === undefined ? "unet" : r.choice(backbone, "layout", `${where}.backbone`, LAYOUTS),
+      packing: backbone.packing === undefined ? 1 : r.int(backbone, "packing", `${where}.backbone`),
+    },
     parametrisation: r.choice(o, "parametrisation", where, PARAMETRISATIONS),
     conditioning: r.choice(o, "conditioning", where, CONDITIONING),
     stepTensors,
@@ -169,11 +188,13 @@ function readFamily(r: Reader, name: string, o: unknown, defaultLora: string[]):
     uncond: r.choice(o, "uncond", where, UNCOND),
     latent: latentObj === null ? null : { subfolder: r.str(latentObj, "subfolder", `${where}.latent`), className: r.str(latentObj, "class", `${where}.latent`) },
     export: { pipeline: r.str(exp, "pipeline", `${where}.export`), scheduler: r.str(exp, "scheduler", `${where}.export`), card: r.choice(exp, "card", `${where}.export`, CARDS), loraFile: r.bool(exp, "lora_file", `${where}.export`), pipelineTag: r.str(exp, "pipeline_tag", `${where}.export`), hubTags: r.strings(exp, "hub_tags", `${where}.export`) },
-    loraTargets: defaultLora,
+    loraTargets: o.lora_targets === undefined ? defaultLora : r.strings(o, "lora_targets", where, false),
     planFrozen: frozen as [string, string][],
+    planBuffers: plan.buffers === undefined ? [] : r.strings(plan, "buffers", `${where}.plan`),
     adapterFiles: r.strings(adapter, "files", `${where}.adapter`, false),
     tinyBuilder: r.str(o, "tiny_builder", where),
   };
+  if (fam.backbone.packing < 1) throw r.fail(`${where}.backbone.packing`, `expected a positive whole number, got ${fam.backbone.packing}`);
   if (fam.conditioning === "text" && (fam.textEncoders.length === 0 || fam.latent === null)) throw r.fail(where, "a text family needs text_encoders and latent");
   if (fam.conditioning === "text" && !fam.stepTensors.some((t) => t.field === "encoder_hidden_states")) throw r.fail(`${where}.step_tensors`, "a text family needs a tensor whose field is encoder_hidden_states");
   return fam;

@@ -52,6 +52,18 @@ test("a malformed registry is one line naming the file and the key", () => {
   assert.throws(() => loadFamilyRegistry(file), (e: Error) => e.message.startsWith(`${file}: (file): cannot read the teacher family registry`));
 });
 
+test("the transformer fields are checked: backbone layout and packing, plan buffers, dims plus and value", () => {
+  const first = (r: Json) => Object.values(r.families as Json)[0] as Json;
+  const name = Object.keys(original().families as Json)[0]!;
+  const withDims = Object.entries(original().families as Json).find(([, f]) => Object.keys((f as Json).dims).length > 0)![0];
+  const dims = (r: Json) => (r.families as Json)[withDims].dims as Json;
+  assert.equal(problemOf((r) => { first(r).backbone.layout = "conv"; }), `families.${name}.backbone.layout: "conv" is not one of unet, transformer`);
+  assert.equal(problemOf((r) => { first(r).backbone.packing = 0; }), `families.${name}.backbone.packing: expected a positive whole number, got 0`);
+  assert.match(problemOf((r) => { first(r).plan.buffers = [3]; }), new RegExp(`^families\\.${name}\\.plan\\.buffers: expected a list of names`));
+  assert.equal(problemOf((r) => { dims(r).seq_len = { value: 0 }; }), `families.${withDims}.dims.seq_len.value: expected a positive whole number, got 0`);
+  assert.equal(problemOf((r) => { dims(r).seq_len = { file: "a.json", key: "n", plus: "x" }; }), `families.${withDims}.dims.seq_len.plus: expected a whole number, got "x"`);
+});
+
 test("both languages read the same families from the one file", async () => {
   const code = [
     "import json",
@@ -59,12 +71,14 @@ test("both languages read the same families from the one file", async () => {
     "r = registry()",
     "print(json.dumps({f.name: {'pipelines': list(f.pipeline_classes), 'tensors': f.step_tensor_names, 'text': f.is_text,",
     "  'frozen': [list(p) for p in f.plan_frozen], 'export': f.export.pipeline, 'lora': list(f.lora_targets),",
-    "  'backbone': [f.backbone_subfolder, f.backbone_class]} for f in r.families.values()}))",
+    "  'backbone': [f.backbone_subfolder, f.backbone_class, f.backbone_layout, f.backbone_packing], 'buffers': list(f.plan_buffers),",
+    "  'parametrisation': f.parametrisation} for f in r.families.values()}))",
   ].join("\n");
   const py = await execa(projectPython, ["-c", code], { env: { PYTHONPATH: path.join(projectRoot, "python-worker") } });
   const ts = Object.fromEntries([...familyRegistry().families.values()].map((f) => [f.name, {
     pipelines: f.pipelineClasses, tensors: f.stepTensors.map((t) => t.name), text: f.conditioning === "text",
-    frozen: f.planFrozen, export: f.export.pipeline, lora: f.loraTargets, backbone: [f.backbone.subfolder, f.backbone.className],
+    frozen: f.planFrozen, export: f.export.pipeline, lora: f.loraTargets, backbone: [f.backbone.subfolder, f.backbone.className, f.backbone.layout, f.backbone.packing],
+    buffers: f.planBuffers, parametrisation: f.parametrisation,
   }]));
   assert.deepEqual(JSON.parse(py.stdout), ts);
 });

@@ -24,8 +24,8 @@ test("the fixture covers every op, the GAN on, off and warming up, and each kind
   assert.ok(ganWeights.some((w) => w > 0 && w < 0.01), "a GAN weight mid warm-up");
   assert.ok(calls.some((c) => c.role === "fake_score" && c.op === "update" && c.args.gan_weight === 0), "a GAN-off fake score update");
   const conditioning = new Set(f.cases.map((c) => JSON.stringify(c.recipe.teacher.conditioning)));
-  assert.deepEqual([...conditioning].sort(), ['["cond"]', '["cond_hidden","cond_pooled","cond_time_ids"]', '["cond_hidden"]', "[]"].sort());
-  assert.deepEqual(new Set(f.cases.map((c) => c.recipe.teacher.family)), new Set(["builtin", "unet2d", "sd15", "sdxl"]));
+  assert.deepEqual([...conditioning].sort(), ['["cond"]', '["cond_hidden","cond_pooled","cond_time_ids"]', '["cond_hidden","cond_pooled"]', '["cond_hidden"]', "[]"].sort());
+  assert.deepEqual(new Set(f.cases.map((c) => c.recipe.teacher.family)), new Set(["builtin", "unet2d", "sd15", "sdxl", "sd3"]));
   assert.deepEqual(new Set(f.cases.map((c) => c.recipe.ttur.ratio)), new Set([1, 2, 3, 5]));
   assert.ok(f.cases.some((c) => c.routes.some((r) => r.attach.some((a) => a.length > 0))), "cross-process routes");
 });

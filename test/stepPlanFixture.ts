@@ -63,6 +63,7 @@ export function stepFixture(): StepFixture {
     ["image folder without classes (unconditional)", withFolders(tiny(), "folder", "unet2d", false, { folder: { path: "/abs/data/flat", channels: 3 } }), STEPS],
     ["sd15 prompts, GAN off, guidance 7.5", text("sd15", ["gan.enabled=false", "dmd.real_guidance_scale=7.5", "generator.steps=4", "generator.timesteps=null"]), STEPS],
     ["sdxl prompts, GAN on, TTUR 5", text("sdxl", ["dmd.real_guidance_scale=8"]), STEPS],
+    ["sd3 (flow matching) prompts, GAN on, 2-step generator, guidance 4", text("sd3", ["dmd.real_guidance_scale=4", "ttur.ratio=2"]), STEPS],
   ];
   const home = roleHome(workerLayout("per_role"));
   const grid = (...axes: number[][]): number[][] => axes.reduce<number[][]>((rows, axis) => rows.flatMap((row) => axis.map((v) => [...row, v])), [[]]);

@@ -73,13 +73,13 @@ test("recipe: data.source prompts, each problem one line naming the key", () => 
     `${rel("nofile.yaml")}:1: data.prompts.file: required when data.source is prompts (a UTF-8 text file, one prompt a line)`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("ddpm", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-ddpm }"]))), [
-    `${rel("ddpm.yaml")}:2: teacher.path: fake-ddpm is not a text-to-image pipeline, which data.source prompts needs (${showPath(path.join(work, "fake-ddpm", "model_index.json"))} must name StableDiffusionPipeline or StableDiffusionXLPipeline)`,
+    `${rel("ddpm.yaml")}:2: teacher.path: fake-ddpm is not a text-to-image pipeline, which data.source prompts needs (${showPath(path.join(work, "fake-ddpm", "model_index.json"))} must name StableDiffusionPipeline or StableDiffusionXLPipeline or StableDiffusion3Pipeline or FluxPipeline)`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("classes", ["data: { source: digits }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
     `${rel("classes.yaml")}:1: data.source: digits does not fit the teacher: fake-sd15 is a text-to-image pipeline (sd15); set data.source: prompts with data.prompts.file`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("builtin", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }"]))), [
-    `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline folder)`,
+    `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline or StableDiffusion3Pipeline or FluxPipeline folder)`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("clip", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-sd15 }", "generator: { clip_sample: true }"]))), [
     `${rel("clip.yaml")}:3: generator.clip_sample: clamps pixels to [-1, 1]; a text-to-image teacher's generator makes VAE latents, which have another range (set generator.clip_sample: false)`,

@@ -92,7 +92,7 @@ class DiffusionConfig:
 @dataclass
 class LoraConfig:
     """generator.lora (docs/adapters.md §7): rank null = no LoRA, the whole network trains; alpha null = the rank;
-    target_modules null = lora.DEFAULT_TARGET_MODULES."""
+    target_modules null = the teacher family's default (default_lora_targets below)."""
     rank: int | None = None
     alpha: float | None = None
     target_modules: list[str] | None = None
@@ -538,7 +538,7 @@ def lora_problems(lora: LoraConfig, teacher_source: str, generator_strategy: str
 
 def lora_spec(recipe: Recipe):
     """The generator's LoraSpec (lora.py), or None when generator.lora.rank is null (the whole network trains)."""
-    from .lora import DEFAULT_TARGET_MODULES, LoraSpec  # imports torch only
+    from .lora import LoraSpec  # imports torch only
 
     c = recipe.generator.lora
     if c.rank is None:
@@ -546,4 +546,15 @@ def lora_spec(recipe: Recipe):
             raise ValueError(lora_problems(c, "diffusers", "replicate")[0])
         return None
     return LoraSpec(rank=c.rank, alpha=c.rank if c.alpha is None else c.alpha,
-                    target_modules=list(DEFAULT_TARGET_MODULES) if c.target_modules is None else c.target_modules)
+                    target_modules=default_lora_targets(recipe) if c.target_modules is None else c.target_modules)
+
+
+def default_lora_targets(recipe: Recipe) -> list[str]:
+    """What generator.lora.target_modules null adapts: the teacher family's lora_targets (families.json, by the
+    resolved teacher.family), or the registry's default for a run resolved before that key (or the built-in)."""
+    from .families import registry
+    from .lora import DEFAULT_TARGET_MODULES
+
+    fams = registry().families
+    name = recipe.teacher.family
+    return list(fams[name].lora_targets) if name in fams else list(DEFAULT_TARGET_MODULES)

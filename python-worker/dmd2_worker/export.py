@@ -62,7 +62,11 @@ def student_network(recipe: Recipe, teacher_dir: Path, checkpoint: Path) -> tupl
     from .roles.common import load_network_state
 
     family = family_of(teacher_dir)
-    if not registry().family(family).is_text:
+    fam = registry().family(family)
+    if fam.parametrisation == "flow":  # flow-matching families: their export needs a flow-matching scheduler
+        raise ExportError(None, f"{teacher_dir}: dmd2 export does not write {family} pipelines yet (their student needs "
+                                f"a flow-matching scheduler export); look at the run's images with dmd2 sample <run> --prompt")
+    if not fam.is_text:
         from .teacher_training import load_network
 
         net, _ = load_network(teacher_dir)

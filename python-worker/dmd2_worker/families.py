@@ -24,9 +24,10 @@ VERSION = 1
 
 CONDITIONING_KINDS = ("class_label", "text")
 PARAMETRISATIONS = ("ddpm", "flow")  # ddpm: epsilon / v / sample from the scheduler config; flow: velocity
-UNCOND_KINDS = ("null_class", "empty_prompt", "zeros")
+UNCOND_KINDS = ("null_class", "empty_prompt", "zeros", "none")  # none: no unconditional input (guidance embedded or none)
 CARDS = ("backbone_loop", "pipeline_call")
 DTYPES = ("float32", "int64")
+LAYOUTS = ("unet", "transformer")  # how `dmd2 plan` reads the latent shape and features from the backbone config
 
 
 class FamilyRegistryError(ValueError):
@@ -44,13 +45,16 @@ class StepTensor:
 @dataclass(frozen=True)
 class Dim:
     """A step-tensor size read from the folder: `config` a key of the backbone's config.json (`default` when it is
-    absent, minus `minus_times` x the `minus_config` key when set), or `key` of the JSON file `file`."""
+    absent, minus `minus_times` x the `minus_config` key when set), `key` of the JSON file `file` (plus `plus`), or a
+    fixed `value` (what the adapter pads to)."""
     config: str | None = None
     default: int | None = None
     minus_config: str | None = None
     minus_times: int = 0
     file: str | None = None
     key: str | None = None
+    plus: int = 0
+    value: int | None = None
 
     def from_config(self, cfg: Mapping[str, Any]) -> int | None:
         """The size from the backbone's config (None when this dim lives in another file or a key is missing)."""
@@ -106,6 +110,8 @@ class Family:
     backbone_subfolder: str
     backbone_class: str
     backbone_config_match: Mapping[str, Any]  # config keys that tell this family's backbone from another family's
+    backbone_layout: str      # "unet" | "transformer" (src/plan/textPipeline.ts reads its config by it)
+    backbone_packing: int     # latent pixels per token side the adapter packs before the backbone (1: none)
     parametrisation: str
     conditioning: str
     step_tensors: tuple[StepTensor, ...]
@@ -115,9 +121,10 @@ class Family:
     uncond_model_index_key: str | None
     latent: Latent | None
     export: Export
-    lora_targets: tuple[str, ...]   # the registry's default_lora_targets (a family's own list needs the resolved
-                                    # teacher.family key first: config.lora_spec cannot read the folder)
+    lora_targets: tuple[str, ...]   # generator.lora.target_modules null: the entry's lora_targets, else the
+                                    # registry's default_lora_targets (config.lora_spec looks it up by teacher.family)
     plan_frozen: tuple[tuple[str, str], ...]   # (subfolder, weight file stem) the generator's worker holds frozen
+    plan_buffers: tuple[str, ...]              # backbone weight-file tensors that are buffers, not parameters
     adapter_module: str
     adapter_files: tuple[str, ...]
     tiny_builder: str
@@ -223,8 +230,14 @@ def _dim(r: _Reader, obj: Any, where: str) -> Dim:
                    minus_config=None if minus is None else r.get(minus, "config", f"{where}.minus", str),
                    minus_times=0 if minus is None else r.get(minus, "times", f"{where}.minus", int))
     if "file" in obj:
-        return Dim(file=r.get(obj, "file", where, str), key=r.get(obj, "key", where, str))
-    raise r.fail(where, "needs config (a key of the backbone's config.json) or file and key")
+        return Dim(file=r.get(obj, "file", where, str), key=r.get(obj, "key", where, str),
+                   plus=r.get(obj, "plus", where, int, optional=True) or 0)
+    if "value" in obj:
+        value = r.get(obj, "value", where, int)
+        if value <= 0:
+            raise r.fail(f"{where}.value", f"expected a positive whole number, got {value}")
+        return Dim(value=value)
+    raise r.fail(where, "needs config (a key of the backbone's config.json), file and key, or value")
 
 
 def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> Family:
@@ -266,7 +279,8 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
     export = Export(r.get(exp, "pipeline", f"{where}.export", str), r.get(exp, "scheduler", f"{where}.export", str),
                     r.choice(exp, "card", f"{where}.export", CARDS), r.get(exp, "lora_file", f"{where}.export", bool),
                     r.get(exp, "pipeline_tag", f"{where}.export", str), r.strings(exp, "hub_tags", f"{where}.export"))
-    frozen = r.get(r.get(obj, "plan", where, dict), "frozen", f"{where}.plan", list)
+    plan = r.get(obj, "plan", where, dict)
+    frozen = r.get(plan, "frozen", f"{where}.plan", list)
     if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in frozen):
         raise r.fail(f"{where}.plan.frozen", "expected a list of [subfolder, weight file stem] pairs")
     adapter = r.get(obj, "adapter", where, dict)
@@ -278,17 +292,23 @@ def _family(r: _Reader, name: str, obj: Any, default_lora: tuple[str, ...]) -> F
         backbone_subfolder=r.get(backbone, "subfolder", f"{where}.backbone", str),
         backbone_class=r.get(backbone, "class", f"{where}.backbone", str),
         backbone_config_match=dict(r.get(backbone, "config_match", f"{where}.backbone", dict)),
+        backbone_layout="unet" if "layout" not in backbone else r.choice(backbone, "layout", f"{where}.backbone", LAYOUTS),
+        backbone_packing=1 if "packing" not in backbone else r.get(backbone, "packing", f"{where}.backbone", int),
         parametrisation=r.choice(obj, "parametrisation", where, PARAMETRISATIONS),
         conditioning=conditioning, step_tensors=tuple(tensors), dims=dims, text_encoders=tuple(encoders),
         uncond=r.choice(obj, "uncond", where, UNCOND_KINDS),
         uncond_model_index_key=r.get(obj, "uncond_model_index_key", where, str, optional=True),
         latent=latent, export=export,
-        lora_targets=default_lora,
+        lora_targets=(r.strings(obj, "lora_targets", where, allow_empty=False) if "lora_targets" in obj
+                      else default_lora),
         plan_frozen=tuple((a, b) for a, b in frozen),
+        plan_buffers=r.strings(plan, "buffers", f"{where}.plan") if "buffers" in plan else (),
         adapter_module=r.get(adapter, "python", f"{where}.adapter", str),
         adapter_files=r.strings(adapter, "files", f"{where}.adapter", allow_empty=False),
         tiny_builder=r.get(obj, "tiny_builder", where, str),
     )
+    if fam.backbone_packing < 1:
+        raise r.fail(f"{where}.backbone.packing", f"expected a positive whole number, got {fam.backbone_packing}")
     if fam.is_text and (not fam.text_encoders or fam.latent is None):
         raise r.fail(where, "a text family needs text_encoders and latent")
     if fam.is_text and not any(t.field == "encoder_hidden_states" for t in fam.step_tensors):

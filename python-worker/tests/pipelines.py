@@ -1,8 +1,9 @@
-"""Tiny SD-1.5-like and SDXL-like pipeline folders built from configs (random weights, a CLIP tokenizer whose
+"""Tiny SD-1.5-like, SDXL-like and SD3-like pipeline folders built from configs (random weights, a CLIP tokenizer whose
 vocab.json / merges.txt are written here), saved with save_pretrained: what the adapter, role and end-to-end tests
 load through the real `from_pretrained(folder)` code. Also a command line for the TypeScript end-to-end tests:
 
-    python python-worker/tests/pipelines.py <tiny builder> OUT   # a pipeline folder (TINY_BUILDERS: a family's)
+    python python-worker/tests/pipelines.py <tiny builder> OUT   # a pipeline folder (TINY_BUILDERS: a family's,
+                                                                 # or a variant of VARIANT_BUILDERS: flux-schnell)
     python python-worker/tests/pipelines.py images OUT N [SIZE]  # N random RGB PNGs and a captions.txt
 """
 from __future__ import annotations
@@ -113,17 +114,93 @@ def build_unet2d(out: Path, work: Path) -> Path:
     return write_teacher_folder(out, unet, diffusion, k, GMM_DATA, {})
 
 
-# The tiny builder of every registered family, by its registry entry's `tiny_builder` (families.json): the generic
-# test (test_every_family.py) fails for a family without one. Each takes (out folder, a scratch folder).
-TINY_BUILDERS = {"unet2d": build_unet2d, "sd15": build_sd15, "sdxl": build_sdxl}
-
-
 def with_prediction_type(folder: Path, out: Path, prediction_type: str) -> Path:
     shutil.copytree(folder, out)
     path = out / "scheduler" / "scheduler_config.json"
     cfg = json.loads(path.read_text())
     cfg["prediction_type"] = prediction_type
     path.write_text(json.dumps(cfg))
+    return out
+
+
+# --- SD3 (flow matching) ---------------------------------------------------------------------------------------
+
+T5_WORDS = ("cat", "dog", "the", "mat", "on", "a")
+
+
+def tiny_t5_tokenizer():
+    """A T5 (Unigram) tokenizer built in memory, no sentencepiece file: '<pad>' 0, '</s>' 1, '<unk>' 2, then
+    printable ASCII alone and word-initial ('\u2581x') and a few whole words, no extra ids."""
+    from transformers import T5Tokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [("\u2581" + c, -3.0) for c in chars]
+             + [(c, -4.0) for c in chars] + [("\u2581" + w, -1.0) for w in T5_WORDS])
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def tiny_sd3_vae() -> AutoencoderKL:
+    """SD3's VAE layout: 16 latent channels, no quant convs, a shift factor beside the scaling factor."""
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                         latent_channels=16, norm_num_groups=8, sample_size=16, shift_factor=0.0609,
+                         scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def build_sd3(out: Path, work: Path) -> Path:
+    """CLIP-L (hidden 16) + CLIP-G (hidden 24) padded to the T5 width 48; pooled projections 16 + 24; a 2-block
+    SD3Transformer2DModel on 8x8x16 latents (patch 2); the flow scheduler with SD3's shift 3."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(2)
+    tokenizer = tiny_tokenizer(work / "tok")
+    tokenizer_2 = tiny_tokenizer(work / "tok2", pad_token="!")
+    tokenizer_3 = tiny_t5_tokenizer()
+    text_encoder = CLIPTextModelWithProjection(text_config(tokenizer, 16, 16, "quick_gelu"))
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, 24, 24, "gelu"))
+    text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=48, d_ff=64, d_kv=12, num_layers=2,
+                                             num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                             pad_token_id=0, eos_token_id=1))
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=48,
+                                        caption_projection_dim=32, pooled_projection_dim=40, pos_embed_max_size=8)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=tiny_sd3_vae(),
+                                    text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                                    tokenizer_2=tokenizer_2, text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    pipe.save_pretrained(out)
+    return out
+
+
+def build_flux(out: Path, work: Path, schnell: bool = False) -> Path:
+    """Flux.1-dev-like (guidance embedding, dynamic shifting as in its scheduler config) or, with `schnell`,
+    schnell-like (neither; shift 1): CLIP (hidden 16, pooled) + T5 (48); a FluxTransformer2DModel with one double
+    and one single block on 2x2-packed 16-channel latents (in_channels 64)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(3)
+    tokenizer = tiny_tokenizer(work / "tok")
+    tokenizer_2 = tiny_t5_tokenizer()
+    text_encoder = CLIPTextModel(text_config(tokenizer, 16, 16, "quick_gelu"))
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=48, d_ff=64, d_kv=12, num_layers=2,
+                                             num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                             pad_token_id=0, eos_token_id=1))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                         pooled_projection_dim=16, guidance_embeds=not schnell, axes_dims_rope=(4, 4, 8))
+    vae = tiny_sd3_vae()
+    vae.register_to_config(shift_factor=0.1159, scaling_factor=0.3611)  # Flux's
+    if schnell:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                                    base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                    max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.save_pretrained(out)
     return out
 
 
@@ -146,12 +223,20 @@ def write_images(folder: Path, n: int, size: int = 16, seed: int = 0, captions: 
     return folder
 
 
+# The tiny builder of every registered family, by its registry entry's `tiny_builder` (families.json): the generic
+# test (test_every_family.py) fails for a family without one. Each takes (out folder, a scratch folder).
+TINY_BUILDERS = {"unet2d": build_unet2d, "sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
+# other folders of a family, for the command line (a guidance-free Flux.1-schnell-like transformer)
+VARIANT_BUILDERS = {"flux-schnell": lambda out, work: build_flux(out, work, schnell=True)}
+
+
 def main(argv: list[str]) -> int:
     import tempfile
 
-    if len(argv) >= 2 and argv[0] in TINY_BUILDERS:
+    builders = {**TINY_BUILDERS, **VARIANT_BUILDERS}
+    if len(argv) >= 2 and argv[0] in builders:
         with tempfile.TemporaryDirectory() as work:
-            TINY_BUILDERS[argv[0]](Path(argv[1]), Path(work))
+            builders[argv[0]](Path(argv[1]), Path(work))
         return 0
     if len(argv) in (3, 4) and argv[0] == "images":
         write_images(Path(argv[1]), int(argv[2]), int(argv[3]) if len(argv) == 4 else 16)

@@ -229,13 +229,15 @@ def test_missing_weights_and_bad_scheduler_are_one_line(folders, tmp_path):
 
 
 def test_unsupported_family_and_non_pipeline_folders(folders, tmp_path):
-    folder = Path(shutil.copytree(folders[("sd15", "epsilon")], tmp_path / "sd3"))
+    # (this used StableDiffusion3Pipeline until adapters/sd3.py made it supported; any unsupported name does)
+    folder = Path(shutil.copytree(folders[("sd15", "epsilon")], tmp_path / "kandinsky"))
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusion3Pipeline"
+    index["_class_name"] = "KandinskyPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     msg = error_of(folder)
-    assert msg.startswith(f"{folder / 'model_index.json'}: pipeline 'StableDiffusion3Pipeline' is not supported"), msg
+    assert msg.startswith(f"{folder / 'model_index.json'}: pipeline 'KandinskyPipeline' is not supported"), msg
     assert "StableDiffusionPipeline (sd15)" in msg and "StableDiffusionXLPipeline (sdxl)" in msg
+    assert "StableDiffusion3Pipeline (sd3)" in msg
 
     empty = tmp_path / "empty"
     empty.mkdir()

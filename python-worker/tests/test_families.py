@@ -54,6 +54,28 @@ def test_a_malformed_registry_is_one_line_naming_the_key(tmp_path):
         load_registry(bad)
 
 
+def test_the_transformer_fields_are_checked(tmp_path):
+    """backbone.layout / packing, plan.buffers and the dims' plus / value (the flow-matching families use them)."""
+    fam = lambda r: r["families"][FIRST]  # noqa: E731
+    dims = lambda r: next(f for f in r["families"].values() if f["dims"])["dims"]  # noqa: E731
+    with_dims = next(n for n, f in ORIGINAL["families"].items() if f["dims"])
+    assert problem_of(tmp_path, lambda r: fam(r)["backbone"].update(layout="conv")) == (
+        f"families.{FIRST}.backbone.layout: 'conv' is not one of unet, transformer")
+    assert problem_of(tmp_path, lambda r: fam(r)["backbone"].update(packing=0)) == (
+        f"families.{FIRST}.backbone.packing: expected a positive whole number, got 0")
+    assert problem_of(tmp_path, lambda r: fam(r)["plan"].update(buffers=[3])).startswith(
+        f"families.{FIRST}.plan.buffers: expected a list of names")
+    assert problem_of(tmp_path, lambda r: dims(r).update(seq_len={"value": 0})) == (
+        f"families.{with_dims}.dims.seq_len.value: expected a positive whole number, got 0")
+    assert problem_of(tmp_path, lambda r: dims(r).update(seq_len={"file": "a.json", "key": "n", "plus": "x"})) == (
+        f'families.{with_dims}.dims.seq_len.plus: expected a whole number, got "x"')
+    reg = registry()
+    flow = [f for f in reg.families.values() if f.parametrisation == "flow"]
+    assert flow and all(f.backbone_layout == "transformer" for f in flow)
+    assert all(f.backbone_layout == "unet" and f.backbone_packing == 1 for f in reg.families.values()
+               if f.parametrisation == "ddpm")
+
+
 def test_every_text_family_has_its_adapter():
     from dmd2_worker.adapters.registry import families
 

@@ -52,6 +52,30 @@ function configShapes(config: Obj): { latentShape: TextPipelineNetwork["latentSh
   return { latentShape: [inChannels, size, size], features, unknown: null };
 }
 
+/** Latent shape and the discriminator's features from a transformer backbone's config (adapters/sd3.py, flux.py
+ * take them the same way): the latent side is the config's sample_size, or the pipeline's default (the VAE's
+ * sample_size over its downscale); `packing` latent pixels per side go into one input channel group; the features
+ * are the image tokens, heads x head dim wide, side / (patch_size x packing) tokens a side. */
+function transformerShapes(dir: string, config: Obj, packing: number, vaeSub: string | null): { latentShape: TextPipelineNetwork["latentShape"]; features: TextPipelineNetwork["features"]; unknown: string | null } {
+  let side = config.sample_size;
+  if (side === undefined && vaeSub !== null) {
+    const vae = readJson(path.join(dir, vaeSub, "config.json"));
+    const v = "error" in vae ? null : (vae.value as Obj | null);
+    const blocks = v?.block_out_channels ?? [128, 256, 512, 512];
+    const size = v?.sample_size ?? 1024;
+    side = Array.isArray(blocks) && isCount(size) ? Math.floor(size / 2 ** (blocks.length - 1)) : null;
+  }
+  const inChannels = config.in_channels;
+  const patch = config.patch_size ?? 1;
+  const heads = config.num_attention_heads;
+  const headDim = config.attention_head_dim;
+  if (!isCount(side)) return { latentShape: null, features: null, unknown: `sample_size is ${JSON.stringify(config.sample_size)}, expected a positive whole number` };
+  if (!isCount(inChannels) || inChannels % (packing * packing) !== 0) return { latentShape: null, features: null, unknown: `in_channels is ${JSON.stringify(inChannels)}, expected a positive multiple of ${packing * packing}` };
+  const latentShape: [number, number, number] = [inChannels / (packing * packing), side, side];
+  if (!isCount(patch) || !isCount(heads) || !isCount(headDim) || side % (patch * packing) !== 0) return { latentShape, features: null, unknown: null };
+  return { latentShape, features: { channels: heads * headDim, size: side / (patch * packing) }, unknown: null };
+}
+
 /**
  * What the adapters write as step tensors (roles/text.py), sized by the family's dims in the family registry
  * (src/families.ts): e.g. the prompt padded to tokenizer/'s model_max_length, of the UNet's cross_attention_dim
@@ -72,11 +96,12 @@ function textTensorSizes(dir: string, unet: Obj, name: TextFamily): TextTensorSi
 
 /** One dim of a family (a key of the backbone's config, or of another JSON file of the folder), or null when unknown. */
 function dimValue(dir: string, config: Obj, spec: DimSpec): number | null {
+  if ("value" in spec) return spec.value;
   if ("file" in spec) {
     const json = readJson(path.join(dir, spec.file));
     if ("error" in json) return null;
     const v = (json.value as Obj | null)?.[spec.key];
-    return isCount(v) && v <= 1e6 ? v : null; // tokenizers without a length say 1e30
+    return isCount(v) && v <= 1e6 ? v + spec.plus : null; // tokenizers without a length say 1e30
   }
   const v = config[spec.config] ?? spec.default;
   if (!isCount(v)) return null;
@@ -103,7 +128,8 @@ export function readTextPipeline(dir: string, name: TextFamily): TextPipelineNet
     return out;
   }
   out.textTensors = textTensorSizes(dir, config as Obj, name);
-  const shapes = configShapes(config as Obj);
+  const fam = family(name);
+  const shapes = fam.backbone.layout === "transformer" ? transformerShapes(dir, config as Obj, fam.backbone.packing, fam.latent?.subfolder ?? null) : configShapes(config as Obj);
   out.latentShape = shapes.latentShape;
   out.features = shapes.features;
   if (shapes.unknown !== null) out.unknown = `${configFile}: ${shapes.unknown}`;
@@ -116,7 +142,8 @@ export function readTextPipeline(dir: string, name: TextFamily): TextPipelineNet
   if (!("unknown" in unet)) {
     out.unetShapes = unet.shapes;
     out.unetFiles = unet.files;
-    out.unetParams = countValues(unet.shapes.values());
+    // buffers saved beside the weights (SD3's positional embedding) are no parameters
+    out.unetParams = countValues([...unet.shapes].filter(([k]) => !fam.planBuffers.includes(k)).map(([, v]) => v));
   }
   for (const [sub, stem] of family(name).planFrozen) {
     const c = componentShapes(dir, sub, stem);

@@ -31,6 +31,8 @@ export function textFamily(dir: string): TextFamily | null {
   return family !== null && family.conditioning === "text" ? family.name : null;
 }
 const UNET_CONFIG = path.join("unet", "config.json");
+/** Where a family keeps its backbone's config (the registry's backbone.subfolder: unet/, or transformer/ for a transformer). */
+const backboneConfig = (name: TextFamily): string => path.join(familyRegistry().families.get(name)!.backbone.subfolder, "config.json");
 export const SCHEDULER_CONFIG = path.join("scheduler", "scheduler_config.json");
 export const TEACHER_META = "dmd2_teacher.json";
 
@@ -62,7 +64,8 @@ function readJson(file: string): { value: unknown } | { error: string } {
  * absolute path into the form messages use.
  */
 export function readTeacherDiffusion(dir: string, show: (p: string) => string): { diffusion: DiffusionConfig } | { problems: string[] } {
-  const missing = [UNET_CONFIG, SCHEDULER_CONFIG].filter((f) => !existsSync(path.join(dir, f)));
+  const family = textFamily(dir);
+  const missing = [family === null ? UNET_CONFIG : backboneConfig(family), SCHEDULER_CONFIG].filter((f) => !existsSync(path.join(dir, f)));
   if (missing.length > 0) {
     const files = missing.map((f) => show(path.join(dir, f))).join(" and ");
     return { problems: [`${show(dir)} is not a diffusers teacher folder: ${files} ${missing.length > 1 ? "are" : "is"} missing (give a folder dmd2 train-teacher or ${folderPipelines()}.save_pretrained wrote)`] };
@@ -71,7 +74,7 @@ export function readTeacherDiffusion(dir: string, show: (p: string) => string): 
   const json = readJson(file);
   if ("error" in json) return { problems: [`${show(file)} is not valid JSON (${json.error}): the teacher folder is damaged`] };
   const raw = (typeof json.value === "object" && json.value !== null ? json.value : {}) as Record<string, unknown>;
-  const cfg = textFamily(dir) === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
+  const cfg = family === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
   const problems: string[] = [];
   const num = (key: string, int: boolean): number => {
     const v = cfg[key];

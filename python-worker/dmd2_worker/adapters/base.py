@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -108,6 +108,15 @@ def prompt_list(prompts: Sequence[str]) -> list[str]:
 
 # --- the adapter -------------------------------------------------------------------------------------------------
 
+def family_step_tensors(name: str, cfg: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, int | None]]:
+    """A family's conditioning step tensors (families.json) and the dims its backbone config `cfg` sizes: what a
+    network wrapper exposes as `step_tensors` / `dims` for roles/text.py conditioning_input."""
+    from ..families import family
+
+    fam = family(name)
+    return fam.step_tensors, {n: d.from_config(cfg) for n, d in fam.dims.items() if d.config is not None}
+
+
 class TeacherAdapter(ABC):
     """A diffusers text-to-image pipeline folder behind one interface (docs/adapters.md).
 
@@ -119,12 +128,13 @@ class TeacherAdapter(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]]
 
     def __init__(self, folder: Path, unet: nn.Module, vae: nn.Module, scheduler_config: dict[str, Any],
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, schedule: Any = None) -> None:
         self.folder = Path(folder)
-        self.unet = unet
+        self.unet = unet  # the denoiser: a UNet, or a flow family's transformer (adapters/sd3.py)
         self.vae = vae
         self.scheduler_config = scheduler_config
-        self.schedule = schedule_from_config(scheduler_config)
+        # `schedule`: a family's own (flow_matching.FlowMatchSchedule for flow-matching teachers)
+        self.schedule = schedule_from_config(scheduler_config) if schedule is None else schedule
         self.device = torch.device(device)
         self.dtype = dtype
         cfg = unet.config
@@ -151,6 +161,36 @@ class TeacherAdapter(ABC):
              dtype: torch.dtype = torch.float32, unet: nn.Module | None = None) -> "TeacherAdapter":
         """Read the folder (checked first: one AdapterError line for what is missing), on `device` in `dtype`.
         `unet`: a UNet already loaded from the folder's unet/ (a role's own copy), used instead of loading another."""
+
+    # --- what the roles load (roles/text.py): the denoiser alone, its schedule, the network around it ---
+    # (flow-matching families override all three, adapters/sd3.py)
+
+    @classmethod
+    def load_denoiser(cls, folder: str | Path, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The folder's backbone alone (the family's backbone class from its subfolder, families.json), on `device`:
+        what the generator and fake score train."""
+        import diffusers
+
+        from ..families import family
+
+        fam = family(cls.family)
+        backbone = getattr(diffusers, fam.backbone_class)
+        unet = load_component(backbone.from_pretrained, Path(folder).absolute(), fam.backbone_subfolder, torch_dtype=dtype)
+        return unet.to(device)
+
+    @classmethod
+    def read_schedule(cls, folder: str | Path) -> Any:
+        """The folder's noise schedule (the roles' `schedule`)."""
+        return schedule_from_config(read_scheduler_config(Path(folder)))
+
+    @classmethod
+    def network(cls, denoiser: nn.Module, schedule: Any, **_: Any) -> nn.Module:
+        """The denoiser behind the roles' network interface (`net(x, t, cond)`, `features`). Keywords a family may
+        use: `folder`, `guidance` (the scale a guidance-embedded transformer embeds, adapters/flux.py)."""
+        from ..models.unet2d_condition import UNet2DConditionNet
+
+        return UNet2DConditionNet(denoiser)
 
     @staticmethod
     def vae_dtype(vae_config: dict[str, Any], dtype: torch.dtype) -> torch.dtype:

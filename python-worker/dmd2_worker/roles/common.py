@@ -163,11 +163,15 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
     or around a UNet loaded here. With `lora` (a lora.LoraSpec) only LoRA adapters on the frozen copy train."""
     if not isinstance(teacher_dir, str) or not teacher_dir:
         raise ValueError(f"{where}: setup needs 'teacher_dir' (the folder the teacher's setup replied with)")
+    schedule = None
     if is_text_recipe(ctx.recipe):
-        from ..models.unet2d_condition import UNet2DConditionNet  # imports diffusers: only for such a teacher
+        from .text import text_network  # imports diffusers: only for such a teacher
 
         check_text_teacher(teacher_dir, ctx.recipe)
-        net = UNet2DConditionNet(unet if unet is not None else load_text_unet(teacher_dir, ctx.device))
+        # the family's network and schedule (a flow family's transformer and FlowMatchSchedule, adapters/sd3.py)
+        # (a guidance-embedded transformer, Flux.1-dev, embeds the teacher's guidance scale in every role)
+        net, schedule = text_network(teacher_dir, unet if unet is not None else load_text_unet(teacher_dir, ctx.device),
+                                     guidance=ctx.recipe.dmd.real_guidance_scale)
         net = net.to(device=ctx.device, dtype=torch.float32)
     else:
         check_family_fits(ctx.recipe)
@@ -184,7 +188,7 @@ def load_student_network(teacher_dir: Any, ctx: WorkerContext, where: str,
     if ctx.fsdp:
         apply_fsdp(net)  # before the optimizer is built: it must see the sharded parameters
     apply_precision(net, ctx.device, ctx.precision)
-    return net, NoiseSchedule.from_config(ctx.recipe.diffusion)
+    return net, schedule if schedule is not None else NoiseSchedule.from_config(ctx.recipe.diffusion)
 
 
 def check_teacher_fits(config: dict[str, Any], recipe: Recipe, where: Any) -> None:

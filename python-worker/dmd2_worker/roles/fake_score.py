@@ -70,10 +70,13 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
         from ..adapters.registry import load_adapter
         from ..latent_cache import latent_cache
 
-        cfg = unet.config
-        size = cfg.sample_size[0] if isinstance(cfg.sample_size, (list, tuple)) else cfg.sample_size
+        size = getattr(unet.config, "sample_size", None)
         vae_config = read_json_object(Path(teacher_dir) / "vae" / "config.json")
-        image_size = int(size) * 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+        if size is None:  # a transformer without a sample size (Flux): the pipeline's default, the VAE's sample_size
+            image_size = int(vae_config["sample_size"])
+        else:
+            size = size[0] if isinstance(size, (list, tuple)) else size
+            image_size = int(size) * 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
         cache = latent_cache(Path(ctx.run_dir), Path(images), Path(teacher_dir), image_size,
                              lambda: load_adapter(teacher_dir, ctx.device, unet=unet), log, writer=ctx.writes_files)
         return unet, cache

@@ -55,6 +55,10 @@ def check_text_teacher(folder: str | Path, recipe: Recipe) -> str:
     if family not in text_family_names():
         raise ValueError(f"teacher.path: {folder} is a {family} folder, but data.source prompts needs a "
                          f"{text_pipelines_phrase()} folder")
+    from ..families import family as registry_family
+
+    if registry_family(family).parametrisation == "flow":
+        return family  # a flow-matching schedule: the recipe's DDPM `diffusion` does not describe it (flow_matching.py)
     cfg = read_scheduler_config(folder)
     want = dataclasses.asdict(recipe.diffusion)
     have = {k: cfg[k] for k in want}
@@ -74,19 +78,22 @@ def check_family_fits(recipe: Recipe) -> None:
 
 
 def load_text_unet(folder: str | Path, device: torch.device) -> torch.nn.Module:
-    """The folder's backbone alone (its family's backbone class from its subfolder, float32, on `device`): what the
-    fake score trains."""
-    import diffusers
+    """The folder's denoiser alone (float32, on `device`): its UNet2DConditionModel, or a flow family's
+    transformer (the adapter's `load_denoiser`): what the fake score trains."""
+    from ..adapters.registry import families, family_of
 
-    from ..adapters.base import load_component
-    from ..adapters.registry import family_of
-    from ..families import family
+    return families()[family_of(folder)].load_denoiser(folder, device, torch.float32)
 
-    folder = Path(folder).absolute()
-    fam = family(family_of(folder))
-    backbone = getattr(diffusers, fam.backbone_class)
-    unet = load_component(backbone.from_pretrained, folder, fam.backbone_subfolder, torch_dtype=torch.float32)
-    return unet.to(device)
+
+def text_network(folder: str | Path, denoiser: torch.nn.Module, guidance: float | None = None) -> tuple[torch.nn.Module, Any]:
+    """The denoiser behind the roles' network interface and the folder's schedule, both by its family's adapter
+    (UNet2DConditionNet and NoiseSchedule; SD3TransformerNet and FlowMatchSchedule for a flow family).
+    `guidance`: the scale a guidance-embedded transformer (Flux.1-dev) embeds; the others ignore it."""
+    from ..adapters.registry import families, family_of
+
+    adapter = families()[family_of(folder)]
+    schedule = adapter.read_schedule(folder)
+    return adapter.network(denoiser, schedule, folder=folder, guidance=guidance), schedule
 
 
 # --- step tensors ------------------------------------------------------------------------------------------------
