@@ -176,11 +176,14 @@ run() { # name recipe family
   local pid=$!
   if [ "${DMD2_CHECK_FINAL_CHECKPOINT:-0}" != 1 ]; then
     blocked=1
-    # the run reads <run_dir>/checkpoints right after writing recipe.resolved.json; its first checkpoint comes
-    # after the workers have started and run every step, many seconds later
-    while kill -0 "$pid" 2> /dev/null && [ ! -f "$dir/recipe.resolved.json" ]; do sleep 0.1; done
-    sleep 1
-    if kill -0 "$pid" 2> /dev/null && [ ! -e "$dir/checkpoints" ]; then : > "$dir/checkpoints"; fi
+    # recipe.resolved.json is written once the recipe is checked against the run folder and the workers are set
+    # up (the resume decision is made by then, on an empty checkpoints/); the first checkpoint comes after every
+    # step: a file in place of the empty checkpoints/ folder makes that write fail on purpose
+    while kill -0 "$pid" 2> /dev/null && [ ! -f "$dir/recipe.resolved.json" ]; do sleep 0.02; done
+    if kill -0 "$pid" 2> /dev/null; then
+      if [ -d "$dir/checkpoints" ]; then rmdir "$dir/checkpoints" 2> /dev/null || true; fi
+      if [ ! -e "$dir/checkpoints" ]; then : > "$dir/checkpoints"; fi
+    fi
   fi
   wait "$pid" || rc=$?
   if [ ! -f "$dir/recipe.resolved.json" ]; then echo "$name FAILED (exit $rc):"; tail -15 "$dir.out"; return 0; fi
