@@ -180,7 +180,7 @@ test("plan: odd schedules (GAN warm-up, ratio 1, steps not a multiple of checkpo
     checkPlan(plan(r), r, c.join(" "));
   }
   // with G's GAN weight at 0 on step 0, step 0 sends no gan_grad but later generator steps do
-  const p = plan(load(tinyFile, ["gan.warmup_steps=50"]));
+  const p = plan(load(tinyFile, ["gan.warmup_steps=50", "optim.warmup_unit=updates"]));
   const names = (k: Plan["traffic"]["kinds"][number]) => k.transfers.map((t) => t.tensor);
   assert.deepEqual(p.traffic.kinds.map((k) => [k.kind, k.count]), [["first generator step", 1], ["generator step", 39], ["fake-score-only step", 160]]);
   assert.ok(!names(p.traffic.kinds[0]!).includes("gan_grad"));

@@ -112,7 +112,7 @@ async function chromium(args: string[]) {
 
 test("a run with train.sample_every, resumed: grids, TensorBoard events, and a report that renders in Chromium", async () => {
   const runDir = path.join(work, "watched");
-  const common = ["--set", `run_dir=${runDir}`, "--set", "train.sample_every=4", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "--json"];
+  const common = ["--set", `run_dir=${runDir}`, "--set", "train.sample_every=4", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "--set", "optim.warmup_unit=updates", "--json"];
   const a = await dmd2(["distill", tiny, ...common, "--set", "train.steps=6"]);
   assert.equal(a.exitCode, 0, a.stderr);
   const b = await dmd2(["distill", tiny, ...common, "--set", "train.steps=12"]);

@@ -58,6 +58,8 @@ export function stepFixture(): StepFixture {
     ["1-step generator, TTUR 1", tiny(["generator.steps=1", "generator.timesteps=null", "ttur.ratio=1"]), STEPS],
     ["4-step generator, TTUR 3, lr warm-up 3", tiny(["generator.steps=4", "generator.timesteps=null", "ttur.ratio=3", "optim.warmup_steps=3"]), STEPS],
     ["no lr warm-up, guidance 3, dmd weight 2", tiny(["optim.warmup_steps=0", "dmd.real_guidance_scale=3", "dmd.weight=2", "seed=7"]), STEPS],
+    ["warm-up counted in steps, TTUR 5, lr warm-up 12", tiny(["optim.warmup_steps=12"]), [...STEPS, 30, 40]],
+    ["warm-up counted in updates, TTUR 5, lr warm-up 12", tiny(["optim.warmup_steps=12", "optim.warmup_unit=updates"]), [...STEPS, 30, 40, 50, 55, 60]],
     ["largest seed, late steps", tiny(["seed=2147483647"]), [999999, 1000000, 1000001, 12345678]],
     ["image folder with class subfolders", withFolders(tiny(), "folder", "unet2d", true, { folder: { path: "/abs/data/classes", channels: 3 } }), STEPS],
     ["image folder without classes (unconditional)", withFolders(tiny(), "folder", "unet2d", false, { folder: { path: "/abs/data/flat", channels: 3 } }), STEPS],

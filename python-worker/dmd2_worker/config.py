@@ -151,6 +151,8 @@ class OptimConfig:
     weight_decay: float
     warmup_steps: int
     grad_clip: float
+    # issue 23: "steps" (training steps, the authors' count) or "updates" (each optimizer's own); the schema's default
+    warmup_unit: Literal["steps", "updates"] = "steps"
 
 
 @dataclass

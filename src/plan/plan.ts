@@ -20,6 +20,7 @@ import {
   generatorUpdatesBefore,
   isCheckpointStep,
   isGeneratorStep,
+  warmupIndex,
   warmupLr,
 } from "../schedule/schedule.js";
 import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
@@ -278,15 +279,16 @@ function schedulePlan(r: Recipe): SchedulePlan {
     generatorLr: {
       target: r.generator.lr,
       warmup: lrWarm,
-      unit: "updates",
+      unit: r.optim.warmup_unit,
       first: { step: 0, value: warmupLr(r.generator.lr, 0, lrWarm) },
-      fullFromStep: within(Math.max(0, lrWarm - 1) * ratio),
-      last: { step: lastGenStep, value: warmupLr(r.generator.lr, G - 1, lrWarm) },
+      // its update at step warmup - 1 (steps; the first generator step from there) or its warmup-th update (updates)
+      fullFromStep: within(r.optim.warmup_unit === "steps" ? Math.ceil(Math.max(0, lrWarm - 1) / ratio) * ratio : Math.max(0, lrWarm - 1) * ratio),
+      last: { step: lastGenStep, value: warmupLr(r.generator.lr, warmupIndex(lastGenStep, "generator", r), lrWarm) },
     },
     fakeScoreLr: {
       target: r.fake_score.lr,
       warmup: lrWarm,
-      unit: "updates",
+      unit: r.optim.warmup_unit, // the fake score updates every step: both units count the same
       first: { step: 0, value: warmupLr(r.fake_score.lr, 0, lrWarm) },
       fullFromStep: within(Math.max(0, lrWarm - 1)),
       last: { step: steps - 1, value: warmupLr(r.fake_score.lr, steps - 1, lrWarm) },

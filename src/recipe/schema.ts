@@ -189,6 +189,8 @@ export const recipeSchema = group({
     betas: { kind: "numberPair", min: 0, max: 0.999999, default: [0.9, 0.999] },
     weight_decay: { kind: "number", min: 0, max: 10, default: 0.01 },
     warmup_steps: { kind: "int", min: 0, default: 20 },
+    // issue 23: the warm-up counts training steps (the authors' runs) or each optimizer's own updates (dmd2 <= 0.x)
+    warmup_unit: { kind: "enum", values: ["steps", "updates"], default: "steps" },
     grad_clip: { kind: "number", min: 0, exclusiveMin: true, default: 10 },
   }),
   train: group({

@@ -26,6 +26,10 @@ export function mayChange(key: string): boolean {
   return MAY_CHANGE.some((k) => (k.endsWith(".") ? key.startsWith(k) : key === k));
 }
 
+/** What a run resolved before a key existed was trained with, where the key's default says otherwise (issue 23: the
+ * warm-up counted each optimizer's updates before optim.warmup_unit, whose default is now steps). */
+const TRAINED_WITHOUT_KEY: Record<string, unknown> = { "optim.warmup_unit": "updates" };
+
 export interface KeyChange {
   key: string;
   from: unknown;
@@ -45,6 +49,11 @@ function leaves(v: unknown, prefix: string, out: Map<string, unknown>): Map<stri
  */
 export function recipeChanges(before: unknown, after: unknown): KeyChange[] {
   const a = leaves(before, "", new Map());
+  // keys added since whose default differs from how older runs behaved: such a run was trained with this value
+  for (const [key, value] of Object.entries(TRAINED_WITHOUT_KEY)) {
+    const group = key.slice(0, key.lastIndexOf(".") + 1);
+    if (!a.has(key) && [...a.keys()].some((k) => k.startsWith(group))) a.set(key, value);
+  }
   const b = leaves(after, "", new Map());
   const changes: KeyChange[] = [];
   for (const [key, from] of a) {

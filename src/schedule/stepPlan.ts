@@ -9,10 +9,10 @@ import type { Recipe, Role } from "../recipe/types.js";
 import {
   ganDiscriminatorWeight,
   ganGeneratorWeight,
-  generatorUpdatesBefore,
   isGeneratorStep,
   opSeed,
   SEED_SALT,
+  warmupIndex,
   warmupLr,
 } from "./schedule.js";
 
@@ -64,12 +64,11 @@ export function planStep(step: number, r: Recipe): OpCall[][] {
         },
       ]);
     }
-    const u = generatorUpdatesBefore(step, r.ttur.ratio);
     phases.push([
       {
         role: "generator",
         op: "update",
-        args: { lr: warmupLr(r.generator.lr, u, r.optim.warmup_steps), dmd_weight: r.dmd.weight },
+        args: { lr: warmupLr(r.generator.lr, warmupIndex(step, "generator", r), r.optim.warmup_steps), dmd_weight: r.dmd.weight },
         inputs: ["x0_real", "x0_fake", ...(ganWeight > 0 ? ["gan_grad"] : [])],
         outputs: [],
       },
@@ -81,7 +80,7 @@ export function planStep(step: number, r: Recipe): OpCall[][] {
       op: "update",
       args: {
         seed: opSeed(r.seed, step, SEED_SALT.fakeScoreUpdate),
-        lr: warmupLr(r.fake_score.lr, step, r.optim.warmup_steps),
+        lr: warmupLr(r.fake_score.lr, warmupIndex(step, "fake_score", r), r.optim.warmup_steps),
         gan_weight: ganDiscriminatorWeight(r),
       },
       inputs: ["x_gen", ...cond],
