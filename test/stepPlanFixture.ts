@@ -60,6 +60,8 @@ export function stepFixture(): StepFixture {
     ["no lr warm-up, guidance 3, dmd weight 2", tiny(["optim.warmup_steps=0", "dmd.real_guidance_scale=3", "dmd.weight=2", "seed=7"]), STEPS],
     ["warm-up counted in steps, TTUR 5, lr warm-up 12", tiny(["optim.warmup_steps=12"]), [...STEPS, 30, 40]],
     ["warm-up counted in updates, TTUR 5, lr warm-up 12", tiny(["optim.warmup_steps=12", "optim.warmup_unit=updates"]), [...STEPS, 30, 40, 50, 55, 60]],
+    ["two stages: GAN off, then on at a lower lr from step 10", tiny(["stages=[{from_step: 0, set: {gan.enabled: false}}, {from_step: 10, set: {gan.enabled: true, generator.lr: 5.0e-7, fake_score.lr: 5.0e-7}}]"]), STEPS],
+    ["stages: dmd weight and guidance from step 5, GAN weights from step 20, GAN warm-up 10", tiny(["gan.warmup_steps=10", "stages=[{from_step: 5, set: {dmd.weight: 0.5, dmd.real_guidance_scale: 2}}, {from_step: 20, set: {gan.generator_weight: 0.01, gan.discriminator_weight: 0}}]"]), STEPS],
     ["largest seed, late steps", tiny(["seed=2147483647"]), [999999, 1000000, 1000001, 12345678]],
     ["image folder with class subfolders", withFolders(tiny(), "folder", "unet2d", true, { folder: { path: "/abs/data/classes", channels: 3 } }), STEPS],
     ["image folder without classes (unconditional)", withFolders(tiny(), "folder", "unet2d", false, { folder: { path: "/abs/data/flat", channels: 3 } }), STEPS],

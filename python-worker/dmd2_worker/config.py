@@ -167,6 +167,14 @@ class TrainConfig:
 
 
 @dataclass
+class StageConfig:
+    """A training stage (docs/recipe.md "Stages"): from step `from_step` on, the dotted keys of `set` take its values
+    (only keys sent in the op arguments; the CLI checks which). step_plan.recipe_at applies them."""
+    from_step: int
+    set: dict[str, float | bool]
+
+
+@dataclass
 class SampleConfig:
     num: int
     seed: int
@@ -236,6 +244,7 @@ class Recipe:
     train: TrainConfig
     restart: RestartConfig
     sample: SampleConfig
+    stages: list[StageConfig] = dataclasses.field(default_factory=list)  # issue 23; none in runs made before
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -295,6 +304,14 @@ def _parse(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: expected one of {', '.join(map(repr, allowed))}, got {shown}")
             return None
         return value
+    if origin is dict:  # a stage's `set`: dotted keys to JSON numbers or booleans (their ranges are the CLI's)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            problems.append(f"{path}: expected object, got {got}")
+            return None
+        bad = [k for k, v in value.items() if not isinstance(v, (bool, int, float))]
+        for k in bad:
+            problems.append(f"{path}.{k}: expected number or boolean, got {type(value[k]).__name__}")
+        return None if bad else dict(value)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

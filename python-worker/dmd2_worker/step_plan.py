@@ -8,7 +8,7 @@ local_loop.py runs these phases; nothing else in the worker re-derives the sched
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # config.py re-exports the seeds below, so this module must not import it at run time
@@ -55,6 +55,25 @@ def warmup_index(step: int, role: str, recipe: Recipe) -> int:
     return generator_updates_before(step, recipe.ttur.ratio)
 
 
+def recipe_at(step: int, recipe: Recipe) -> Recipe:
+    """The recipe with the keys of every training stage in force at `step` set (stages.ts recipeAt): the stages
+    with from_step <= step, in order, later ones winning; the same object when none is."""
+    active = [s for s in recipe.stages if s.from_step <= step]
+    if not active:
+        return recipe
+    groups: dict[str, dict[str, Any]] = {}
+    for stage in active:
+        for key, value in stage.set.items():
+            group, leaf = key.split(".")
+            groups.setdefault(group, {})[leaf] = value
+    changed = {}
+    for group, values in groups.items():
+        current = getattr(recipe, group)
+        typed = {k: float(v) if isinstance(getattr(current, k), float) else v for k, v in values.items()}
+        changed[group] = replace(current, **typed)
+    return replace(recipe, **changed)
+
+
 def gan_generator_weight(step: int, weight: float, warmup_steps: int) -> float:
     """G's GAN weight, ramping linearly from 0 over `warmup_steps` steps: `weight * min(1, step / warmup_steps)`.
     (schedule.ts ganGeneratorWeight with the GAN on; plan_step uses 0 when gan.enabled is false.)"""
@@ -90,7 +109,7 @@ def conditioning_tensors(recipe: Recipe) -> list[str]:
 def plan_step(step: int, recipe: Recipe) -> list[list[OpCall]]:
     """One training step as phases of op calls (stepPlan.ts planStep): calls within a phase touch different roles,
     phases run in order."""
-    r = recipe
+    r = recipe_at(step, recipe)  # the keys of the training stage in force at this step
     cond = conditioning_tensors(r)
     gen_step = is_generator_step(step, r.ttur.ratio)
     phases: list[list[OpCall]] = [[OpCall(

@@ -15,6 +15,7 @@ import {
   warmupIndex,
   warmupLr,
 } from "./schedule.js";
+import { recipeAt } from "./stages.js";
 
 export interface OpCall {
   role: Role;
@@ -33,7 +34,8 @@ export interface RoutedCall extends OpCall {
 
 /** One training step `step` of the resolved recipe `r`: a pure function of the two (test/step-plan.test.ts and
  * python-worker/dmd2_worker/step_plan.py's port are pinned to it by python-worker/tests/fixtures/step-plan.json). */
-export function planStep(step: number, r: Recipe): OpCall[][] {
+export function planStep(step: number, recipe: Recipe): OpCall[][] {
+  const r = recipeAt(step, recipe); // the keys of the training stage in force at this step (stages.ts)
   const cond = r.teacher.conditioning; // cond, none, or the family's text tensors (src/recipe/conditioning.ts)
   const genStep = isGeneratorStep(step, r.ttur.ratio);
   const phases: OpCall[][] = [];
