@@ -164,6 +164,7 @@ class TrainConfig:
     keep_last: int
     on_nonfinite: Literal["stop", "skip"]
     sample_every: int
+    on_collapse: Literal["warn", "stop"] = "warn"  # issue 23: the coordinator's collapse alarms (src/run/alarms.ts)
 
 
 @dataclass

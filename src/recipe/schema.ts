@@ -218,6 +218,8 @@ export const recipeSchema = group({
     keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
     on_nonfinite: { kind: "enum", values: ["stop", "skip"], default: "stop" },
     sample_every: { kind: "int", min: 0, default: 0 },
+    // issue 23: the collapse alarms (src/run/alarms.ts) warn, or stop the run after a checkpoint
+    on_collapse: { kind: "enum", values: ["warn", "stop"], default: "warn" },
   }),
   stages: { kind: "stages", keys: STAGE_KEYS, default: [] },
   restart: group({

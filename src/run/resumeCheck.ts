@@ -15,7 +15,7 @@ export const RESOLVED_FILE = "recipe.resolved.json";
 const MAY_CHANGE = [
   "version", "name", "run_dir", "python", "torch_threads", "transport", "device", "precision", "tf32", "gradient_checkpointing", "placement",
   "heartbeat.", "join.", "restart.", "sample.",
-  "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_every", "train.on_nonfinite",
+  "train.steps", "train.log_every", "train.checkpoint_every", "train.keep_last", "train.sample_every", "train.on_nonfinite", "train.on_collapse",
 ];
 /** roles.<role>.<key>: where a role runs, how (its precision: a run moved from CPU to a GPU), with how many processes. */
 const ROLE_MAY_CHANGE = new Set(["device", "precision", "gradient_checkpointing", "replicas", "backend", "strategy", "join"]);
