@@ -46,7 +46,7 @@ test("alarms: the discriminator wins outright (loss near 0, or d_fake saturated)
 test("alarms: the fake score's loss diverges or oscillates beyond the bound", () => {
   const a = run(200, 100, (s) => ({ loss_fake: 0.03 * 1.1 ** (s - 100) }));
   assert.deepEqual(a.map((x) => [x.kind, x.metric]), [["fake_score_diverges", "loss_fake"]]);
-  assert.match(a[0]!.message, /its mean over 20 steps is \S+x its lowest .*; lower fake_score\.lr/);
+  assert.match(a[0]!.message, /its mean over 5 steps is \S+x its lowest median .*; lower fake_score\.lr/);
   assert.deepEqual(run(200, 100, (s) => ({ loss_fake: s % 2 ? 0.001 : 2 })).map((x) => x.kind), ["fake_score_diverges"], "wild oscillation");
   assert.deepEqual(run(200, 100, (s) => ({ loss_fake: s % 2 ? 0.01 : 0.1 })), [], "the usual noise of random t");
   assert.deepEqual(run(50, 30, () => ({ loss_fake: null })).map((x) => x.kind), ["fake_score_diverges"], "not finite");
@@ -81,14 +81,14 @@ test("alarms: the tiny recipe's normal run raises none, and reports the generato
 });
 
 test("alarms: a run made to collapse on purpose warns, and with on_collapse: stop ends at a checkpoint with exit 1", async () => {
-  // an absurd discriminator weight and learning rate: the head wins outright within a few dozen steps
-  const absurd = ["--set", "gan.discriminator_weight=1000", "--set", "fake_score.lr=0.05", "--set", "optim.warmup_steps=0", "--set", "train.steps=60", "--set", "sample.num=4"];
+  // absurd learning rates and discriminator weight: the generator's outputs and the fake score blow up in a few steps
+  const absurd = ["--set", "generator.lr=0.5", "--set", "gan.discriminator_weight=1000", "--set", "fake_score.lr=0.05", "--set", "optim.warmup_steps=0", "--set", "train.steps=30", "--set", "sample.num=4"];
   const warnDir = path.join(work, "collapse-warn");
   const w = await dmd2(["distill", tinyFile, "--set", `run_dir=${warnDir}`, ...absurd, "-q"]);
   assert.equal(w.exitCode, 0, w.stderr);
-  const warnings = (w.stdout + w.stderr).split("\n").filter((l) => l.startsWith("warning: step "));
+  const warnings = (w.stdout + w.stderr).split("\n").filter((l) => /warning: step \d+: /.test(l));
   assert.ok(warnings.length >= 1, w.stdout + w.stderr);
-  assert.match(warnings[0]!, /^warning: step \d+: \w+ \S+: .*; (lower|raise) /);
+  assert.match(warnings[0]!, /warning: step \d+: \w+ \S+: .*; (lower|raise) /);
   const flagged = rowsOf(warnDir).filter((row) => Object.keys(row).some((k) => k.startsWith("alarm_")));
   assert.equal(flagged.length, warnings.length, "one alarm_<kind> = 1 row per warning");
   const stopDir = path.join(work, "collapse-stop");
@@ -96,6 +96,6 @@ test("alarms: a run made to collapse on purpose warns, and with on_collapse: sto
   assert.equal(s.exitCode, 1, s.stdout + s.stderr);
   const at = flagged[0]!.step;
   assert.match(s.stderr, new RegExp(`stopped \\(train\\.on_collapse: stop\\) at step ${at}: .*; checkpoint .*step-${String(at).padStart(8, "0")} kept`));
-  assert.equal(s.stderr.trim().split("\n").filter((l) => l.startsWith("error")).length, 1, s.stderr);
+  assert.equal((s.stdout + s.stderr).split("\n").filter((l) => /stopped \(train\.on_collapse: stop\)/.test(l)).length, 1, s.stdout + s.stderr);
   assert.ok(existsSync(path.join(stopDir, "checkpoints", `step-${String(at).padStart(8, "0")}`)));
 });

@@ -27,10 +27,12 @@ export const ALARM_BOUNDS = {
   discriminatorLoss: 0.01,
   /** mean fake logit below this: sigmoid(d_fake) < 5e-5, D calls every fake image fake */
   dFakeLogit: -10,
-  /** steps in the fake score's loss window */
+  /** steps in the early windows of x_gen's spread and the DMD gradient norm */
   window: 20,
-  /** the window's mean loss above this many times its lowest window mean so far */
-  fakeLossRise: 10,
+  /** steps in the fake score's loss window */
+  fakeWindow: 5,
+  /** the window's mean loss above this many times the lowest window median so far (its noise is ~10x) */
+  fakeLossRise: 100,
   /** x_gen's spread across the batch below this fraction of its largest in the first `window` steps */
   outputSpread: 0.01,
   /** the DMD gradient norm above this many times its median over its first `window` (non-zero) values */
@@ -82,13 +84,13 @@ export class CollapseWatch {
     if (lossFake === null) raise("fake_score_diverges", "loss_fake", NaN, "the fake score's loss is not finite");
     else if (typeof lossFake === "number") {
       this.fakeLosses.push(lossFake);
-      if (this.fakeLosses.length > B.window) this.fakeLosses.shift();
-      if (this.fakeLosses.length === B.window) {
-        const mean = this.fakeLosses.reduce((a, b) => a + b, 0) / B.window;
+      if (this.fakeLosses.length > B.fakeWindow) this.fakeLosses.shift();
+      if (this.fakeLosses.length === B.fakeWindow) {
+        const mean = this.fakeLosses.reduce((a, b) => a + b, 0) / B.fakeWindow;
+        this.bestFakeMean = Math.min(this.bestFakeMean, median(this.fakeLosses));
         if (mean > B.fakeLossRise * this.bestFakeMean) {
-          raise("fake_score_diverges", "loss_fake", mean, `its mean over ${B.window} steps is ${fmt(mean / this.bestFakeMean)}x its lowest (${fmt(this.bestFakeMean)}): the fake score no longer tracks the generator`);
+          raise("fake_score_diverges", "loss_fake", mean, `its mean over ${B.fakeWindow} steps is ${fmt(mean / this.bestFakeMean)}x its lowest median (${fmt(this.bestFakeMean)}): the fake score no longer tracks the generator`);
         }
-        this.bestFakeMean = Math.min(this.bestFakeMean, mean);
       }
     }
     // the generator's outputs collapse: their spread across the batch near zero
