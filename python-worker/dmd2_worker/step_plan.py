@@ -115,7 +115,7 @@ def plan_step(step: int, recipe: Recipe) -> list[list[OpCall]]:
     phases: list[list[OpCall]] = [[OpCall(
         "generator", "generate",
         {"seed": op_seed(r.seed, step, SALT_GENERATE), "batch_size": r.train.batch_size, "grad": gen_step,
-         "dmd": gen_step, "output_std": True},
+         "dmd": gen_step},
         [], [*cond, "x_gen", *(["t_dmd", "x_t_dmd"] if gen_step else [])])]]
     if gen_step:
         dmd_inputs = ["x_t_dmd", "t_dmd", *cond]

@@ -187,7 +187,9 @@ async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>
           if (!t) throw new DmdError(`internal: tensor "${name}" was not returned before ${call.role}.${call.op}`, { code: "INTERNAL" });
           return t;
         });
-        return cluster.op(call.role, call.op, step, call.args, inputs, call.returns);
+        // the generator's output spread for the collapse alarms (alarms.ts); not part of the step's math
+        const args = call.role === "generator" && call.op === "generate" ? { ...call.args, output_std: true } : call.args;
+        return cluster.op(call.role, call.op, step, args, inputs, call.returns);
       }),
     );
     for (const call of phase) if (call.op === "update" && typeof call.args.lr === "number") metrics[`lr_${call.role}`] = call.args.lr;

@@ -43,7 +43,7 @@ export function planStep(step: number, recipe: Recipe): OpCall[][] {
     {
       role: "generator",
       op: "generate",
-      args: { seed: opSeed(r.seed, step, SEED_SALT.generate), batch_size: r.train.batch_size, grad: genStep, dmd: genStep, output_std: true },
+      args: { seed: opSeed(r.seed, step, SEED_SALT.generate), batch_size: r.train.batch_size, grad: genStep, dmd: genStep },
       inputs: [],
       outputs: [...cond, "x_gen", ...(genStep ? ["t_dmd", "x_t_dmd"] : [])],
     },
