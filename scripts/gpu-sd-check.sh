@@ -167,7 +167,8 @@ run() { # name recipe family
               --set train.steps="$STEPS" --set train.batch_size="$BATCH" --set train.log_every=1
               --set train.checkpoint_every=1000000 --set train.sample_every=0 --set sample.num=1
               --set roles.teacher.device="${ROLE_DEV[0]}" --set roles.generator.device="${ROLE_DEV[1]}"
-              --set roles.fake_score.device="${ROLE_DEV[2]}")
+              --set roles.fake_score.device="${ROLE_DEV[2]}"
+              --set 'stages=[]')  # every op of a step: sd15-1step.yaml's first stage has the GAN off
   for s in ${DMD2_CHECK_SETS:-}; do sets+=(--set "$s"); done
   rm -rf "$dir"; mkdir -p "$WORK/runs"
   local t0 rc=0 blocked=0

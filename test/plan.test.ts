@@ -180,7 +180,7 @@ test("plan: odd schedules (GAN warm-up, ratio 1, steps not a multiple of checkpo
     checkPlan(plan(r), r, c.join(" "));
   }
   // with G's GAN weight at 0 on step 0, step 0 sends no gan_grad but later generator steps do
-  const p = plan(load(tinyFile, ["gan.warmup_steps=50"]));
+  const p = plan(load(tinyFile, ["gan.warmup_steps=50", "optim.warmup_unit=updates"]));
   const names = (k: Plan["traffic"]["kinds"][number]) => k.transfers.map((t) => t.tensor);
   assert.deepEqual(p.traffic.kinds.map((k) => [k.kind, k.count]), [["first generator step", 1], ["generator step", 39], ["fake-score-only step", 160]]);
   assert.ok(!names(p.traffic.kinds[0]!).includes("gan_grad"));
@@ -377,7 +377,7 @@ test("plan: a text-to-image pipeline is sized from its safetensors headers, LoRA
   const file = path.join(recipesDir, "sd15-1step.yaml");
   const dir = path.join(tmp, "text-sized");
   const sets = fakeTextPipeline(dir, "StableDiffusionPipeline");
-  const p = plan(load(file, [...sets, "generator.lora.rank=4", "generator.ema_decay=0.99"]), file);
+  const p = plan(load(file, [...sets, "generator.lora.rank=4", "generator.ema_decay=0.99", "stages=[]"]), file); // the GAN on from step 0
   const n = p.memory.network;
   // STAND_IN_UNET: 2,968 values; the default targets adapt 10 of its layers at rank 4, rank * (in * kh * kw + out) each:
   // conv1, conv2 4*(72+8) = 320 each; proj_in, proj_out, to_q, to_out.0 4*(8+8) = 64 each; to_k, to_v 4*(12+8) = 80 each;

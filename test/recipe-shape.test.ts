@@ -27,6 +27,7 @@ function leafProblems(leaf: Leaf, v: unknown, at: string): string[] {
       case "devices": case "stringList": return Array.isArray(v) && v.every((x) => typeof x === "string");
       case "intList": return Array.isArray(v) && v.every((x) => Number.isInteger(x));
       case "numberPair": return Array.isArray(v) && v.length === 2 && v.every((x) => typeof x === "number");
+      case "stages": return Array.isArray(v) && v.every((x) => Number.isInteger(x?.from_step) && typeof x?.set === "object");
     }
   })();
   return ok ? [] : [`${at}: ${JSON.stringify(v)} is not a resolved ${leaf.kind}`];

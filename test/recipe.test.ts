@@ -135,7 +135,7 @@ test("the text-to-image recipes carry the paper's settings and need only the tea
   const lora = loadRecipe(path.join(dir, "sdxl-4step-lora.yaml"), { cwd: tmp, cpuCount: 2, overrides: fakeTextPipeline(path.join(tmp, "sdxl-lora-settings"), "StableDiffusionXLPipeline") });
   for (const group of ["dmd", "gan", "ttur", "optim", "train", "roles", "diffusion"] as const) assert.deepEqual(lora[group], sdxl[group], group);
   assert.deepEqual({ ...lora.generator, lr: sdxl.generator.lr, lora: sdxl.generator.lora }, sdxl.generator);
-  assert.deepEqual([lora.generator.lr, lora.generator.lora.rank, lora.generator.lora.alpha, lora.generator.lora.target_modules?.length], [5e-6, 64, 64, 10]);
+  assert.deepEqual([lora.generator.lr, lora.generator.lora.rank, lora.generator.lora.alpha, lora.generator.lora.target_modules?.length], [5e-5, 64, 8, 10]); // the authors' LoRA rank, alpha and lr (issue 23)
   // as shipped (nothing filled in), each names the three paths to fill in, one line each
   const lines = issuesOf(() => loadRecipe(path.join(dir, "sd15-1step.yaml"), { cwd: tmp, cpuCount: 2 }));
   assert.deepEqual(lines.map((l) => / (teacher\.path|data\.prompts\.file|data\.prompts\.images): /.exec(l)?.[1]).sort(), ["data.prompts.file", "data.prompts.images", "teacher.path"]);

@@ -112,7 +112,7 @@ async function chromium(args: string[]) {
 
 test("a run with train.sample_every, resumed: grids, TensorBoard events, and a report that renders in Chromium", async () => {
   const runDir = path.join(work, "watched");
-  const common = ["--set", `run_dir=${runDir}`, "--set", "train.sample_every=4", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "--json"];
+  const common = ["--set", `run_dir=${runDir}`, "--set", "train.sample_every=4", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "--set", "optim.warmup_unit=updates", "--json"];
   const a = await dmd2(["distill", tiny, ...common, "--set", "train.steps=6"]);
   assert.equal(a.exitCode, 0, a.stderr);
   const b = await dmd2(["distill", tiny, ...common, "--set", "train.steps=12"]);
@@ -187,7 +187,7 @@ test("a run with train.sample_every, resumed: grids, TensorBoard events, and a r
 test("training grids change nothing: the run above ends with the weights of an uninterrupted run without them", async () => {
   assert.ok(existsSync(path.join(work, "watched", "checkpoints", "step-00000012")), "needs the run of the test above");
   const ref = path.join(work, "unwatched");
-  const r = await dmd2(["distill", tiny, "--set", `run_dir=${ref}`, "--set", "train.sample_every=0", "--set", "train.steps=12", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "-q"]);
+  const r = await dmd2(["distill", tiny, "--set", `run_dir=${ref}`, "--set", "train.sample_every=0", "--set", "train.steps=12", "--set", "train.checkpoint_every=6", "--set", "sample.num=8", "--set", "optim.warmup_unit=updates", "-q"]);
   assert.equal(r.exitCode, 0, r.stderr);
   assert.ok(!existsSync(path.join(ref, "samples", "step-00000012")));
   for (const role of ["generator", "fake_score", "discriminator"]) {

@@ -60,8 +60,8 @@ test("GAN weight warm-up and learning-rate warm-up ramp linearly", () => {
   assert.equal(warmupLr(1e-4, 19, 20), 1e-4);
   assert.equal(warmupLr(1e-4, 500, 20), 1e-4);
   assert.equal(warmupLr(1e-4, 0, 0), 1e-4);
-  // the generator's warm-up counts its own updates, not steps
-  const r5 = tiny(["ttur.ratio=5", "optim.warmup_steps=20", "generator.lr=0.001"]);
+  // with optim.warmup_unit updates, the generator's warm-up counts its own updates, not steps
+  const r5 = tiny(["ttur.ratio=5", "optim.warmup_steps=20", "generator.lr=0.001", "optim.warmup_unit=updates"]);
   const g = planStep(10, r5).flat().find((c) => c.op === "update" && c.role === "generator")!;
   assert.equal(g.args.lr, warmupLr(0.001, 2, 20));
 });

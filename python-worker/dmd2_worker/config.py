@@ -151,6 +151,8 @@ class OptimConfig:
     weight_decay: float
     warmup_steps: int
     grad_clip: float
+    # issue 23: "steps" (training steps, the authors' count) or "updates" (each optimizer's own); the schema's default
+    warmup_unit: Literal["steps", "updates"] = "steps"
 
 
 @dataclass
@@ -162,6 +164,15 @@ class TrainConfig:
     keep_last: int
     on_nonfinite: Literal["stop", "skip"]
     sample_every: int
+    on_collapse: Literal["warn", "stop"] = "warn"  # issue 23: the coordinator's collapse alarms (src/run/alarms.ts)
+
+
+@dataclass
+class StageConfig:
+    """A training stage (docs/recipe.md "Stages"): from step `from_step` on, the dotted keys of `set` take its values
+    (only keys sent in the op arguments; the CLI checks which). step_plan.recipe_at applies them."""
+    from_step: int
+    set: dict[str, float | bool]
 
 
 @dataclass
@@ -248,6 +259,7 @@ class Recipe:
     restart: RestartConfig
     sample: SampleConfig
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)  # absent from run folders older than it
+    stages: list[StageConfig] = dataclasses.field(default_factory=list)  # issue 23; none in runs made before
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,6 +319,14 @@ def _parse(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: expected one of {', '.join(map(repr, allowed))}, got {shown}")
             return None
         return value
+    if origin is dict:  # a stage's `set`: dotted keys to JSON numbers or booleans (their ranges are the CLI's)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            problems.append(f"{path}: expected object, got {got}")
+            return None
+        bad = [k for k, v in value.items() if not isinstance(v, (bool, int, float))]
+        for k in bad:
+            problems.append(f"{path}.{k}: expected number or boolean, got {type(value[k]).__name__}")
+        return None if bad else dict(value)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

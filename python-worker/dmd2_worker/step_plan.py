@@ -8,7 +8,7 @@ local_loop.py runs these phases; nothing else in the worker re-derives the sched
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # config.py re-exports the seeds below, so this module must not import it at run time
@@ -47,6 +47,33 @@ def warmup_lr(base_lr: float, update_index: int, warmup_steps: int) -> float:
     return float(base_lr) * min(1.0, (update_index + 1) / warmup_steps)
 
 
+def warmup_index(step: int, role: str, recipe: Recipe) -> int:
+    """The warm-up index of a role's update at `step` (schedule.ts warmupIndex): the step with
+    optim.warmup_unit "steps" (the authors' runs), the generator's own update count with "updates"."""
+    if role == "fake_score" or recipe.optim.warmup_unit == "steps":
+        return step
+    return generator_updates_before(step, recipe.ttur.ratio)
+
+
+def recipe_at(step: int, recipe: Recipe) -> Recipe:
+    """The recipe with the keys of every training stage in force at `step` set (stages.ts recipeAt): the stages
+    with from_step <= step, in order, later ones winning; the same object when none is."""
+    active = [s for s in recipe.stages if s.from_step <= step]
+    if not active:
+        return recipe
+    groups: dict[str, dict[str, Any]] = {}
+    for stage in active:
+        for key, value in stage.set.items():
+            group, leaf = key.split(".")
+            groups.setdefault(group, {})[leaf] = value
+    changed = {}
+    for group, values in groups.items():
+        current = getattr(recipe, group)
+        typed = {k: float(v) if isinstance(getattr(current, k), float) else v for k, v in values.items()}
+        changed[group] = replace(current, **typed)
+    return replace(recipe, **changed)
+
+
 def gan_generator_weight(step: int, weight: float, warmup_steps: int) -> float:
     """G's GAN weight, ramping linearly from 0 over `warmup_steps` steps: `weight * min(1, step / warmup_steps)`.
     (schedule.ts ganGeneratorWeight with the GAN on; plan_step uses 0 when gan.enabled is false.)"""
@@ -82,7 +109,7 @@ def conditioning_tensors(recipe: Recipe) -> list[str]:
 def plan_step(step: int, recipe: Recipe) -> list[list[OpCall]]:
     """One training step as phases of op calls (stepPlan.ts planStep): calls within a phase touch different roles,
     phases run in order."""
-    r = recipe
+    r = recipe_at(step, recipe)  # the keys of the training stage in force at this step
     cond = conditioning_tensors(r)
     gen_step = is_generator_step(step, r.ttur.ratio)
     phases: list[list[OpCall]] = [[OpCall(
@@ -102,13 +129,13 @@ def plan_step(step: int, recipe: Recipe) -> list[list[OpCall]]:
             phases.append([OpCall("discriminator", "generator_gan_grad",
                                   {"seed": op_seed(r.seed, step, SALT_GAN_GRAD), "weight": gan_weight},
                                   ["x_gen", *cond], ["gan_grad"])])
-        u = generator_updates_before(step, r.ttur.ratio)
-        phases.append([OpCall("generator", "update",
-                              {"lr": warmup_lr(r.generator.lr, u, r.optim.warmup_steps), "dmd_weight": r.dmd.weight},
+        gen_lr = warmup_lr(r.generator.lr, warmup_index(step, "generator", r), r.optim.warmup_steps)
+        phases.append([OpCall("generator", "update", {"lr": gen_lr, "dmd_weight": r.dmd.weight},
                               ["x0_real", "x0_fake", *(["gan_grad"] if gan_weight > 0 else [])], [])])
     phases.append([OpCall("fake_score", "update",
                           {"seed": op_seed(r.seed, step, SALT_FAKE_UPDATE),
-                           "lr": warmup_lr(r.fake_score.lr, step, r.optim.warmup_steps),
+                           "lr": warmup_lr(r.fake_score.lr, warmup_index(step, "fake_score", r),
+                                           r.optim.warmup_steps),
                            "gan_weight": gan_discriminator_weight(r)},
                           ["x_gen", *cond], [])])
     return phases

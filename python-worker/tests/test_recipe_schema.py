@@ -14,7 +14,8 @@ from typing import Any, Literal, Union
 
 import pytest
 
-from dmd2_worker.config import LoraConfig, Recipe, RecipeError, TeacherRecipe, lora_problems, parse_recipe, parse_teacher_recipe
+from dmd2_worker.config import (LoraConfig, Recipe, RecipeError, StageConfig, TeacherRecipe, lora_problems, parse_recipe,
+                                parse_teacher_recipe)
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "recipe_schema.json").read_text())
 KINDS = {"recipe": (Recipe, parse_recipe), "teacher_recipe": (TeacherRecipe, parse_teacher_recipe)}
@@ -25,7 +26,7 @@ def expected_annotation(leaf: dict) -> Any:
     kind = leaf["kind"]
     base = {
         "int": int, "number": float, "string": str, "path": str, "bool": bool, "devices": list[str],
-        "intList": list[int], "stringList": list[str], "numberPair": list[float],
+        "intList": list[int], "stringList": list[str], "numberPair": list[float], "stages": list[StageConfig],
     }.get(kind)
     if kind == "enum":
         base = Literal[tuple(leaf.get("resolvedValues", leaf["values"]))]

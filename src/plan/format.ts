@@ -105,6 +105,17 @@ function scheduleLines(plan: Plan): string[] {
     `  ${rampText("fake score lr", s.fakeScoreLr, s.steps)}`,
     `  ${rampText("G's GAN weight", s.ganGeneratorWeight, s.steps)}${s.ganGeneratorWeight.target > 0 ? " (at generator steps)" : ""}`,
     `  D's GAN weight: ${formatRate(s.ganDiscriminatorWeight)} throughout`,
+    ...stageLines(s),
+  ];
+}
+
+/** The training stages (docs/recipe.md "Stages"): the values above hold until the first one. */
+function stageLines(s: Plan["schedule"]): string[] {
+  if (s.stages.length === 0) return [];
+  const value = (v: number | boolean) => (typeof v === "number" ? formatRate(v) : String(v));
+  return [
+    `  stages (the values above until step ${s.stages[0]!.fromStep}; the lr warm-up still counts from step 0):`,
+    ...s.stages.map((st) => `    from step ${st.fromStep}: ${Object.entries(st.set).map(([k, v]) => `${k} ${value(v)}`).join(", ")}${st.afterEnd ? ` (after the last step, ${s.steps - 1}: in force once train.steps is raised)` : ""}`),
   ];
 }
 

@@ -20,6 +20,7 @@ import {
   generatorUpdatesBefore,
   isCheckpointStep,
   isGeneratorStep,
+  warmupIndex,
   warmupLr,
 } from "../schedule/schedule.js";
 import { planStep, routeTensors, type OpCall } from "../schedule/stepPlan.js";
@@ -111,6 +112,8 @@ export interface SchedulePlan {
   fakeScoreLr: Ramp;
   ganGeneratorWeight: Ramp;
   ganDiscriminatorWeight: number;
+  /** the training stages (stages.ts): from which step each sets which keys; afterEnd: from_step >= train.steps */
+  stages: { fromStep: number; set: Record<string, number | boolean>; afterEnd: boolean }[];
 }
 
 export interface TrafficPlan {
@@ -282,15 +285,16 @@ function schedulePlan(r: Recipe): SchedulePlan {
     generatorLr: {
       target: r.generator.lr,
       warmup: lrWarm,
-      unit: "updates",
+      unit: r.optim.warmup_unit,
       first: { step: 0, value: warmupLr(r.generator.lr, 0, lrWarm) },
-      fullFromStep: within(Math.max(0, lrWarm - 1) * ratio),
-      last: { step: lastGenStep, value: warmupLr(r.generator.lr, G - 1, lrWarm) },
+      // its update at step warmup - 1 (steps; the first generator step from there) or its warmup-th update (updates)
+      fullFromStep: within(r.optim.warmup_unit === "steps" ? Math.ceil(Math.max(0, lrWarm - 1) / ratio) * ratio : Math.max(0, lrWarm - 1) * ratio),
+      last: { step: lastGenStep, value: warmupLr(r.generator.lr, warmupIndex(lastGenStep, "generator", r), lrWarm) },
     },
     fakeScoreLr: {
       target: r.fake_score.lr,
       warmup: lrWarm,
-      unit: "updates",
+      unit: r.optim.warmup_unit, // the fake score updates every step: both units count the same
       first: { step: 0, value: warmupLr(r.fake_score.lr, 0, lrWarm) },
       fullFromStep: within(Math.max(0, lrWarm - 1)),
       last: { step: steps - 1, value: warmupLr(r.fake_score.lr, steps - 1, lrWarm) },
@@ -304,6 +308,7 @@ function schedulePlan(r: Recipe): SchedulePlan {
       last: { step: lastGenStep, value: ganGeneratorWeight(lastGenStep, r) },
     },
     ganDiscriminatorWeight: ganDiscriminatorWeight(r),
+    stages: r.stages.map((st) => ({ fromStep: st.from_step, set: { ...st.set }, afterEnd: st.from_step >= steps })),
   };
 }
 
@@ -311,19 +316,41 @@ function trafficPlan(r: Recipe, shape: Shape | null, text: TextTensorSizes | nul
   const home = roleHome(workerLayout(r.placement));
   const steps = r.train.steps;
   const ratio = r.ttur.ratio;
-  const G = generatorUpdatesBefore(steps, ratio);
   const traffic = (step: number) => stepTraffic(routeTensors(planStep(step, r), home), home, r, shape, text);
-  const kinds: TrafficPlan["kinds"] = [{ kind: "generator step", example: 0, count: 1, ...traffic(0) }];
-  if (G > 1) {
-    // later generator steps differ from step 0 only when G's GAN weight warms up from 0 (no gan_grad at step 0)
-    const later = traffic(ratio);
-    if (JSON.stringify(later.transfers) === JSON.stringify(kinds[0]!.transfers)) kinds[0]!.count += G - 1;
-    else {
-      kinds[0]!.kind = "first generator step";
-      kinds.push({ kind: "generator step", example: ratio, count: G - 1, ...later });
-    }
+  // Steps of one kind send the same tensors. Generator steps differ from step 0 only when G's GAN weight warms up
+  // from 0 (no gan_grad at step 0), and a training stage may change them from its step on (the GAN on or off):
+  // so one example per stretch between stage boundaries, and stretches that send the same are merged.
+  const bounds = [...new Set([0, ...r.stages.map((st) => st.from_step).filter((s) => s > 0 && s < steps), steps])];
+  const generatorSteps = (a: number, b: number) => Math.max(0, generatorUpdatesBefore(b, ratio) - generatorUpdatesBefore(a, ratio));
+  const found: { generator: boolean; example: number; count: number; t: ReturnType<typeof traffic> }[] = [];
+  const add = (generator: boolean, example: number, count: number) => {
+    if (count <= 0) return;
+    const t = traffic(example);
+    const same = found.find((k) => k.generator === generator && JSON.stringify(k.t.transfers) === JSON.stringify(t.transfers));
+    if (same) same.count += count;
+    else found.push({ generator, example, count, t });
+  };
+  add(true, 0, 1);
+  for (let i = 0; i + 1 < bounds.length; i++) {
+    const [a, b] = [bounds[i]!, bounds[i + 1]!];
+    const from = Math.max(a, 1);
+    const firstGen = Math.ceil(from / ratio) * ratio;
+    if (firstGen < b) add(true, firstGen, generatorSteps(from, b));
+    let firstFake = a;
+    while (firstFake < b && isGeneratorStep(firstFake, ratio)) firstFake++;
+    if (firstFake < b) add(false, firstFake, b - a - generatorSteps(a, b));
   }
-  if (steps > G) kinds.push({ kind: "fake-score-only step", example: 1, count: steps - G, ...traffic(1) });
+  const gens = found.filter((k) => k.generator);
+  const fakes = found.filter((k) => !k.generator);
+  const name = (k: (typeof found)[number]): string => {
+    const group = k.generator ? gens : fakes;
+    const base = k.generator ? "generator step" : "fake-score-only step";
+    if (group.length === 1) return base;
+    if (k.generator && k.example === 0 && k.count === 1) return "first generator step";
+    const rest = group.filter((x) => !(x.generator && x.example === 0 && x.count === 1));
+    return rest[0] === k ? base : `${base} (as at step ${k.example})`;
+  };
+  const kinds: TrafficPlan["kinds"] = [...gens, ...fakes].map((k) => ({ kind: name(k), example: k.example, count: k.count, ...k.t }));
   const known = kinds.every((k) => k.returnedBytes !== null && k.attachedBytes !== null);
   return {
     batchSize: r.train.batch_size,

@@ -23,7 +23,9 @@ export type Leaf =
   | ({ kind: "path"; default: string | null } & Nullable)
   | ({ kind: "intList"; minLength?: number; maxLength?: number; min?: number; default: readonly number[] | null } & Nullable)
   | ({ kind: "stringList"; minLength?: number; default: readonly string[] | null } & Nullable)
-  | { kind: "numberPair"; min?: number; max?: number; default: readonly [number, number] };
+  | { kind: "numberPair"; min?: number; max?: number; default: readonly [number, number] }
+  /** training stages (issue 23): a list of { from_step, set: { "<dotted key>": value } }, `keys` the settable ones */
+  | { kind: "stages"; keys: readonly string[]; default: readonly [] };
 
 export type Fields = { readonly [key: string]: Node };
 export interface Group<F extends Fields = Fields> {
@@ -52,6 +54,7 @@ type LeafValue<L, S extends Stage> =
   : L extends { kind: "intList" } ? number[]
   : L extends { kind: "stringList" } ? string[]
   : L extends { kind: "numberPair" } ? [number, number]
+  : L extends { kind: "stages" } ? TrainingStage[]
   : never;
 
 type IsNull<L, S extends Stage> = L extends { nullable: true } ? (S extends "resolved" ? (L extends { filled: true } ? never : null) : null) : never;
@@ -59,6 +62,20 @@ type IsNull<L, S extends Stage> = L extends { nullable: true } ? (S extends "res
 export type SchemaValue<N, S extends Stage = "resolved"> =
   N extends { kind: "group"; fields: infer F } ? { -readonly [K in keyof F]: SchemaValue<F[K], S> }
   : LeafValue<N, S> | IsNull<N, S>;
+
+/** From step `from_step` on (0-based, until a later stage), these keys take these values (docs/recipe.md "Stages"). */
+export interface TrainingStage {
+  from_step: number;
+  set: Record<string, number | boolean>;
+}
+
+/**
+ * The keys a stage may set: those the coordinator sends in each step's op arguments (the learning rates, loss
+ * weights, guidance and whether the GAN terms run), so a change takes effect at its step with nothing rebuilt.
+ * Anything the workers build from at setup (networks, data, optimizer hyper-parameters, the TTUR ratio that decides
+ * which steps update the generator) cannot change mid-run.
+ */
+export const STAGE_KEYS = ["generator.lr", "fake_score.lr", "dmd.weight", "dmd.real_guidance_scale", "gan.enabled", "gan.generator_weight", "gan.discriminator_weight"] as const;
 
 export const RECIPE_SCHEMA_VERSION = 1;
 
@@ -189,6 +206,8 @@ export const recipeSchema = group({
     betas: { kind: "numberPair", min: 0, max: 0.999999, default: [0.9, 0.999] },
     weight_decay: { kind: "number", min: 0, max: 10, default: 0.01 },
     warmup_steps: { kind: "int", min: 0, default: 20 },
+    // issue 23: the warm-up counts training steps (the authors' runs) or each optimizer's own updates (dmd2 <= 0.x)
+    warmup_unit: { kind: "enum", values: ["steps", "updates"], default: "steps" },
     grad_clip: { kind: "number", min: 0, exclusiveMin: true, default: 10 },
   }),
   train: group({
@@ -199,7 +218,10 @@ export const recipeSchema = group({
     keep_last: { kind: "int", min: 1, max: 1000, default: 2 },
     on_nonfinite: { kind: "enum", values: ["stop", "skip"], default: "stop" },
     sample_every: { kind: "int", min: 0, default: 0 },
+    // issue 23: the collapse alarms (src/run/alarms.ts) warn, or stop the run after a checkpoint
+    on_collapse: { kind: "enum", values: ["warn", "stop"], default: "warn" },
   }),
+  stages: { kind: "stages", keys: STAGE_KEYS, default: [] },
   restart: group({
     max: { kind: "int", min: 0, max: 1000, default: 0 },
   }),

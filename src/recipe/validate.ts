@@ -3,7 +3,7 @@
 // shipped family registry, src/families.ts, read once), no YAML. load.ts adds file names and line numbers.
 
 import { pipelineList, textFamilies } from "../families.js";
-import { DEVICE_PATTERN, type Group, type Leaf, type Node, type SchemaValue } from "./schema.js";
+import { DEVICE_PATTERN, recipeSchema, type Group, type Leaf, type Node, type SchemaValue } from "./schema.js";
 
 export interface Problem {
   path: string[];
@@ -119,7 +119,52 @@ function checkLeaf(leaf: Leaf, v: unknown, path: string[], problems: Problem[]):
       }
       return v;
     }
+    case "stages":
+      return checkStages(leaf, v, path, problems);
   }
+}
+
+/** The leaf at a dotted key of the distillation recipe's schema, or null. */
+function recipeLeaf(key: string): Leaf | null {
+  let node: Node | undefined = recipeSchema;
+  for (const k of key.split(".")) node = node?.kind === "group" ? node.fields[k] : undefined;
+  return node === undefined || node.kind === "group" ? null : node;
+}
+
+/** `stages:` (issue 23): a list of { from_step: S, set: { "<key>": value } }, each key one a stage may set and each
+ * value what that key's own leaf accepts. The order of the stages and the GAN's role are checkRules'. */
+function checkStages(leaf: Extract<Leaf, { kind: "stages" }>, v: unknown, path: string[], problems: Problem[]): unknown {
+  if (!Array.isArray(v)) {
+    problems.push({ path, message: `expected a list of stages ({from_step: S, set: {key: value}}), got ${describe(v)}` });
+    return undefined;
+  }
+  const before = problems.length;
+  const out = v.map((stage, i) => {
+    const at = [...path, String(i)];
+    if (!isObj(stage)) {
+      problems.push({ path: at, message: `expected a mapping {from_step: S, set: {key: value}}, got ${describe(stage)}` });
+      return stage;
+    }
+    for (const k of Object.keys(stage)) {
+      if (k !== "from_step" && k !== "set") problems.push({ path: [...at, k], message: `unknown key (${suggestKey(k, ["from_step", "set"])})`, atKey: true });
+    }
+    const from = stage.from_step;
+    if (typeof from !== "number" || !Number.isInteger(from) || from < 0) problems.push({ path: [...at, "from_step"], message: `expected a whole number >= 0 (the first step of the stage), got ${describe(from)}` });
+    const set = stage.set;
+    if (!isObj(set) || Object.keys(set).length === 0) {
+      problems.push({ path: [...at, "set"], message: `expected a mapping of the keys this stage sets (e.g. {generator.lr: 5.0e-7}), got ${describe(set)}` });
+      return stage;
+    }
+    for (const [key, value] of Object.entries(set)) {
+      const kp = [...at, "set", key];
+      const target = recipeLeaf(key);
+      if (target === null) problems.push({ path: kp, message: `unknown key (${suggestKey(key, [...leaf.keys])})`, atKey: true });
+      else if (!leaf.keys.includes(key)) problems.push({ path: kp, message: `cannot change mid-run (the workers build from it at setup); a stage may set ${leaf.keys.join(", ")}`, atKey: true });
+      else checkLeaf(target, value, kp, problems);
+    }
+    return stage;
+  });
+  return problems.length > before ? undefined : out;
 }
 
 function defaultOf(node: Node): unknown {
@@ -232,12 +277,39 @@ export function checkRules(r: Obj): Problem[] {
   if (gan.enabled === true && (gan.generator_weight as number) === 0 && (gan.discriminator_weight as number) === 0) {
     problems.push({ path: ["gan", "enabled"], message: "gan is enabled but both gan weights are 0 (set gan.enabled: false or give a weight)" });
   }
+  problems.push(...stageRules(r));
   if (source === "prompts" && g("generator.clip_sample") === true) {
     problems.push({ path: ["generator", "clip_sample"], message: "clamps pixels to [-1, 1]; a text-to-image teacher's generator makes VAE latents, which have another range (set generator.clip_sample: false)" });
   }
   if (source === "prompts" && gan.enabled === true && g("data.prompts.images") === null) {
     problems.push({ path: ["data", "prompts", "images"], message: "required when gan.enabled is true: the GAN's real branch needs real images (give a folder of images, with captions.txt for their captions, or set gan.enabled: false)" });
   }
+  return problems;
+}
+
+/** Rules across the stages and the keys they set (issue 23; docs/recipe.md "Stages"). */
+function stageRules(r: Obj): Problem[] {
+  const problems: Problem[] = [];
+  const stages = r.stages as { from_step: number; set: Record<string, unknown> }[];
+  const gan = r.gan as Obj;
+  stages.forEach((stage, i) => {
+    const at = ["stages", String(i)];
+    const prev = stages[i - 1];
+    if (prev !== undefined && stage.from_step <= prev.from_step) {
+      problems.push({ path: [...at, "from_step"], message: `${stage.from_step} must be greater than the stage before's from_step (${prev.from_step}): list the stages in step order` });
+    }
+    if (stage.set["gan.enabled"] === true && gan.enabled !== true) {
+      problems.push({ path: [...at, "set", "gan.enabled"], message: "true needs the top-level gan.enabled: true (the discriminator is set up when the run starts): set gan.enabled: true and turn the GAN off until then with a stage from step 0 that sets gan.enabled: false" });
+    }
+    // the GAN as it stands in this stage: on with both weights 0 is the top-level rule's mistake
+    const inForce = (key: string) => {
+      for (let j = i; j >= 0; j--) if (key in stages[j]!.set) return stages[j]!.set[key];
+      return gan[key.slice("gan.".length)];
+    };
+    if (inForce("gan.enabled") === true && inForce("gan.generator_weight") === 0 && inForce("gan.discriminator_weight") === 0) {
+      problems.push({ path: [...at, "set"], message: `the GAN is on from step ${stage.from_step} but both gan weights are 0 (set gan.enabled: false in this stage, or give a weight)` });
+    }
+  });
   return problems;
 }
 

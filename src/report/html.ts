@@ -15,6 +15,7 @@ const FAMILIES: Array<{ family: MetricFamily; title: string }> = [
   { family: "discriminator", title: "Discriminator logits" },
   { family: "lr", title: "Learning rates" },
   { family: "time", title: "Step time (s)" },
+  { family: "alarm", title: "Collapse alarms (1 at the step raised)" },
   { family: "other", title: "Other" },
 ];
 

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { DmdError, StorageError, storageFaultCode } from "../errors.js";
+import { alarmMetrics, CollapseError, CollapseWatch, type Alarm } from "./alarms.js";
 import type { Recipe, Role } from "../recipe/types.js";
 import { workerLayout, roleHome } from "../recipe/workerLayout.js";
 import { generatorUpdatesBefore, isCheckpointStep, isGeneratorStep } from "../schedule/schedule.js";
@@ -97,6 +98,8 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
       };
       opts.signal?.addEventListener("abort", onAbort);
       reporter.startSteps(total, start);
+      const collapse = new CollapseWatch(); // issue 23: train.on_collapse (alarms.ts)
+      let stopFor: Alarm | null = null;
       let step = start;
       for (; step < total; step++) {
         const t0 = performance.now();
@@ -104,15 +107,19 @@ export async function distill(recipe: Recipe, reporter: Reporter, opts: { signal
         const stepTime = (performance.now() - t0) / 1000;
         const genUpdates = generatorUpdatesBefore(step + 1, recipe.ttur.ratio);
         const logLine = (step + 1) % recipe.train.log_every === 0 || step + 1 === total;
-        const row = { step: step + 1, time: Date.now() / 1000, step_time_s: stepTime, generator_update: isGeneratorStep(step, recipe.ttur.ratio), gen_updates: genUpdates, ...metrics };
+        const alarms = collapse.observe(step, metrics);
+        const row = { step: step + 1, time: Date.now() / 1000, step_time_s: stepTime, generator_update: isGeneratorStep(step, recipe.ttur.ratio), gen_updates: genUpdates, ...metrics, ...alarmMetrics(alarms) };
         appendFileSync(metricsFile, JSON.stringify(row) + "\n");
         watch.row(row);
         reporter.step(step, total, genUpdates, metrics, logLine);
+        for (const a of alarms) reporter.warn(a.message);
+        if (recipe.train.on_collapse === "stop" && alarms.length > 0) stopFor = alarms[0]!;
         await watch.afterStep(cluster, step);
-        if (isCheckpointStep(step, recipe) || interrupted) {
+        if (isCheckpointStep(step, recipe) || interrupted || stopFor !== null) {
           lastCheckpoint = await writeCheckpoint(cluster, recipe, step + 1);
           reporter.debug(`checkpoint ${lastCheckpoint}`);
         }
+        if (stopFor !== null) throw new CollapseError(stopFor, lastCheckpoint);
         if (interrupted) break;
       }
       reporter.endSteps();
@@ -181,7 +188,9 @@ async function runStep(cluster: Cluster, recipe: Recipe, home: Map<Role, string>
           if (!t) throw new DmdError(`internal: tensor "${name}" was not returned before ${call.role}.${call.op}`, { code: "INTERNAL" });
           return t;
         });
-        return cluster.op(call.role, call.op, step, call.args, inputs, call.returns);
+        // the generator's output spread for the collapse alarms (alarms.ts); not part of the step's math
+        const args = call.role === "generator" && call.op === "generate" ? { ...call.args, output_std: true } : call.args;
+        return cluster.op(call.role, call.op, step, args, inputs, call.returns);
       }),
     );
     for (const call of phase) if (call.op === "update" && typeof call.args.lr === "number") metrics[`lr_${call.role}`] = call.args.lr;

@@ -4,13 +4,14 @@
 /** Row fields that are not metrics: the step itself and the wall-clock time it ended. */
 const NOT_METRICS = new Set(["step", "time"]);
 
-export type MetricFamily = "loss" | "grad_norm" | "discriminator" | "lr" | "time" | "schedule" | "other";
+export type MetricFamily = "loss" | "grad_norm" | "discriminator" | "lr" | "time" | "schedule" | "alarm" | "other";
 
 export function metricFamily(name: string): MetricFamily {
   if (name.startsWith("loss_")) return "loss";
   if (name.endsWith("grad_norm")) return "grad_norm";
   if (/^d_(real|fake)/.test(name)) return "discriminator";
   if (name.startsWith("lr_")) return "lr";
+  if (name.startsWith("alarm_")) return "alarm"; // src/run/alarms.ts: 1 at the step an alarm was raised
   if (name.endsWith("_time_s")) return "time";
   if (name === "gen_updates" || name === "gen_k") return "schedule"; // the schedule's counters and draws
   return "other";

@@ -21,6 +21,16 @@ export function warmupLr(lr: number, update: number, warmupSteps: number): numbe
   return lr * Math.min(1, (update + 1) / warmupSteps);
 }
 
+/**
+ * The warm-up index of a role's update at `step` (warmupLr's `update`). optim.warmup_unit "steps" (the default,
+ * as in the authors' runs): the training step, so every optimizer reaches its full rate at step warmup_steps - 1;
+ * "updates": the optimizer's own update count, so with TTUR ratio k the generator's warm-up lasts k times longer.
+ */
+export function warmupIndex(step: number, role: "generator" | "fake_score", r: Recipe): number {
+  if (role === "fake_score" || r.optim.warmup_unit === "steps") return step;
+  return generatorUpdatesBefore(step, r.ttur.ratio);
+}
+
 /** G's GAN weight, ramped linearly from 0 over gan.warmup_steps (0 when the GAN is off). */
 export function ganGeneratorWeight(step: number, r: Recipe): number {
   if (!r.gan.enabled) return 0;

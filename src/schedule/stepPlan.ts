@@ -9,12 +9,13 @@ import type { Recipe, Role } from "../recipe/types.js";
 import {
   ganDiscriminatorWeight,
   ganGeneratorWeight,
-  generatorUpdatesBefore,
   isGeneratorStep,
   opSeed,
   SEED_SALT,
+  warmupIndex,
   warmupLr,
 } from "./schedule.js";
+import { recipeAt } from "./stages.js";
 
 export interface OpCall {
   role: Role;
@@ -33,7 +34,8 @@ export interface RoutedCall extends OpCall {
 
 /** One training step `step` of the resolved recipe `r`: a pure function of the two (test/step-plan.test.ts and
  * python-worker/dmd2_worker/step_plan.py's port are pinned to it by python-worker/tests/fixtures/step-plan.json). */
-export function planStep(step: number, r: Recipe): OpCall[][] {
+export function planStep(step: number, recipe: Recipe): OpCall[][] {
+  const r = recipeAt(step, recipe); // the keys of the training stage in force at this step (stages.ts)
   const cond = r.teacher.conditioning; // cond, none, or the family's text tensors (src/recipe/conditioning.ts)
   const genStep = isGeneratorStep(step, r.ttur.ratio);
   const phases: OpCall[][] = [];
@@ -64,12 +66,11 @@ export function planStep(step: number, r: Recipe): OpCall[][] {
         },
       ]);
     }
-    const u = generatorUpdatesBefore(step, r.ttur.ratio);
     phases.push([
       {
         role: "generator",
         op: "update",
-        args: { lr: warmupLr(r.generator.lr, u, r.optim.warmup_steps), dmd_weight: r.dmd.weight },
+        args: { lr: warmupLr(r.generator.lr, warmupIndex(step, "generator", r), r.optim.warmup_steps), dmd_weight: r.dmd.weight },
         inputs: ["x0_real", "x0_fake", ...(ganWeight > 0 ? ["gan_grad"] : [])],
         outputs: [],
       },
@@ -81,7 +82,7 @@ export function planStep(step: number, r: Recipe): OpCall[][] {
       op: "update",
       args: {
         seed: opSeed(r.seed, step, SEED_SALT.fakeScoreUpdate),
-        lr: warmupLr(r.fake_score.lr, step, r.optim.warmup_steps),
+        lr: warmupLr(r.fake_score.lr, warmupIndex(step, "fake_score", r), r.optim.warmup_steps),
         gan_weight: ganDiscriminatorWeight(r),
       },
       inputs: ["x_gen", ...cond],

@@ -40,7 +40,7 @@ from ..sampling import backward_simulation, sample_generator
 class GeneratorRole(TrainedNetworkState, RoleBase):
     name = "generator"
     OP_ARGS = {
-        "generate": {"seed", "batch_size", "grad", "dmd"},
+        "generate": {"seed", "batch_size", "grad", "dmd", "output_std"},
         "update": {"lr", "dmd_weight"},
         "sample": {"seed", "n", "steps", "classes", "out_dir", "prompts"},
     }
@@ -133,7 +133,11 @@ class GeneratorRole(TrainedNetworkState, RoleBase):
             noise = randn((B, *self.image_shape), g, dev, shard)
             store["t_dmd"] = t_dmd
             store["x_t_dmd"] = self.schedule.add_noise(x_gen.detach(), t_dmd, noise)
-        return {"gen_k": float(k)}
+        metrics = {"gen_k": float(k)}
+        if args.optional("output_std") is True and x_gen.shape[0] > 1:
+            # x_gen's spread across the batch, averaged over its values (the coordinator's collapse alarm)
+            metrics["x_gen_std"] = float(x_gen.detach().float().std(dim=0).mean())
+        return metrics
 
     def op_update(self, args: Args, store: TensorStore, ctx: WorkerContext, step: int | None) -> dict[str, float]:
         """DMD gradient and loss from x0_real / x0_fake; one autograd.backward of dmd_weight * loss_dmd and, when the
