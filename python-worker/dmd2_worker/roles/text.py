@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the adapters import diffusers (seconds): only workers with 
 COND_HIDDEN = "cond_hidden"
 COND_POOLED = "cond_pooled"
 COND_TIME_IDS = "cond_time_ids"
-TEXT_FAMILIES = ("sd15", "sdxl", "sd3", "flux")
+TEXT_FAMILIES = ("sd15", "sdxl", "sd3", "flux", "sana")
 
 
 def is_text_recipe(recipe: Recipe) -> bool:
