@@ -172,7 +172,7 @@ function networkText(n: NetworkPlan): string {
   }
   const from = `from ${shown(n.from)}`;
   if (n.kind === "text-to-image") {
-    const family = n.text?.family === "sdxl" ? "SDXL" : n.text?.family === "sd3" ? "SD3" : n.text?.family === "flux" ? "Flux" : "SD 1.5";
+    const family = n.text?.family === "sdxl" ? "SDXL" : n.text?.family === "sd3" ? "SD3" : n.text?.family === "flux" ? "Flux" : n.text?.family === "sana" ? "Sana" : "SD 1.5";
     if (n.params === null) return `${family} UNet2DConditionModel ${from}: size unknown`;
     const files = n.text === null ? "" : ` (counted from ${n.text.weightFiles.map(shown).join(", ")})`;
     const frozen = n.frozen.map((f) => `${f.name} ${count(f.params)}`).join(", ");

@@ -43,6 +43,7 @@ const FROZEN: Record<TextFamily, [string, string][]> = {
   // says the sizes are unknown); these are their frozen networks for when it does
   sd3: [["text_encoder", "model"], ["text_encoder_2", "model"], ["text_encoder_3", "model"], ["vae", "diffusion_pytorch_model"]],
   flux: [["text_encoder", "model"], ["text_encoder_2", "model"], ["vae", "diffusion_pytorch_model"]],
+  sana: [["text_encoder", "model"], ["vae", "diffusion_pytorch_model"]],
 };
 
 type Obj = Record<string, unknown>;

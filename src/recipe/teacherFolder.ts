@@ -10,10 +10,10 @@ import { describe } from "./validate.js";
 export const MODEL_INDEX = "model_index.json";
 
 /** The text-to-image pipelines dmd2 distils (python-worker/dmd2_worker/adapters), by model_index.json's _class_name. */
-export const TEXT_PIPELINES: Readonly<Record<string, TextFamily>> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl", StableDiffusion3Pipeline: "sd3", FluxPipeline: "flux" };
-export type TextFamily = "sd15" | "sdxl" | "sd3" | "flux";
+export const TEXT_PIPELINES: Readonly<Record<string, TextFamily>> = { StableDiffusionPipeline: "sd15", StableDiffusionXLPipeline: "sdxl", StableDiffusion3Pipeline: "sd3", FluxPipeline: "flux", SanaPipeline: "sana" };
+export type TextFamily = "sd15" | "sdxl" | "sd3" | "flux" | "sana";
 /** Where each text family keeps its denoiser's config: flow-matching transformers (SD3) in transformer/. */
-const DENOISER_CONFIG: Readonly<Record<TextFamily, string>> = { sd15: path.join("unet", "config.json"), sdxl: path.join("unet", "config.json"), sd3: path.join("transformer", "config.json"), flux: path.join("transformer", "config.json") };
+const DENOISER_CONFIG: Readonly<Record<TextFamily, string>> = { sd15: path.join("unet", "config.json"), sdxl: path.join("unet", "config.json"), sd3: path.join("transformer", "config.json"), flux: path.join("transformer", "config.json"), sana: path.join("transformer", "config.json") };
 
 /** What diffusers' DDPM/DDIM/PNDM/Euler schedulers assume for keys a scheduler_config.json leaves out (the SD 1.5
  * folder's PNDM config has no prediction_type, for one); the adapters fill them in the same way. */

@@ -33,8 +33,9 @@ export interface RoutedCall extends OpCall {
 }
 
 /** Text step tensors of each text-to-image family (docs/protocol.md §4): SDXL adds the pooled embedding and time ids;
- * SD3 and Flux have the pooled embedding (their pooled_projections) and no time ids. */
-export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"], sd3: ["cond_hidden", "cond_pooled"], flux: ["cond_hidden", "cond_pooled"] } as const;
+ * SD3 and Flux have the pooled embedding (their pooled_projections) and no time ids; Sana sends its text attention
+ * mask (B, 300) as cond_pooled (adapters/sana.py). */
+export const TEXT_TENSORS = { sd15: ["cond_hidden"], sdxl: ["cond_hidden", "cond_pooled", "cond_time_ids"], sd3: ["cond_hidden", "cond_pooled"], flux: ["cond_hidden", "cond_pooled"], sana: ["cond_hidden", "cond_pooled"] } as const;
 
 const familyOf = new Map<string, ReturnType<typeof textFamily>>();
 
