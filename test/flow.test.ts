@@ -5,7 +5,7 @@
 // captioned images; `dmd2 distill` through the real CLI in both placements (the
 // same weights), then `dmd2 sample --prompt`.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
@@ -29,13 +29,13 @@ const write = (name: string, text: string) => {
 
 type FlowFamily = "sd3" | "flux" | "sana";
 
-function sd3Recipe(placement: "per_role" | "colocated", family: FlowFamily = "sd3"): string {
-  return write(`${family}-${placement}.yaml`, [
-    `name: ${family}-${placement}`,
+function sd3Recipe(placement: "per_role" | "colocated", family: FlowFamily = "sd3", teacher: string = family): string {
+  return write(`${teacher}-${placement}.yaml`, [
+    `name: ${teacher}-${placement}`,
     `placement: ${placement}`,
     "torch_threads: 1",
     "data: { source: prompts, prompts: { file: train-prompts.txt, images: images } }",
-    `teacher: { source: diffusers, path: ${family} }`,
+    `teacher: { source: diffusers, path: ${teacher} }`,
     "generator: { steps: 2, lr: 1.0e-3 }",
     "fake_score: { lr: 1.0e-3 }",
     `dmd: { real_guidance_scale: ${family === "flux" ? 3.5 : 4.5} }`, // Flux.1-dev: the embedded guidance
@@ -133,4 +133,20 @@ test("distill a Sana-like pipeline (Gemma with its attention mask, DC-AE), per_r
   assert.equal(s.exitCode, 0, s.stderr);
   assert.deepEqual(readFileSync(path.join(out, "prompts.txt"), "utf8").split("\n"), ["a cat", "the dog", ""]);
   assert.equal(readdirSync(path.join(out, "images")).length, 2);
+});
+
+test("a Sana folder with its own DPM-Solver flow_prediction scheduler config distills (read as the flow schedule with shift = flow_shift)", async () => {
+  await buildFixtures();
+  const dpm = path.join(work, "sana-dpm");
+  cpSync(path.join(work, "sana"), dpm, { recursive: true });
+  writeFileSync(path.join(dpm, "scheduler", "scheduler_config.json"), JSON.stringify({
+    _class_name: "DPMSolverMultistepScheduler", prediction_type: "flow_prediction", use_flow_sigmas: true, flow_shift: 3.0,
+    num_train_timesteps: 1000, beta_schedule: "linear", beta_start: 0.0001, beta_end: 0.02, solver_order: 2,
+  }));
+  const r = await dmd2(["distill", sd3Recipe("per_role", "sana", "sana-dpm")]);
+  assert.equal(r.exitCode, 0, r.stderr);
+  // the same flow schedule as the FlowMatchEuler folder (shift 3): the same weights as its per_role run
+  const ours = readSafetensors(path.join(checkpoint(path.join(work, "runs", "sana-dpm-per_role"), 4), "generator.safetensors"));
+  const flowRun = path.join(work, "runs", "sana-per_role");
+  if (existsSync(flowRun)) assert.ok(maxAbsDiff(ours, readSafetensors(path.join(checkpoint(flowRun, 4), "generator.safetensors"))) < 1e-4);
 });

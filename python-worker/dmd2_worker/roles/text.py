@@ -54,10 +54,14 @@ def check_text_teacher(folder: str | Path, recipe: Recipe) -> str:
     if family not in TEXT_FAMILIES:
         raise ValueError(f"teacher.path: {folder} is a {family} folder, but data.source prompts needs a "
                          f"StableDiffusionPipeline or StableDiffusionXLPipeline folder")
-    from ..flow_matching import is_flow_config
+    from ..adapters.registry import families
+    from ..flow_matching import FlowMatchSchedule, is_flow_config
 
-    if is_flow_config(read_json_object(folder / "scheduler" / "scheduler_config.json")):
-        return family  # a flow-matching schedule: the recipe's DDPM `diffusion` does not describe it (flow_matching.py)
+    # a flow-matching schedule: the recipe's DDPM `diffusion` does not describe it (flow_matching.py); the family
+    # reads it (Sana's DPM-Solver flow_prediction config too, adapters/sana.py)
+    if is_flow_config(read_json_object(folder / "scheduler" / "scheduler_config.json")) or \
+            isinstance(families()[family].read_schedule(folder), FlowMatchSchedule):
+        return family
     cfg = read_scheduler_config(folder)
     want = dataclasses.asdict(recipe.diffusion)
     have = {k: cfg[k] for k in want}
