@@ -204,6 +204,51 @@ def build_flux(out: Path, work: Path, schnell: bool = False) -> Path:
     return out
 
 
+# --- Sana (flow matching, Gemma, DC-AE) ------------------------------------------------------------------------
+
+def tiny_gemma_tokenizer():
+    """A Gemma (BPE) tokenizer built in memory: the special tokens, '\u2581' and printable ASCII alone and
+    word-initial ('\u2581x'); characters outside it (the newline) become <unk>."""
+    from transformers import GemmaTokenizer
+
+    chars = [chr(c) for c in range(33, 127)]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "\u2581"] + chars + ["\u2581" + c for c in chars]
+    return GemmaTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))},
+                          merges=[("\u2581", c) for c in chars])
+
+
+def build_sana(out: Path, work: Path) -> Path:
+    """A 2-block SanaTransformer2DModel on 16x16x4 latents (patch 1), a 1-layer Gemma2 (width 16), a 2-stage
+    AutoencoderDC (scale factor 2, so 32 px images: the pipeline wants sides divisible by 32) and FlowMatchEulerDiscreteScheduler with shift 3 (the
+    configs of diffusers' own Sana tests, a little wider)."""
+    from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(4)
+    tokenizer = tiny_gemma_tokenizer()
+    text_encoder = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                            head_dim=8, max_position_embeddings=4096, pad_token_id=0,
+                                            attn_implementation="eager"))
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                                         num_attention_heads=2, attention_head_dim=8, num_cross_attention_heads=2,
+                                         cross_attention_head_dim=8, cross_attention_dim=16, caption_channels=16,
+                                         sample_size=16)
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+                        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
+                        decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+                        decoder_layers_per_block=(1, 1), downsample_block_type="conv",
+                        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+                        scaling_factor=0.41407)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                        scheduler=scheduler)
+    pipe.save_pretrained(out)
+    return out
+
+
 CAPTIONS = ["a cat", "the dog", "a mat", "the cat on a mat"]
 
 
@@ -225,7 +270,8 @@ def write_images(folder: Path, n: int, size: int = 16, seed: int = 0, captions: 
 
 # The tiny builder of every registered family, by its registry entry's `tiny_builder` (families.json): the generic
 # test (test_every_family.py) fails for a family without one. Each takes (out folder, a scratch folder).
-TINY_BUILDERS = {"unet2d": build_unet2d, "sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux}
+TINY_BUILDERS = {"unet2d": build_unet2d, "sd15": build_sd15, "sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux,
+                 "sana": build_sana}
 # other folders of a family, for the command line (a guidance-free Flux.1-schnell-like transformer)
 VARIANT_BUILDERS = {"flux-schnell": lambda out, work: build_flux(out, work, schnell=True)}
 

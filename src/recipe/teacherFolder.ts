@@ -74,7 +74,10 @@ export function readTeacherDiffusion(dir: string, show: (p: string) => string): 
   const json = readJson(file);
   if ("error" in json) return { problems: [`${show(file)} is not valid JSON (${json.error}): the teacher folder is damaged`] };
   const raw = (typeof json.value === "object" && json.value !== null ? json.value : {}) as Record<string, unknown>;
-  const cfg = family === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== null)) };
+  // a flow_prediction config (Sana's DPMSolverMultistepScheduler) is a flow-matching one: like a FlowMatchEuler config
+  // it gets the DDPM defaults, which the workers ignore (docs/method.md "The recipe's diffusion block")
+  const flow = family !== null && raw.prediction_type === "flow_prediction";
+  const cfg = family === null ? raw : { ...SCHEDULER_DEFAULTS, ...Object.fromEntries(Object.entries(raw).filter(([k, v]) => v !== null && !(flow && k === "prediction_type"))) };
   const problems: string[] = [];
   const num = (key: string, int: boolean): number => {
     const v = cfg[key];

@@ -150,7 +150,9 @@ class TeacherAdapter(ABC):
             raise AdapterError(f"{self.folder / 'vae/config.json'}: latent_channels {vae.config.latent_channels} "
                                f"differs from the UNet's in_channels {cfg.in_channels}")
         self.latent_shape: tuple[int, int, int] = (int(cfg.in_channels), int(size), int(size))
-        self.vae_scale_factor: int = 2 ** (len(vae.config.block_out_channels) - 1)
+        # AutoencoderKL names its widths block_out_channels, the DC-AE (Sana) encoder_block_out_channels
+        blocks = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+        self.vae_scale_factor: int = 2 ** (len(blocks) - 1)
         self.image_size: int = int(size) * self.vae_scale_factor
 
     # --- loading ---

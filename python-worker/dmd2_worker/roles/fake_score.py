@@ -76,7 +76,8 @@ class FakeScoreRole(TrainedNetworkState, RoleBase):
             image_size = int(vae_config["sample_size"])
         else:
             size = size[0] if isinstance(size, (list, tuple)) else size
-            image_size = int(size) * 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+            blocks = vae_config.get("block_out_channels") or vae_config.get("encoder_block_out_channels", [0])  # DC-AE: encoder_
+            image_size = int(size) * 2 ** (len(blocks) - 1)
         cache = latent_cache(Path(ctx.run_dir), Path(images), Path(teacher_dir), image_size,
                              lambda: load_adapter(teacher_dir, ctx.device, unet=unet), log, writer=ctx.writes_files)
         return unet, cache
