@@ -12,6 +12,10 @@ import { showPath } from "../src/recipe/files.js";
 import { loadRecipe } from "../src/recipe/load.js";
 import { parsePrompts, readPromptsFile } from "../src/recipe/prompts.js";
 import { cliEntry, issuesOf, maxAbsDiff, projectPython, projectRoot, readSafetensors, scratchDir } from "./helpers.js";
+import { pipelineList, textFamilies } from "../src/families.js";
+
+/** every registered text-to-image pipeline class, as the messages list them (the family registry) */
+const TEXT_PIPELINES = pipelineList(textFamilies());
 
 const work = scratchDir("dmd2-t2i-");
 const env = { HF_HUB_OFFLINE: "1", NO_COLOR: "1", DMD2_CACHE: path.join(work, "cache") };
@@ -73,13 +77,13 @@ test("recipe: data.source prompts, each problem one line naming the key", () => 
     `${rel("nofile.yaml")}:1: data.prompts.file: required when data.source is prompts (a UTF-8 text file, one prompt a line)`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("ddpm", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-ddpm }"]))), [
-    `${rel("ddpm.yaml")}:2: teacher.path: fake-ddpm is not a text-to-image pipeline, which data.source prompts needs (${showPath(path.join(work, "fake-ddpm", "model_index.json"))} must name StableDiffusionPipeline or StableDiffusionXLPipeline or StableDiffusion3Pipeline or FluxPipeline)`,
+    `${rel("ddpm.yaml")}:2: teacher.path: fake-ddpm is not a text-to-image pipeline, which data.source prompts needs (${showPath(path.join(work, "fake-ddpm", "model_index.json"))} must name ${TEXT_PIPELINES})`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("classes", ["data: { source: digits }", "teacher: { source: diffusers, path: fake-sd15 }"]))), [
     `${rel("classes.yaml")}:1: data.source: digits does not fit the teacher: fake-sd15 is a text-to-image pipeline (sd15); set data.source: prompts with data.prompts.file`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("builtin", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }"]))), [
-    `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a StableDiffusionPipeline or StableDiffusionXLPipeline or StableDiffusion3Pipeline or FluxPipeline folder)`,
+    `${rel("builtin.yaml")}:1: data.source: prompts needs a text-to-image teacher (set teacher.source: diffusers and teacher.path to a ${TEXT_PIPELINES} folder)`,
   ]);
   assert.deepEqual(issuesOf(() => loadRecipe(recipe("clip", ["data: { source: prompts, prompts: { file: prompts.txt, images: real } }", "teacher: { source: diffusers, path: fake-sd15 }", "generator: { clip_sample: true }"]))), [
     `${rel("clip.yaml")}:3: generator.clip_sample: clamps pixels to [-1, 1]; a text-to-image teacher's generator makes VAE latents, which have another range (set generator.clip_sample: false)`,
